@@ -1,0 +1,30 @@
+"""``baton-fast`` command line: one subcommand per module, imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module that defines add_arguments(parser) and run(args) -> int, help)
+SUBCOMMANDS = {
+    "selftest": ("baton_fast.selftest", "check every kernel against the float64 reference (and --static machine code)"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="baton-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, OSError) as err:  # user errors: one line, non-zero exit
+        print(f"baton-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

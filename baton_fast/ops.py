@@ -1,0 +1,244 @@
+"""Public ops: argument checking, backend dispatch and ``torch.library`` registration.
+
+Each op is a ``torch.library.custom_op`` with a fake (meta) implementation, so
+``torch.compile(fullgraph=True)`` traces through it.  Shape and dtype checks run in
+the Python wrapper (traceable); checks that read tensor values (finite coordinates,
+key lengths in range) run inside the op, before any kernel launch.
+
+Backend: CUDA tensors run the Triton kernels, CPU tensors the reference path;
+``BATON_FAST_BACKEND=triton`` forces Triton (with ``TRITON_INTERPRET=1`` the kernels run
+on CPU) and ``BATON_FAST_BACKEND=reference`` forces the reference.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from . import reference
+from .rope import RopeTable
+
+__all__ = ["rope_attention", "apply_rope", "qk_rmsnorm_rope", "backend_for"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def backend_for(device: torch.device) -> str:
+    """``"triton"`` or ``"reference"`` for tensors on ``device`` (see module docstring)."""
+    choice = os.environ.get("BATON_FAST_BACKEND", "auto")
+    if choice not in ("auto", "triton", "reference"):
+        raise ValueError(f"BATON_FAST_BACKEND: expected 'auto', 'triton' or 'reference', got {choice!r}")
+    if choice == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return choice
+
+
+# --------------------------------------------------------------------------- checks
+def _check_tensor(name, x, rank, shape_doc):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {shape_doc}, got {type(x).__name__}")
+    if x.dim() != rank:
+        raise ValueError(f"{name}: expected {shape_doc} ({rank} dims), got shape {tuple(x.shape)}")
+
+
+def _check_float(name, x):
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: expected float16, bfloat16 or float32, got {x.dtype}")
+
+
+def _check_head_dim(name, d):
+    if d % 2 or d < 2 or d > MAX_HEAD_DIM:
+        raise ValueError(f"{name}: expected an even head dim between 2 and {MAX_HEAD_DIM}, got {d}")
+
+
+def _check_coords(name, coords, batch, tokens, table: Optional[RopeTable]):
+    _check_tensor(name, coords, 3, "[B or 1, N, A]")
+    if coords.dtype != torch.float32:
+        raise TypeError(f"{name}: expected float32 coordinates, got {coords.dtype}")
+    if coords.shape[0] not in (1, batch) or coords.shape[1] != tokens:
+        raise ValueError(f"{name}: expected shape [1 or {batch}, {tokens}, A], got {tuple(coords.shape)}")
+    if table is not None and coords.shape[2] < table.num_axes:
+        raise ValueError(f"{name}: the table reads axis {table.num_axes - 1}, but coordinates have "
+                         f"{coords.shape[2]} axes")
+
+
+def _check_table(name, table, heads, head_dim, coords):
+    if not isinstance(table, RopeTable):
+        raise TypeError(f"{name}: expected a RopeTable, got {type(table).__name__}")
+    table.check(name, heads, head_dim, coords.shape[2])
+
+
+def _check_devices(**tensors):
+    devices = {n: t.device for n, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"expected all tensors on one device, got {listing}")
+
+
+def _check_values(coords_by_name, k_lens, n_k):
+    """Value checks, run inside the ops (they read tensor data), before any launch."""
+    for name, c in coords_by_name.items():
+        if c.numel() and not bool(torch.isfinite(c).all()):
+            raise ValueError(f"{name}: expected finite coordinates, found NaN or inf")
+    if k_lens is not None and k_lens.numel():
+        lo, hi = int(k_lens.min()), int(k_lens.max())
+        if lo < 0 or hi > n_k:
+            raise ValueError(f"k_lens: expected values in [0, {n_k}] (number of keys), got range [{lo}, {hi}]")
+
+
+def _table_tensors(table: RopeTable, device):
+    return table.freqs.to(device).contiguous(), table.axes.to(device).contiguous()
+
+
+# ----------------------------------------------------------------- rope_attention op
+@torch.library.custom_op("baton_fast::rope_attention", mutates_args=())
+def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords: torch.Tensor,
+                       k_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor, k_freqs: torch.Tensor,
+                       k_axes: torch.Tensor, interleaved: bool, rotate_q: bool, rotate_k: bool,
+                       k_lens: Optional[torch.Tensor], scale: float, return_lse: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
+    B, n_q, H, _ = q.shape
+    if backend_for(q.device) == "triton" and q.numel() and k.shape[1]:
+        from .kernels.rope_attention import rope_attention_fwd
+        out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
+                                      rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale,
+                                      return_lse=return_lse)
+    else:
+        qt = RopeTable(q_freqs, q_axes, interleaved)
+        kt = RopeTable(k_freqs, k_axes, interleaved)
+        out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
+                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True)
+        out = out.to(q.dtype)
+    return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
+
+
+@_rope_attention_op.register_fake
+def _(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale,
+      return_lse):
+    B, n_q, H, _ = q.shape
+    lse = q.new_empty((B, H, n_q) if return_lse else (0,), dtype=torch.float32)
+    return torch.empty_like(q, memory_format=torch.contiguous_format), lse
+
+
+def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Optional[RopeTable] = None,
+                   rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
+                   scale: Optional[float] = None, return_lse: bool = False):
+    """Attention with coordinate RoPE fused into the kernel.
+
+    Args:
+        q: ``[B, Nq, H, D]``, float16 / bfloat16 / float32, any strides.
+        k, v: ``[B, Nk, Hk, D]`` with ``H % Hk == 0`` (grouped-query); ``Nk`` may differ from ``Nq``.
+        q_coords, k_coords: float32 ``[B or 1, N, A]`` token coordinates (ignored when that side is not rotated).
+        table: query-side :class:`RopeTable` (``[1 or H, D/2]``); ``k_table`` the key side (``[1 or Hk, D/2]``),
+            defaulting to ``table``.  Both must use the same pair layout.
+        rotate_q, rotate_k: set False when that side is already rotated (cached plan K, pre-pass).
+        k_lens: optional integer ``[B]``: keys at index ``>= k_lens[b]`` are masked (padded text / plan tokens).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        return_lse: also return the log-sum-exp, float32 ``[B, H, Nq]``, natural log.
+    Returns:
+        ``out [B, Nq, H, D]`` in q's dtype, or ``(out, lse)``.  Rows with no key give zeros and ``lse = -inf``.
+    """
+    k_table = table if k_table is None else k_table
+    _check_tensor("q", q, 4, "[B, Nq, H, D]")
+    _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
+    _check_tensor("v", v, 4, "[B, Nk, Hk, D]")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, x)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"k, v: expected q's dtype {q.dtype}, got k {k.dtype}, v {v.dtype}")
+    B, n_q, H, D = q.shape
+    _, n_k, Hk, _ = k.shape
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k: expected [B={B}, Nk, Hk, D={D}] to match q, got {tuple(k.shape)}")
+    _check_head_dim("q", D)
+    if Hk < 1 or H % Hk:
+        raise ValueError(f"k: expected a number of heads Hk dividing H={H} (grouped-query), got Hk={Hk}")
+    _check_coords("q_coords", q_coords, B, n_q, table if rotate_q else None)
+    _check_coords("k_coords", k_coords, B, n_k, k_table if rotate_k else None)
+    if rotate_q:
+        _check_table("table", table, H, D, q_coords)
+    if rotate_k:
+        _check_table("k_table", k_table, Hk, D, k_coords)
+    if rotate_q and rotate_k and table.interleaved != k_table.interleaved:
+        raise ValueError("k_table: expected the same pair layout (interleaved) as table")
+    if k_lens is not None:
+        _check_tensor("k_lens", k_lens, 1, f"[B={B}]")
+        if k_lens.dtype not in (torch.int32, torch.int64) or k_lens.shape[0] != B:
+            raise ValueError(f"k_lens: expected int32/int64 [B={B}], got {k_lens.dtype} {tuple(k_lens.shape)}")
+    _check_devices(q=q, k=k, v=v, q_coords=q_coords, k_coords=k_coords, k_lens=k_lens)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number, got {scale}")
+    layout = table.interleaved if rotate_q else k_table.interleaved
+    qf, qa = _table_tensors(table, q.device)
+    kf, ka = _table_tensors(k_table, q.device)
+    out, lse = _rope_attention_op(q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k,
+                                  k_lens, scale, return_lse)
+    return (out, lse) if return_lse else out
+
+
+# ------------------------------------------------------------- rmsnorm + rope op
+NORM_MODES = {"none": 0, "head": 1, "across_heads": 2}
+
+
+@torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor, axes: torch.Tensor,
+                     interleaved: bool, norm: int, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    _check_values({"coords": coords}, None, 0)
+    if backend_for(x.device) == "triton" and x.numel():
+        from .kernels.rope_norm import rmsnorm_rope_fwd
+        return rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
+    if norm:
+        x = reference.rms_norm(x, weight, eps, across_heads=norm == 2)
+    return reference.apply_rope(x, coords, RopeTable(freqs, axes, interleaved)).contiguous()
+
+
+@_rmsnorm_rope_op.register_fake
+def _(x, coords, freqs, axes, interleaved, norm, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _rmsnorm_rope(name, x, coords, table, norm, weight, eps, coords_name="coords", weight_name="weight"):
+    _check_tensor(name, x, 4, "[B, N, H, D]")
+    _check_float(name, x)
+    B, N, H, D = x.shape
+    _check_head_dim(name, D)
+    _check_coords(coords_name, coords, B, N, table if isinstance(table, RopeTable) else None)
+    _check_table("table" if name in ("x", "q") else "k_table", table, H, D, coords)
+    if weight is not None:
+        _check_tensor(weight_name, weight, 1, "[D] or [H*D]")
+        expected = H * D if norm == 2 else D
+        if weight.shape[0] != expected:
+            raise ValueError(f"{weight_name}: expected shape [{expected}], got {tuple(weight.shape)}")
+        _check_float(weight_name, weight)
+    _check_devices(**{name: x, coords_name: coords, weight_name: weight})
+    freqs, axes = _table_tensors(table, x.device)
+    return _rmsnorm_rope_op(x, coords, freqs, axes, table.interleaved, norm, weight, float(eps))
+
+
+def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+    """Rotate ``x [B, N, H, D]`` (fp16/bf16/fp32) by float32 coordinates ``[B or 1, N, A]``.
+
+    Returns a contiguous tensor of x's shape and dtype."""
+    return _rmsnorm_rope("x", x, coords, table, 0, None, 0.0)
+
+
+def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None, k_weight=None,
+                    k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True):
+    """RMSNorm then RoPE for q ``[B, N, H, D]`` and k ``[B, Nk, Hk, D]``, one pass each.
+
+    ``across_heads=True`` normalises over the whole inner dim ``H*D`` (Wan, LTX-2; weights ``[H*D]``),
+    ``False`` per head (weights ``[D]``).  Returns ``(q_rot, k_rot)``, contiguous, in the inputs' dtypes;
+    pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.
+    """
+    norm = NORM_MODES["across_heads" if across_heads else "head"]
+    k_table = table if k_table is None else k_table
+    q_rot = _rmsnorm_rope("q", q, q_coords, table, norm, q_weight, eps, "q_coords", "q_weight")
+    k_rot = _rmsnorm_rope("k", k, k_coords, k_table, norm, k_weight, eps, "k_coords", "k_weight")
+    return q_rot, k_rot

@@ -1,0 +1,96 @@
+"""Plain-PyTorch reference path: the numerics oracle and the CPU fallback.
+
+Runs in any floating dtype, float64 included.  Angles are computed in float32 (in
+float64 when the inputs are float64); rotation, scores, softmax and the weighted sum
+run in the inputs' dtype, as a plain PyTorch implementation would.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rope import RopeTable
+
+__all__ = ["rope_angles", "apply_rope", "rope_attention", "rms_norm", "qk_rmsnorm_rope"]
+
+
+def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> torch.Tensor:
+    """``phi[b, n, h, j] = coords[b, n, axes[h, j]] * freqs[h, j]``: ``[B, N, Ht, D/2]`` in ``dtype``."""
+    axes = table.axes.to(coords.device).long()
+    c = coords.to(dtype)[:, :, axes]  # [B, N, Ht, D/2]
+    return c * table.freqs.to(device=coords.device, dtype=dtype)
+
+
+def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+    """Rotate ``x [B, N, H, D]`` by coordinates ``[B or 1, N, A]`` (float32); returns ``x``'s dtype and shape."""
+    angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    phi = rope_angles(coords, table, angle_dtype)
+    cos, sin = phi.cos().to(x.dtype), phi.sin().to(x.dtype)
+    if table.interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        x1, x2 = x.chunk(2, dim=-1)
+    r1 = x1 * cos - x2 * sin
+    r2 = x1 * sin + x2 * cos
+    if table.interleaved:
+        return torch.stack([r1, r2], dim=-1).flatten(-2)
+    return torch.cat([r1, r2], dim=-1)
+
+
+def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: RopeTable | None = None,
+                   rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False):
+    """Attention with coordinate RoPE, in plain PyTorch.
+
+    Args:
+        q: ``[B, Nq, H, D]``; k, v: ``[B, Nk, Hk, D]`` with ``H % Hk == 0``.
+        q_coords / k_coords: float32 ``[B or 1, N, A]``.
+        table / k_table: query-side table and key-side table (``k_table`` defaults to ``table``).
+        k_lens: optional int ``[B]``: keys ``>= k_lens[b]`` are masked.
+    Returns:
+        ``out [B, Nq, H, D]`` in q's dtype; with ``return_lse`` also ``lse`` float32 ``[B, H, Nq]``
+        (natural log; ``-inf`` and a zero output where every key is masked).
+    """
+    k_table = table if k_table is None else k_table
+    if rotate_q:
+        q = apply_rope(q, q_coords, table)
+    if rotate_k:
+        k = apply_rope(k, k_coords, k_table)
+    B, Nq, H, D = q.shape
+    Nk, Hk = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if Hk != H:
+        k = k.repeat_interleave(H // Hk, dim=2)
+        v = v.repeat_interleave(H // Hk, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if k_lens is not None:
+        valid = torch.arange(Nk, device=q.device)[None, :] < k_lens.to(q.device)[:, None]  # [B, Nk]
+        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    out = torch.einsum("bhqk,bkhd->bqhd", p / torch.where(l > 0, l, torch.ones_like(l)), v)
+    if not return_lse:
+        return out
+    lse = (m + torch.log(l)).squeeze(-1).float()  # log(0) = -inf for fully masked rows
+    return out, lse
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_heads: bool) -> torch.Tensor:
+    """RMSNorm of ``x [B, N, H, D]`` per head (weight ``[D]``) or across the inner dim (weight ``[H*D]``)."""
+    B, N, H, D = x.shape
+    y = x.reshape(B, N, H * D) if across_heads else x
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    return y.reshape(B, N, H, D)
+
+
+def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None, k_weight=None, k_table=None,
+                    eps: float = 1e-6, across_heads: bool = True):
+    """RMSNorm then RoPE on q ``[B, N, H, D]`` and k ``[B, N, Hk, D]``; returns ``(q_rot, k_rot)`` in their dtypes."""
+    k_table = table if k_table is None else k_table
+    qn = rms_norm(q, q_weight, eps, across_heads)
+    kn = rms_norm(k, k_weight, eps, across_heads)
+    return apply_rope(qn, q_coords, table), apply_rope(kn, k_coords, k_table)

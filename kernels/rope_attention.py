@@ -1,0 +1,193 @@
+"""Fused coordinate-RoPE attention, forward (flash-attention style online softmax).
+
+Q is split into the two halves of its rotary pairs, ``q1 [BLOCK_M, D/2]`` and
+``q2 [BLOCK_M, D/2]``, rotated once in the prologue from the tokens' coordinates, and
+kept that way: ``q . k = q1 . k1 + q2 . k2``, so the score is two dots over the
+half-width and rotated Q never has to be re-interleaved.  K is rotated in the loop
+(``ROTATE_K``) or read already rotated (cached plan K, or the QK-norm pre-pass).
+Softmax runs in base 2 with fp32 statistics and accumulator.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .rope_math import pair_offsets, rotate_pairs
+
+
+@triton.jit
+def _rope_attention_fwd(
+    Q, K, V, Out, Lse, QC, KC, QF, QA, KF, KA, KLens,
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_kb, stride_kn, stride_kh, stride_kd,
+    stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_ob, stride_on, stride_oh, stride_od,
+    stride_lse_b, stride_lse_h,
+    stride_qc_b, stride_qc_n, stride_qc_a,
+    stride_kc_b, stride_kc_n, stride_kc_a,
+    stride_qf_h, stride_kf_h,
+    n_q, n_k, num_heads, group, qk_scale,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
+    ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, RETURN_LSE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    hk = h // group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = tl.arange(0, HALF_PAD)
+    offs_d = tl.arange(0, 2 * HALF_PAD)
+    mask_m = offs_m < n_q
+    mask_j = offs_j < HALF
+    mask_d = offs_d < 2 * HALF
+    j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
+
+    # ---- prologue: load Q as pair halves and rotate once
+    q_rows = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+    mask_q = mask_m[:, None] & mask_j[None, :]
+    q1 = tl.load(q_rows + j1[None, :] * stride_qd, mask=mask_q, other=0.0)
+    q2 = tl.load(q_rows + j2[None, :] * stride_qd, mask=mask_q, other=0.0)
+    if ROTATE_Q:
+        q_freq = tl.load(QF + h * stride_qf_h + offs_j, mask=mask_j, other=0.0)
+        q_axis = tl.load(QA + h * stride_qf_h + offs_j, mask=mask_j, other=0)
+        q_coords = QC + b * stride_qc_b + offs_m[:, None] * stride_qc_n
+        r1, r2 = rotate_pairs(q1.to(tl.float32), q2.to(tl.float32), q_coords,
+                              q_axis[None, :] * stride_qc_a, q_freq[None, :], mask_q)
+        q1 = r1.to(Q.dtype.element_ty)
+        q2 = r2.to(Q.dtype.element_ty)
+
+    if ROTATE_K:
+        k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j, other=0.0)
+        k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j, other=0)
+
+    k_len = n_k
+    if HAS_KLENS:
+        k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, 2 * HALF_PAD], tl.float32)
+
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    for start_n in range(0, k_len, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < k_len
+        # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
+        k_cols = k_base + offs_n[None, :] * stride_kn
+        mask_k = mask_j[:, None] & mask_n[None, :]
+        k1 = tl.load(k_cols + j1[:, None] * stride_kd, mask=mask_k, other=0.0)
+        k2 = tl.load(k_cols + j2[:, None] * stride_kd, mask=mask_k, other=0.0)
+        if ROTATE_K:
+            k_coords = KC + b * stride_kc_b + offs_n[None, :] * stride_kc_n
+            r1, r2 = rotate_pairs(k1.to(tl.float32), k2.to(tl.float32), k_coords,
+                                  k_axis[:, None] * stride_kc_a, k_freq[:, None], mask_k)
+            k1 = r1.to(K.dtype.element_ty)
+            k2 = r2.to(K.dtype.element_ty)
+        qk = tl.dot(q1, k1)
+        qk = tl.dot(q2, k2, qk)
+        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(V.dtype.element_ty), v, acc)
+        m_i = m_new
+
+    # ---- epilogue: rows with no key (k_len == 0) give zeros and lse = -inf
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    if RETURN_LSE:
+        lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        tl.store(Lse + b * stride_lse_b + h * stride_lse_h + offs_m, lse, mask=mask_m)
+
+
+# Shipped configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per GPU arch (SM major)
+# and padded half head dim.  Each is compiled by `baton-fast selftest --static` and must be
+# spill-free with tensor-core instructions (HGMMA on sm_90, HMMA on sm_80).
+SHIPPED_CONFIGS = {
+    (9, 16): [(128, 64, 4, 3), (128, 128, 8, 3)],
+    (9, 32): [(128, 64, 4, 3), (128, 128, 8, 3)],
+    (9, 64): [(128, 64, 8, 3), (128, 128, 8, 2)],
+    (9, 128): [(64, 64, 4, 2), (128, 32, 8, 2)],
+    (8, 16): [(128, 64, 4, 3), (64, 64, 4, 3)],
+    (8, 32): [(128, 64, 4, 3), (64, 64, 4, 3)],
+    (8, 64): [(128, 64, 8, 2), (64, 64, 4, 2)],
+    (8, 128): [(64, 32, 4, 2), (64, 64, 8, 2)],
+}
+# Pinned under the interpreter (and by tests): small tiles keep CPU emulation fast.
+INTERPRETER_CONFIG = (16, 16, 1, 1)
+
+_tuned: dict = {}
+
+
+def half_pad(head_dim: int) -> int:
+    """Padded half head dim: a power of two >= 16 (``tl.dot`` needs K >= 16)."""
+    return max(16, triton.next_power_of_2(head_dim // 2))
+
+
+def shipped_configs(arch_major: int, head_dim: int):
+    """Configurations shipped for an SM major version (>= 9 uses the sm_90 list)."""
+    return SHIPPED_CONFIGS[(9 if arch_major >= 9 else 8, half_pad(head_dim))]
+
+
+def _interpreting() -> bool:
+    return triton.knobs.runtime.interpret if hasattr(triton, "knobs") else False
+
+
+def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
+                       rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool, config=None):
+    """Launch the fused kernel on validated inputs.
+
+    q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides); coords float32 ``[B or 1, N, A]``;
+    freqs float32 / axes int32 ``[1 or H(k), D/2]`` contiguous; k_lens int ``[B]`` or None.
+    Returns ``(out [B, Nq, H, D] like q, lse float32 [B, H, Nq] or None)``.
+    """
+    B, n_q, H, D = q.shape
+    n_k, Hk = k.shape[1], k.shape[2]
+    out = torch.empty((B, n_q, H, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32) if return_lse else out
+    flags = dict(HALF=D // 2, HALF_PAD=half_pad(D), INTERLEAVED=interleaved, ROTATE_Q=rotate_q, ROTATE_K=rotate_k,
+                 HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse)
+
+    def launch(cfg):
+        block_m, block_n, num_warps, num_stages = cfg
+        grid = (triton.cdiv(n_q, block_m), B * H)
+        _rope_attention_fwd[grid](
+            q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
+            k_lens if k_lens is not None else q_freqs,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            lse.stride(0) if return_lse else 0, lse.stride(1) if return_lse else 0,
+            q_coords.stride(0) if q_coords.shape[0] > 1 else 0, q_coords.stride(1), q_coords.stride(2),
+            k_coords.stride(0) if k_coords.shape[0] > 1 else 0, k_coords.stride(1), k_coords.stride(2),
+            q_freqs.stride(0) if q_freqs.shape[0] > 1 else 0, k_freqs.stride(0) if k_freqs.shape[0] > 1 else 0,
+            n_q, n_k, H, H // Hk, scale * math.log2(math.e),
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **flags)
+
+    if config is None:
+        config = _pick_config(q, n_q, n_k, D, flags, launch)
+    launch(config)
+    return out, (lse if return_lse else None)
+
+
+def _pick_config(q, n_q, n_k, D, flags, launch):
+    """The pinned config under the interpreter; on a GPU, the fastest shipped config per shape bucket."""
+    if _interpreting() or q.device.type != "cuda":
+        return INTERPRETER_CONFIG
+    major = torch.cuda.get_device_capability(q.device)[0]
+    candidates = shipped_configs(major, D)
+    key = (major, triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), D, q.dtype, tuple(flags.values()))
+    if key not in _tuned:
+        from triton.testing import do_bench
+        _tuned[key] = min(candidates, key=lambda cfg: do_bench(lambda: launch(cfg), warmup=5, rep=20))
+    return _tuned[key]

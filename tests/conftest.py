@@ -1,0 +1,7 @@
+"""Run the Triton kernels under the interpreter when there is no GPU (set before triton is imported)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
