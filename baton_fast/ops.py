@@ -112,7 +112,7 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
         kt = RopeTable(k_freqs, k_axes, interleaved)
         out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
                                             rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True)
-        out = out.to(q.dtype)
+        out = out.to(q.dtype).contiguous()  # the fake impl promises a contiguous output; einsum gives [B, Nq, H, D] strided
     return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
 
 
