@@ -20,7 +20,7 @@ import torch
 from . import reference
 from .rope import RopeTable
 
-__all__ = ["rope_attention", "apply_rope", "qk_rmsnorm_rope", "backend_for"]
+__all__ = ["rope_attention", "apply_rope", "qk_rmsnorm_rope", "layout_tile_stats", "backend_for"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -78,6 +78,14 @@ def _check_devices(**tensors):
         raise ValueError(f"expected all tensors on one device, got {listing}")
 
 
+def _check_groups(name, groups, batch, tokens):
+    _check_tensor(name, groups, 2, f"[1 or {batch}, {tokens}]")
+    if groups.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: expected int32 or int64 bitmasks, got {groups.dtype}")
+    if groups.shape[0] not in (1, batch) or groups.shape[1] != tokens:
+        raise ValueError(f"{name}: expected shape [1 or {batch}, {tokens}], got {tuple(groups.shape)}")
+
+
 def _check_values(coords_by_name, k_lens, n_k):
     """Value checks, run inside the ops (they read tensor data), before any launch."""
     for name, c in coords_by_name.items():
@@ -98,7 +106,8 @@ def _table_tensors(table: RopeTable, device):
 def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords: torch.Tensor,
                        k_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor, k_freqs: torch.Tensor,
                        k_axes: torch.Tensor, interleaved: bool, rotate_q: bool, rotate_k: bool,
-                       k_lens: Optional[torch.Tensor], scale: float, return_lse: bool
+                       k_lens: Optional[torch.Tensor], scale: float, return_lse: bool,
+                       q_groups: Optional[torch.Tensor], k_groups: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
     B, n_q, H, _ = q.shape
@@ -106,19 +115,23 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
         from .kernels.rope_attention import rope_attention_fwd
         out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
                                       rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale,
-                                      return_lse=return_lse)
+                                      return_lse=return_lse, q_groups=q_groups, k_groups=k_groups)
+    elif k.shape[1] == 0:  # no key at all: every row is empty, as with k_lens = 0
+        out = torch.zeros_like(q, memory_format=torch.contiguous_format)
+        lse = torch.full((B, H, n_q), float("-inf"), device=q.device)
     else:
         qt = RopeTable(q_freqs, q_axes, interleaved)
         kt = RopeTable(k_freqs, k_axes, interleaved)
         out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
-                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True)
+                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True,
+                                            q_groups=q_groups, k_groups=k_groups)
         out = out.to(q.dtype).contiguous()  # the fake impl promises a contiguous output; einsum gives [B, Nq, H, D] strided
     return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
 
 
 @_rope_attention_op.register_fake
 def _(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale,
-      return_lse):
+      return_lse, q_groups, k_groups):
     B, n_q, H, _ = q.shape
     lse = q.new_empty((B, H, n_q) if return_lse else (0,), dtype=torch.float32)
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
@@ -126,7 +139,8 @@ def _(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved
 
 def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Optional[RopeTable] = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
-                   scale: Optional[float] = None, return_lse: bool = False):
+                   scale: Optional[float] = None, return_lse: bool = False,
+                   q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None):
     """Attention with coordinate RoPE fused into the kernel.
 
     Args:
@@ -139,10 +153,25 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Op
         k_lens: optional integer ``[B]``: keys at index ``>= k_lens[b]`` are masked (padded text / plan tokens).
         scale: softmax scale, default ``1/sqrt(D)``.
         return_lse: also return the log-sum-exp, float32 ``[B, H, Nq]``, natural log.
+        q_groups, k_groups: optional int32/int64 ``[B or 1, Nq]`` / ``[B or 1, Nk]`` group bitmasks (SpA2V
+            layout attention): query ``i`` attends to key ``j`` only when ``q_groups[i] & k_groups[j] != 0``.
+            Key tiles with no allowed pair are skipped by the kernel, not computed.
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype, or ``(out, lse)``.  Rows with no key give zeros and ``lse = -inf``.
     """
+    args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale)
+    _check_layout_groups(q, k, q_groups, k_groups)
+    out, lse = _rope_attention_op(*args, return_lse, q_groups, k_groups)
+    return (out, lse) if return_lse else out
+
+
+def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale):
+    """Check rope_attention's arguments; return the op's leading arguments."""
+    k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
     k_table = table if k_table is None else k_table
+    for name, t in (("table", table), (k_table_name, k_table)):
+        if not isinstance(t, RopeTable):
+            raise TypeError(f"{name}: expected a RopeTable, got {type(t).__name__}")
     _check_tensor("q", q, 4, "[B, Nq, H, D]")
     _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
     _check_tensor("v", v, 4, "[B, Nk, Hk, D]")
@@ -164,23 +193,69 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Op
     if rotate_q:
         _check_table("table", table, H, D, q_coords)
     if rotate_k:
-        _check_table("k_table", k_table, Hk, D, k_coords)
+        _check_table(k_table_name, k_table, Hk, D, k_coords)
     if rotate_q and rotate_k and table.interleaved != k_table.interleaved:
         raise ValueError("k_table: expected the same pair layout (interleaved) as table")
     if k_lens is not None:
         _check_tensor("k_lens", k_lens, 1, f"[B={B}]")
         if k_lens.dtype not in (torch.int32, torch.int64) or k_lens.shape[0] != B:
             raise ValueError(f"k_lens: expected int32/int64 [B={B}], got {k_lens.dtype} {tuple(k_lens.shape)}")
+        k_lens = k_lens.contiguous()  # the kernel reads k_lens[b] at unit stride
     _check_devices(q=q, k=k, v=v, q_coords=q_coords, k_coords=k_coords, k_lens=k_lens)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if not math.isfinite(scale):
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)  # a SymFloat under torch.compile(dynamic=True): no Python check on it
+    elif not math.isfinite(float(scale)):
         raise ValueError(f"scale: expected a finite number, got {scale}")
+    else:
+        scale = float(scale)
     layout = table.interleaved if rotate_q else k_table.interleaved
     qf, qa = _table_tensors(table, q.device)
     kf, ka = _table_tensors(k_table, q.device)
-    out, lse = _rope_attention_op(q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k,
-                                  k_lens, scale, return_lse)
-    return (out, lse) if return_lse else out
+    return q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale
+
+
+def _check_layout_groups(q, k, q_groups, k_groups):
+    if (q_groups is None) != (k_groups is None):
+        raise ValueError("q_groups, k_groups: expected both layout bitmasks or neither")
+    if q_groups is not None:
+        _check_groups("q_groups", q_groups, q.shape[0], q.shape[1])
+        _check_groups("k_groups", k_groups, k.shape[0], k.shape[1])
+        _check_devices(q=q, q_groups=q_groups, k_groups=k_groups)
+
+
+def layout_tile_stats(q, k, v, q_coords, k_coords, table: RopeTable, *, q_groups: torch.Tensor,
+                      k_groups: torch.Tensor, k_table: Optional[RopeTable] = None, rotate_q: bool = True,
+                      rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None) -> dict:
+    """Run the fused Triton kernel with its tile counter on and report how many key tiles it skipped.
+
+    Same arguments as :func:`rope_attention` (layout bitmasks required).  Needs a CUDA device or
+    ``TRITON_INTERPRET=1``.  Returns ``{"skipped": int, "visited": int, "block_m": int, "block_n": int}``,
+    counted by the kernel itself (one counter per program).
+    """
+    from .kernels.rope_attention import INTERPRETER_CONFIG, _interpreting, rope_attention_fwd, shipped_configs
+
+    args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, None)
+    _check_layout_groups(q, k, q_groups, k_groups)
+    if q_groups is None:
+        raise ValueError("q_groups, k_groups: layout_tile_stats needs the layout bitmasks")
+    _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
+    if q.device.type == "cuda":
+        config = shipped_configs(torch.cuda.get_device_capability(q.device)[0], q.shape[3])[0]
+    elif _interpreting():
+        config = INTERPRETER_CONFIG
+    else:
+        raise RuntimeError("layout_tile_stats runs the Triton kernel: needs a CUDA device or TRITON_INTERPRET=1")
+    B, n_q, H, _ = q.shape
+    block_m, block_n = config[:2]
+    programs_m = -(-n_q // block_m)
+    skipped = torch.zeros(B * H * programs_m, dtype=torch.int32, device=q.device)
+    rope_attention_fwd(*args[:10], rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=args[13],
+                       return_lse=False, q_groups=q_groups, k_groups=k_groups, skipped=skipped, config=config)
+    lens = k_lens.long() if k_lens is not None else torch.full((B,), k.shape[1], dtype=torch.long)
+    tiles_per_program = (-(-lens.cpu() // block_n)).repeat_interleave(H * programs_m)
+    total = int(tiles_per_program.sum())
+    n_skipped = int(skipped.sum())
+    return {"skipped": n_skipped, "visited": total - n_skipped, "block_m": block_m, "block_n": block_n}
 
 
 # ------------------------------------------------------------- rmsnorm + rope op
@@ -217,6 +292,7 @@ def _rmsnorm_rope(name, x, coords, table, norm, weight, eps, coords_name="coords
         if weight.shape[0] != expected:
             raise ValueError(f"{weight_name}: expected shape [{expected}], got {tuple(weight.shape)}")
         _check_float(weight_name, weight)
+        weight = weight.contiguous()  # the kernel indexes the weight at unit stride
     _check_devices(**{name: x, coords_name: coords, weight_name: weight})
     freqs, axes = _table_tensors(table, x.device)
     return _rmsnorm_rope_op(x, coords, freqs, axes, table.interleaved, norm, weight, float(eps))

@@ -39,7 +39,8 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch
 
 
 def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: RopeTable | None = None,
-                   rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False):
+                   rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False,
+                   q_groups=None, k_groups=None):
     """Attention with coordinate RoPE, in plain PyTorch.
 
     Args:
@@ -47,6 +48,8 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Ro
         q_coords / k_coords: float32 ``[B or 1, N, A]``.
         table / k_table: query-side table and key-side table (``k_table`` defaults to ``table``).
         k_lens: optional int ``[B]``: keys ``>= k_lens[b]`` are masked.
+        q_groups / k_groups: optional integer bitmasks ``[B or 1, N]`` (SpA2V layout attention): query ``i``
+            attends to key ``j`` only when ``q_groups[i] & k_groups[j] != 0``.
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype; with ``return_lse`` also ``lse`` float32 ``[B, H, Nq]``
         (natural log; ``-inf`` and a zero output where every key is masked).
@@ -66,6 +69,9 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Ro
     if k_lens is not None:
         valid = torch.arange(Nk, device=q.device)[None, :] < k_lens.to(q.device)[:, None]  # [B, Nk]
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    if q_groups is not None:
+        allowed = (q_groups.to(q.device).long()[:, :, None] & k_groups.to(q.device).long()[:, None, :]) != 0
+        s = s.masked_fill(~allowed[:, None], float("-inf"))
     m = s.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)

@@ -17,8 +17,50 @@ from .rope_math import pair_offsets, rotate_pairs
 
 
 @triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n, offs_j, mask_j, offs_d, mask_d,
+                 j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
+                 stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K: tl.constexpr, HAS_GROUPS: tl.constexpr):
+    """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``."""
+    # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
+    k_cols = k_base + offs_n[None, :] * stride_kn
+    mask_k = mask_j[:, None] & mask_n[None, :]
+    k1 = tl.load(k_cols + j1[:, None] * stride_kd, mask=mask_k, other=0.0)
+    k2 = tl.load(k_cols + j2[:, None] * stride_kd, mask=mask_k, other=0.0)
+    if ROTATE_K:
+        k_coords = KC + b * stride_kc_b + offs_n[None, :] * stride_kc_n
+        # not r1/r2: a name bound before the loop would become loop-carried with the Q tile's shape
+        k1, k2 = rotate_pairs(k1.to(tl.float32), k2.to(tl.float32), k_coords,
+                              k_axis[:, None] * stride_kc_a, k_freq[:, None], mask_k)
+        k1 = k1.to(K.dtype.element_ty)
+        k2 = k2.to(K.dtype.element_ty)
+    qk = tl.dot(q1, k1)
+    qk = tl.dot(q2, k2, qk)
+    allowed = mask_n[None, :]
+    if HAS_GROUPS:
+        allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
+    qk = tl.where(allowed, qk * qk_scale, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if HAS_GROUPS:  # a row may have no allowed key yet: keep exp2 away from (-inf) - (-inf)
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(V.dtype.element_ty), v, acc)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _rope_attention_fwd(
-    Q, K, V, Out, Lse, QC, KC, QF, QA, KF, KA, KLens,
+    Q, K, V, Out, Lse, QC, KC, QF, QA, KF, KA, KLens, QG, KG, Skipped,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
@@ -27,9 +69,11 @@ def _rope_attention_fwd(
     stride_qc_b, stride_qc_n, stride_qc_a,
     stride_kc_b, stride_kc_n, stride_kc_a,
     stride_qf_h, stride_kf_h,
+    stride_qg_b, stride_qg_n, stride_kg_b, stride_kg_n,
     n_q, n_k, num_heads, group, qk_scale,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, RETURN_LSE: tl.constexpr,
+    HAS_GROUPS: tl.constexpr, COUNT_SKIPPED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -60,13 +104,19 @@ def _rope_attention_fwd(
         q1 = r1.to(Q.dtype.element_ty)
         q2 = r2.to(Q.dtype.element_ty)
 
-    if ROTATE_K:
-        k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j, other=0.0)
-        k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j, other=0)
+    k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0.0)
+    k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0)
 
     k_len = n_k
     if HAS_KLENS:
         k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
+
+    q_groups = tl.zeros([BLOCK_M], tl.int64)
+    k_groups = tl.zeros([BLOCK_N], tl.int64)
+    if HAS_GROUPS:  # layout masks: q attends to k only where their group bitmasks share a bit
+        q_groups = tl.load(QG + b * stride_qg_b + offs_m * stride_qg_n, mask=mask_m, other=0).to(tl.int64)
+        q_groups_any = tl.reduce(q_groups, 0, _bit_or)
+    n_skipped = 0
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -77,36 +127,24 @@ def _rope_attention_fwd(
     for start_n in range(0, k_len, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < k_len
-        # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
-        k_cols = k_base + offs_n[None, :] * stride_kn
-        mask_k = mask_j[:, None] & mask_n[None, :]
-        k1 = tl.load(k_cols + j1[:, None] * stride_kd, mask=mask_k, other=0.0)
-        k2 = tl.load(k_cols + j2[:, None] * stride_kd, mask=mask_k, other=0.0)
-        if ROTATE_K:
-            k_coords = KC + b * stride_kc_b + offs_n[None, :] * stride_kc_n
-            r1, r2 = rotate_pairs(k1.to(tl.float32), k2.to(tl.float32), k_coords,
-                                  k_axis[:, None] * stride_kc_a, k_freq[:, None], mask_k)
-            k1 = r1.to(K.dtype.element_ty)
-            k2 = r2.to(K.dtype.element_ty)
-        qk = tl.dot(q1, k1)
-        qk = tl.dot(q2, k2, qk)
-        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(V.dtype.element_ty), v, acc)
-        m_i = m_new
+        visit = True
+        if HAS_GROUPS:
+            k_groups = tl.load(KG + b * stride_kg_b + offs_n * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
+            visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0  # skip tiles with no allowed pair
+            n_skipped += 1 - visit.to(tl.int32)
+        if visit:
+            m_i, l_i, acc = _attend_tile(
+                q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n, offs_j, mask_j, offs_d, mask_d,
+                j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
+                stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K, HAS_GROUPS)
 
     # ---- epilogue: rows with no key (k_len == 0) give zeros and lse = -inf
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    if COUNT_SKIPPED:
+        tl.store(Skipped + pid_bh * tl.num_programs(0) + pid_m, n_skipped)
     if RETURN_LSE:
         lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
         tl.store(Lse + b * stride_lse_b + h * stride_lse_h + offs_m, lse, mask=mask_m)
@@ -146,19 +184,28 @@ def _interpreting() -> bool:
 
 
 def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
-                       rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool, config=None):
+                       rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
+                       q_groups=None, k_groups=None, skipped=None, config=None):
     """Launch the fused kernel on validated inputs.
 
     q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides); coords float32 ``[B or 1, N, A]``;
-    freqs float32 / axes int32 ``[1 or H(k), D/2]`` contiguous; k_lens int ``[B]`` or None.
+    freqs float32 / axes int32 ``[1 or H(k), D/2]`` contiguous; k_lens int ``[B]`` or None;
+    q_groups / k_groups int32/int64 ``[B or 1, N]`` layout bitmasks (both or neither).
+    ``skipped``: optional int32 tensor with one slot per program (``B*H*cdiv(Nq, BLOCK_M)``) that
+    receives the number of key tiles each program skipped because no pair shared a group bit.
     Returns ``(out [B, Nq, H, D] like q, lse float32 [B, H, Nq] or None)``.
     """
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     out = torch.empty((B, n_q, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32) if return_lse else out
+    has_groups = q_groups is not None
     flags = dict(HALF=D // 2, HALF_PAD=half_pad(D), INTERLEAVED=interleaved, ROTATE_Q=rotate_q, ROTATE_K=rotate_k,
-                 HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse)
+                 HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse, HAS_GROUPS=has_groups,
+                 COUNT_SKIPPED=skipped is not None)
+
+    def batch_stride(x):  # broadcast a batch of 1 with stride 0
+        return x.stride(0) if x.shape[0] > 1 else 0
 
     def launch(cfg):
         block_m, block_n, num_warps, num_stages = cfg
@@ -166,11 +213,15 @@ def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_
         _rope_attention_fwd[grid](
             q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
             k_lens if k_lens is not None else q_freqs,
+            q_groups if has_groups else q_axes, k_groups if has_groups else q_axes,
+            skipped if skipped is not None else q_axes,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             lse.stride(0) if return_lse else 0, lse.stride(1) if return_lse else 0,
-            q_coords.stride(0) if q_coords.shape[0] > 1 else 0, q_coords.stride(1), q_coords.stride(2),
-            k_coords.stride(0) if k_coords.shape[0] > 1 else 0, k_coords.stride(1), k_coords.stride(2),
-            q_freqs.stride(0) if q_freqs.shape[0] > 1 else 0, k_freqs.stride(0) if k_freqs.shape[0] > 1 else 0,
+            batch_stride(q_coords), q_coords.stride(1), q_coords.stride(2),
+            batch_stride(k_coords), k_coords.stride(1), k_coords.stride(2),
+            batch_stride(q_freqs), batch_stride(k_freqs),
+            batch_stride(q_groups) if has_groups else 0, q_groups.stride(1) if has_groups else 0,
+            batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0,
             n_q, n_k, H, H // Hk, scale * math.log2(math.e),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **flags)
 
