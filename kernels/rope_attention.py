@@ -46,10 +46,11 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n
     qk = tl.where(allowed, qk * qk_scale, float("-inf"))
 
     m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_shift = m_new
     if HAS_GROUPS:  # a row may have no allowed key yet: keep exp2 away from (-inf) - (-inf)
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
