@@ -262,10 +262,8 @@ def layout_tile_stats(q, k, v, q_coords, k_coords, table: RopeTable, *, q_groups
 NORM_MODES = {"none": 0, "head": 1, "across_heads": 2}
 
 
-@torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())
-def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor, axes: torch.Tensor,
-                     interleaved: bool, norm: int, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    _check_values({"coords": coords}, None, 0)
+def _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps):
+    """RMSNorm (mode ``norm``) then RoPE on checked inputs, on the selected backend."""
     if backend_for(x.device) == "triton" and x.numel():
         from .kernels.rope_norm import rmsnorm_rope_fwd
         return rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
@@ -274,18 +272,44 @@ def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor,
     return reference.apply_rope(x, coords, RopeTable(freqs, axes, interleaved)).contiguous()
 
 
+@torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor, axes: torch.Tensor,
+                     interleaved: bool, weight: Optional[torch.Tensor], norm: int, eps: float) -> torch.Tensor:
+    _check_values({"coords": coords}, None, 0)
+    return _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps)
+
+
 @_rmsnorm_rope_op.register_fake
-def _(x, coords, freqs, axes, interleaved, norm, weight, eps):
+def _(x, coords, freqs, axes, interleaved, weight, norm, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _rmsnorm_rope(name, x, coords, table, norm, weight, eps, coords_name="coords", weight_name="weight"):
+# q and k in one op, so that both sides' values are checked before either launch
+@torch.library.custom_op("baton_fast::qk_rmsnorm_rope", mutates_args=())
+def _qk_rmsnorm_rope_op(q: torch.Tensor, q_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor,
+                        q_interleaved: bool, q_weight: Optional[torch.Tensor], k: torch.Tensor, k_coords: torch.Tensor,
+                        k_freqs: torch.Tensor, k_axes: torch.Tensor, k_interleaved: bool,
+                        k_weight: Optional[torch.Tensor], norm: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_values({"q_coords": q_coords, "k_coords": k_coords}, None, 0)
+    return (_rmsnorm_rope_run(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight, norm, eps),
+            _rmsnorm_rope_run(k, k_coords, k_freqs, k_axes, k_interleaved, k_weight, norm, eps))
+
+
+@_qk_rmsnorm_rope_op.register_fake
+def _(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight, k, k_coords, k_freqs, k_axes, k_interleaved, k_weight,
+      norm, eps):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format))
+
+
+def _rmsnorm_rope_args(name, x, coords, table, norm, weight, coords_name, weight_name, table_name):
+    """Check one side's arguments; return ``(x, coords, freqs, axes, interleaved, weight)`` for the ops."""
     _check_tensor(name, x, 4, "[B, N, H, D]")
     _check_float(name, x)
     B, N, H, D = x.shape
     _check_head_dim(name, D)
     _check_coords(coords_name, coords, B, N, table if isinstance(table, RopeTable) else None)
-    _check_table("table" if name in ("x", "q") else "k_table", table, H, D, coords)
+    _check_table(table_name, table, H, D, coords)
     if weight is not None:
         _check_tensor(weight_name, weight, 1, "[D] or [H*D]")
         expected = H * D if norm == 2 else D
@@ -295,14 +319,15 @@ def _rmsnorm_rope(name, x, coords, table, norm, weight, eps, coords_name="coords
         weight = weight.contiguous()  # the kernel indexes the weight at unit stride
     _check_devices(**{name: x, coords_name: coords, weight_name: weight})
     freqs, axes = _table_tensors(table, x.device)
-    return _rmsnorm_rope_op(x, coords, freqs, axes, table.interleaved, norm, weight, float(eps))
+    return x, coords, freqs, axes, table.interleaved, weight
 
 
 def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
     """Rotate ``x [B, N, H, D]`` (fp16/bf16/fp32) by float32 coordinates ``[B or 1, N, A]``.
 
     Returns a contiguous tensor of x's shape and dtype."""
-    return _rmsnorm_rope("x", x, coords, table, 0, None, 0.0)
+    args = _rmsnorm_rope_args("x", x, coords, table, 0, None, "coords", "weight", "table")
+    return _rmsnorm_rope_op(*args, NORM_MODES["none"], 0.0)
 
 
 def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None, k_weight=None,
@@ -314,7 +339,9 @@ def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None
     pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
+    k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
     k_table = table if k_table is None else k_table
-    q_rot = _rmsnorm_rope("q", q, q_coords, table, norm, q_weight, eps, "q_coords", "q_weight")
-    k_rot = _rmsnorm_rope("k", k, k_coords, k_table, norm, k_weight, eps, "k_coords", "k_weight")
-    return q_rot, k_rot
+    q_args = _rmsnorm_rope_args("q", q, q_coords, table, norm, q_weight, "q_coords", "q_weight", "table")
+    k_args = _rmsnorm_rope_args("k", k, k_coords, k_table, norm, k_weight, "k_coords", "k_weight", k_table_name)
+    _check_devices(q=q, k=k)
+    return _qk_rmsnorm_rope_op(*q_args, *k_args, norm, float(eps))

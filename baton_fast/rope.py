@@ -55,8 +55,9 @@ class RopeTable:
             raise TypeError(f"RopeTable.axes: expected an integer tensor [1 or H, D/2], got {_describe(a)}")
         if a.shape != f.shape:
             raise ValueError(f"RopeTable.axes: expected shape {tuple(f.shape)} (same as freqs), got {tuple(a.shape)}")
-        if f.shape[1] < 1:
-            raise ValueError("RopeTable.freqs: expected at least one rotary pair (D/2 >= 1)")
+        if f.shape[0] < 1 or f.shape[1] < 1:
+            raise ValueError(f"RopeTable.freqs: expected at least one row and one rotary pair (D/2 >= 1), "
+                             f"got shape {tuple(f.shape)}")
         if a.device != f.device:
             raise ValueError(f"RopeTable: freqs on {f.device} but axes on {a.device}")
         if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
@@ -137,6 +138,8 @@ class RopeTable:
         Coordinates come from :func:`ltx2_video_coords` / :func:`ltx2_audio_coords` (already mapped
         to ``2 c / max - 1``).  Returns a per-head table ``[num_heads, inner_dim / num_heads / 2]``.
         """
+        if num_axes < 1:
+            raise ValueError(f"num_axes: expected at least one coordinate axis, got {num_axes}")
         if inner_dim % num_heads or (inner_dim // num_heads) % 2:
             raise ValueError(f"inner_dim: expected a multiple of 2*num_heads={2 * num_heads}, got {inner_dim}")
         n = inner_dim // (2 * num_axes)

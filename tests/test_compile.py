@@ -1,0 +1,78 @@
+"""torch.compile(fullgraph=True) traces through the public ops (custom ops with fake implementations)."""
+import pytest
+import torch
+
+import baton_fast as bf
+
+H, HK, D = 4, 2, 32
+TABLE = bf.RopeTable.wan(D)
+
+
+def block(q, k, v, q_coords, k_coords, k_lens, q_weight, k_weight):
+    """QK-norm + RoPE pre-pass, fused attention on the rotated K with key lengths and lse, a RoPE after,
+    and plain torch ops around them (so the compiled graph reads the ops' outputs with their promised strides)."""
+    q_rot, k_rot = bf.qk_rmsnorm_rope(q, k, q_coords, k_coords, TABLE, q_weight=q_weight, k_weight=k_weight)
+    out, lse = bf.rope_attention(q_rot, k_rot, v, q_coords, k_coords, TABLE, rotate_q=False, rotate_k=False,
+                                 k_lens=k_lens, return_lse=True)
+    cross = bf.rope_attention(q, k, v, q_coords, k_coords, TABLE, k_lens=k_lens)
+    rotated = bf.apply_rope(out, q_coords, TABLE)
+    return rotated.flatten(2) * 2.0 + cross.flatten(2), lse.exp()
+
+
+def inputs(n_q: int, n_k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, H, n_q, D, generator=g).transpose(1, 2)  # strided q
+    k, v = (torch.randn(2, n_k, HK, D, generator=g) for _ in range(2))
+    q_coords = bf.video_grid_coords(1, 1, n_q)[None]
+    k_coords = (torch.rand(2, n_k, 3, generator=g) * 8).floor()
+    k_lens = torch.tensor([n_k, n_k // 2], dtype=torch.int32)
+    return q, k, v, q_coords, k_coords, k_lens, torch.rand(H * D, generator=g), torch.rand(HK * D, generator=g)
+
+
+class CountingBackend:
+    """A torch.compile backend that records every graph Dynamo hands it and runs it eagerly."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_fullgraph_inductor_matches_eager(backend, monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", backend)
+    args = inputs(17, 11)
+    compiled = torch.compile(block, fullgraph=True)  # raises on any graph break
+    for out, expected in zip(compiled(*args), block(*args)):
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# The traced graph does not depend on the backend (the ops are opaque to Dynamo): these two run the reference.
+def test_one_graph_with_the_custom_ops(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    counting = CountingBackend()
+    torch.compile(block, fullgraph=True, backend=counting)(*inputs(17, 11))
+    assert len(counting.graphs) == 1
+    targets = {str(node.target) for node in counting.graphs[0].graph.nodes if node.op == "call_function"}
+    assert {"baton_fast.qk_rmsnorm_rope.default", "baton_fast.rope_attention.default",
+            "baton_fast.rmsnorm_rope.default"} <= targets
+
+
+def test_dynamic_shapes_compile_once_across_sequence_lengths(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    counting = CountingBackend()
+    compiled = torch.compile(block, fullgraph=True, dynamic=True, backend=counting)
+    for n_q, n_k in ((17, 11), (23, 30)):
+        args = inputs(n_q, n_k, seed=n_q)
+        for out, expected in zip(compiled(*args), block(*args)):
+            torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert len(counting.graphs) == 1
