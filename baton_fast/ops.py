@@ -234,7 +234,8 @@ def layout_tile_stats(q, k, v, q_coords, k_coords, table: RopeTable, *, q_groups
     """
     from .kernels.rope_attention import INTERPRETER_CONFIG, _interpreting, rope_attention_fwd, shipped_configs
 
-    args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, None)
+    (q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale) = _attention_args(
+        q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, None)
     _check_layout_groups(q, k, q_groups, k_groups)
     if q_groups is None:
         raise ValueError("q_groups, k_groups: layout_tile_stats needs the layout bitmasks")
@@ -249,8 +250,8 @@ def layout_tile_stats(q, k, v, q_coords, k_coords, table: RopeTable, *, q_groups
     block_m, block_n = config[:2]
     programs_m = -(-n_q // block_m)
     skipped = torch.zeros(B * H * programs_m, dtype=torch.int32, device=q.device)
-    rope_attention_fwd(*args[:10], rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=args[13],
-                       return_lse=False, q_groups=q_groups, k_groups=k_groups, skipped=skipped, config=config)
+    rope_attention_fwd(q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q=rotate_q, rotate_k=rotate_k,
+                       k_lens=k_lens, scale=scale, return_lse=False, q_groups=q_groups, k_groups=k_groups, skipped=skipped, config=config)
     lens = k_lens.long() if k_lens is not None else torch.full((B,), k.shape[1], dtype=torch.long)
     tiles_per_program = (-(-lens.cpu() // block_n)).repeat_interleave(H * programs_m)
     total = int(tiles_per_program.sum())
