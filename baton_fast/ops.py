@@ -87,7 +87,12 @@ def _check_groups(name, groups, batch, tokens):
 
 
 def _check_values(coords_by_name, k_lens, n_k):
-    """Value checks, run inside the ops (they read tensor data), before any launch."""
+    """Value checks, run inside the ops (they read tensor data), before any launch.
+
+    Skipped while a CUDA graph is being captured: reading values synchronises, which capture forbids
+    (the eager warm-up calls before the capture ran the checks on the same buffers)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return
     for name, c in coords_by_name.items():
         if c.numel() and not bool(torch.isfinite(c).all()):
             raise ValueError(f"{name}: expected finite coordinates, found NaN or inf")
