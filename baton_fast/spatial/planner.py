@@ -1,0 +1,394 @@
+"""Layout planners: spatial auditory cues -> Video Scene Layout.
+
+``CuePlanner`` is deterministic signal processing; ``MLLMPlanner`` builds SpA2V's prompt (a "video
+director" instruction, ``k`` retrieved in-context examples, the cue report) and hands it to any callable.
+
+Conventions (the camera stands where the listener is):
+
+- horizontal position: the constant-power pan law inverted, ``x = arctan(10^(-ILD/20)) / (pi/2)``
+  (ILD = left over right, dB): a source only in the left channel sits at ``x = 0``, an equal-level
+  source at ``0.5``. For a single broadband source the ITD gives ``x = 0.5 - 0.5 * ITD / max_itd`` too,
+  and the more lateral estimate wins (amplitude-panned mixes have ITD = 0, time-panned ones ILD = 0);
+  tonal sources use the ILD only, since GCC-PHAT on a tone has one peak per period.
+- size: louder = nearer = larger; the height follows ``amplitude ** size_exponent`` around a reference
+  set by the source's median loudness (``size_exponent = 1`` is the pinhole law, size ~ 1/distance ~
+  amplitude; the default 0.5 keeps a 24 dB swing inside the frame). Nearer boxes also sit lower.
+- motion, from straight-line fits over the frames where the source is audible:
+  ``left-crossing`` = enters from the left and moves to the right (x grows by >= ``crossing_threshold``),
+  ``right-crossing`` = from the right towards the left, ``approaching`` / ``receding`` = loudness rises /
+  falls by >= ``loudness_threshold_db``, else ``stationary``; when both a crossing and a loudness trend
+  pass their threshold, the one that passes it by the larger factor wins.
+- several sources are told apart by pitch: each prominent peak of the clip's long-term spectrum is a
+  partial; a partial at an integer multiple of a lower one (and at the same ILD) is its harmonic. With
+  no prominent peak the recording is one broadband source. Sources are ranked loudest first; rank ``i``
+  gets object id ``i`` and ``names[i]`` (or "sound source").
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.signal
+
+from .cues import SpatialCues, cue_report, level_difference_db, load_audio, spatial_cues, to_db
+from .vsl import VSL, LayoutFrame, LayoutObject
+
+MOTIONS = ("stationary", "left-crossing", "right-crossing", "approaching", "receding")
+DEFAULT_NAME = "sound source"
+
+
+@dataclass(frozen=True)
+class SourceTrack:
+    """One sound source over the ``F`` analysis frames of a :class:`SpatialCues`.
+
+    partials_hz  frequencies of its spectral peaks (empty: a broadband source)
+    level_db     float64 [F]  loudness of the source's bins, dBFS (channel mean)
+    x            float64 [F]  horizontal position in [0, 1] (0 = left edge)
+    active       bool    [F]  frames where the source is audible
+    x_start, x_end, level_change_db: the straight-line fits at the first and last audible frame
+    """
+    index: int
+    partials_hz: tuple[float, ...]
+    level_db: np.ndarray
+    x: np.ndarray
+    active: np.ndarray
+    x_start: float
+    x_end: float
+    level_change_db: float
+    motion: str
+
+
+@dataclass(frozen=True)
+class CuePlanner:
+    """Deterministic cues -> VSL planner (see the module docstring for the conventions)."""
+    fps: float = 6.0
+    max_sources: int = 4
+    peak_prominence_db: float = 10.0
+    dynamic_range_db: float = 30.0
+    harmonic_tolerance: float = 0.03
+    partial_halfwidth_bins: int = 2
+    crossing_threshold: float = 0.25
+    loudness_threshold_db: float = 6.0
+    size_exponent: float = 0.5
+    box_aspect: float = 1.0
+    min_height: float = 0.08
+    max_height: float = 0.9
+
+    def __post_init__(self):
+        if not (isinstance(self.fps, (int, float)) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number of keyframes per second, got {self.fps!r}")
+        if not (isinstance(self.max_sources, int) and self.max_sources >= 1):
+            raise ValueError(f"max_sources must be a positive integer, got {self.max_sources!r}")
+
+    # ---- sources ----------------------------------------------------------------------------------------
+    def tracks(self, cues: SpatialCues) -> list[SourceTrack]:
+        """Find the sources in ``cues`` and follow each one: loudest first, at most ``max_sources``."""
+        active = cues.active
+        if not active.any():
+            return []
+        sources = self._group_partials(cues, active)
+        powers = [cues.power[:, self._bins(cues, partials), :].sum(axis=1, dtype=np.float64)  # [F, C]
+                  for partials in sources]
+        order = np.argsort([-p[active].sum() for p in powers], kind="stable")[:self.max_sources]
+        broadband = sources == [()]  # GCC-PHAT on a tone is ambiguous (one peak per period): ILD only
+        return [self._follow(rank, sources[i], powers[i], cues, use_itd=broadband) for rank, i in enumerate(order)]
+
+    def _bins(self, cues: SpatialCues, partials: tuple[float, ...]) -> np.ndarray:
+        """STFT bins of a source: within the Hann main lobe of each partial; every analysed bin if broadband."""
+        if not partials:
+            return cues.freqs >= cues.band_edges_hz[0]
+        half_width = (self.partial_halfwidth_bins + 0.5) * (cues.freqs[1] - cues.freqs[0])
+        return np.any(np.abs(cues.freqs[None, :] - np.array(partials)[:, None]) <= half_width, axis=0)
+
+    def _group_partials(self, cues: SpatialCues, active: np.ndarray) -> list[tuple[float, ...]]:
+        """Prominent peaks of the long-term spectrum grouped into harmonic series: one tuple per source."""
+        spectrum_db = to_db(cues.mono_power[active].mean(axis=0))
+        usable = cues.freqs >= cues.band_edges_hz[0]
+        peaks, _ = scipy.signal.find_peaks(spectrum_db, prominence=self.peak_prominence_db)
+        peaks = peaks[usable[peaks] & (spectrum_db[peaks] >= spectrum_db[usable].max() - self.dynamic_range_db)]
+        peaks = peaks[(peaks > 0) & (peaks < len(cues.freqs) - 1)]
+        if len(peaks) == 0:
+            return [()]
+        left, centre, right = spectrum_db[peaks - 1], spectrum_db[peaks], spectrum_db[peaks + 1]
+        shift = 0.5 * (left - right) / np.minimum(left - 2 * centre + right, -1e-9)
+        bin_width = cues.freqs[1] - cues.freqs[0]
+        freqs = cues.freqs[peaks] + np.clip(shift, -0.5, 0.5) * bin_width
+        ild = self._long_term_ild(cues, active, freqs)
+        sources: list[list[int]] = []
+        for p in np.argsort(freqs):
+            for members in sources:
+                f0 = freqs[members[0]]
+                harmonic = round(freqs[p] / f0)
+                tolerance = max(self.harmonic_tolerance * freqs[p], bin_width)
+                same_place = abs(ild[p] - ild[members[0]]) <= 3.0
+                if harmonic >= 2 and abs(freqs[p] - harmonic * f0) <= tolerance and same_place:
+                    members.append(p)
+                    break
+            else:
+                sources.append([p])
+        return [tuple(float(freqs[p]) for p in members) for members in sources]
+
+    def _long_term_ild(self, cues: SpatialCues, active: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+        """Left-over-right level (dB) of each partial over the audible frames; zeros for mono."""
+        if not cues.is_stereo:
+            return np.zeros(len(freqs))
+        power = np.stack([cues.power[active][:, self._bins(cues, (f,)), :].sum(axis=(0, 1), dtype=np.float64)
+                          for f in freqs])  # [partials, C]
+        return level_difference_db(power[:, 0], power[:, 1], cues.silence_db)
+
+    def _follow(self, rank: int, partials: tuple[float, ...], power: np.ndarray, cues: SpatialCues,
+                use_itd: bool) -> SourceTrack:
+        level = to_db(power.mean(axis=1))
+        active = (level > cues.silence_db) & (level >= level.max() - self.dynamic_range_db)
+        if cues.is_stereo:
+            ild = level_difference_db(power[:, 0], power[:, 1], cues.silence_db)
+            x = np.arctan(10.0 ** (-ild / 20.0)) / (np.pi / 2)
+            if use_itd and cues.itd_s is not None:
+                itd = np.clip(np.nan_to_num(cues.itd_s) / cues.max_itd_seconds, -1.0, 1.0)
+                x_itd = np.where(cues.itd_strength >= 0.3, 0.5 - 0.5 * itd, 0.5)
+                x = np.where(np.abs(x_itd - 0.5) > np.abs(x - 0.5), x_itd, x)
+        else:
+            x = np.full(len(level), 0.5)
+        t = cues.times[active]
+        if len(t) >= 2 and t[-1] > t[0]:
+            x_slope, x_mid = np.polyfit(t - t.mean(), x[active], 1)
+            level_slope, _ = np.polyfit(t - t.mean(), level[active], 1)
+            half_span = (t[-1] - t[0]) / 2
+            x_start, x_end = x_mid - x_slope * half_span, x_mid + x_slope * half_span
+            level_change = level_slope * 2 * half_span
+        else:
+            x_start = x_end = float(np.mean(x[active]))
+            level_change = 0.0
+        return SourceTrack(index=rank, partials_hz=partials, level_db=level, x=x, active=active,
+                           x_start=float(x_start), x_end=float(x_end), level_change_db=float(level_change),
+                           motion=self._motion(x_end - x_start, level_change))
+
+    def _motion(self, x_change: float, level_change_db: float) -> str:
+        crossing = abs(x_change) / self.crossing_threshold
+        loudness = abs(level_change_db) / self.loudness_threshold_db
+        if max(crossing, loudness) < 1.0:
+            return "stationary"
+        if crossing >= loudness:
+            return "left-crossing" if x_change > 0 else "right-crossing"
+        return "approaching" if level_change_db > 0 else "receding"
+
+    # ---- layout -----------------------------------------------------------------------------------------
+    def keyframe_times(self, duration: float) -> np.ndarray:
+        """``0, 1/fps, 2/fps, ...`` up to ``duration`` seconds: float64 ``[keyframes]``."""
+        return np.arange(int(math.floor(duration * self.fps + 1e-9)) + 1) / self.fps
+
+    def plan(self, cues: SpatialCues, names: Sequence[str] | None = None) -> VSL:
+        """The VSL of ``cues`` with one keyframe every ``1 / fps`` seconds."""
+        names = list(names or [])
+        if any(not isinstance(n, str) or not n.strip() for n in names):
+            raise ValueError(f"names must be non-empty strings, got {names!r}")
+        tracks = self.tracks(cues)
+        labels = {track.index: names[track.index] if track.index < len(names) else DEFAULT_NAME for track in tracks}
+        frames = []
+        for t in self.keyframe_times(cues.duration):
+            window = np.abs(cues.times - t) <= 0.5 / self.fps
+            if not window.any():
+                window = np.abs(cues.times - t) == np.abs(cues.times - t).min()
+            objects = []
+            for track in tracks:
+                box = self._box(track, window)
+                if box is not None:
+                    objects.append(LayoutObject(track.index, labels[track.index], box))
+            caption = ", ".join(f"{labels[o.id]} {_region((o.box[0] + o.box[2]) / 2)}" for o in objects)
+            frames.append(LayoutFrame(float(round(t, 4)), caption or "no visible sound source", tuple(objects)))
+        return VSL(_global_caption(tracks, labels, cues.is_stereo), tuple(frames))
+
+    def _box(self, track: SourceTrack, window: np.ndarray) -> tuple[float, float, float, float] | None:
+        """The box of ``track`` averaged over the analysis frames in ``window``; None when it is silent there."""
+        frames = window & track.active
+        if not frames.any():
+            return None
+        weights = 10.0 ** (track.level_db[frames] / 10.0)
+        x = float(np.sum(weights * track.x[frames]) / weights.sum())
+        level = float(to_db(weights.mean()))
+        reference = float(np.median(track.level_db[track.active]))
+        reference_height = float(np.interp(reference, [-60.0, 0.0], [0.15, 0.5]))
+        height = reference_height * 10.0 ** (self.size_exponent * (level - reference) / 20.0)
+        height = min(max(height, self.min_height), self.max_height)
+        width = height * self.box_aspect
+        bottom = 0.6 + 0.4 * height  # nearer (larger) objects stand lower in the frame
+        x1, x2 = max(0.0, x - width / 2), min(1.0, x + width / 2)
+        return (round(x1, 4), round(bottom - height, 4), round(x2, 4), round(bottom, 4))
+
+
+def _region(x: float) -> str:
+    return "on the left" if x < 1 / 3 else "on the right" if x > 2 / 3 else "in the centre"
+
+
+_MOTION_PHRASES = {"stationary": "staying {start}", "left-crossing": "moving from the left to the right",
+                   "right-crossing": "moving from the right to the left",
+                   "approaching": "approaching the camera {start}", "receding": "moving away from the camera {start}"}
+
+
+def _global_caption(tracks: Sequence[SourceTrack], labels: dict[int, str], stereo: bool) -> str:
+    if not tracks:
+        return "Silence: no sound source is audible."
+    parts = []
+    for track in tracks:
+        name = labels[track.index]
+        article = "an" if name[0].lower() in "aeiou" else "a"
+        phrase = _MOTION_PHRASES[track.motion].format(start=_region(track.x_start))
+        parts.append(f"{article} {name} {phrase} ({track.motion})")
+    caption = "; ".join(parts)
+    caption = caption[0].upper() + caption[1:] + "."
+    if not stereo:
+        caption += " Mono recording: no spatial cue, sources are placed in the centre."
+    return caption
+
+
+def track_report(tracks: Sequence[SourceTrack]) -> str:
+    """One line per source found by :class:`CuePlanner` (part of the MLLM cue report)."""
+    if not tracks:
+        return "sources: none audible"
+    lines = []
+    for track in tracks:
+        pitch = ", ".join(f"{f:.0f}" for f in track.partials_hz) + " Hz" if track.partials_hz else "broadband"
+        lines.append(f"source {track.index}: {pitch}; position x {track.x_start:.2f} -> {track.x_end:.2f} "
+                     f"(0 left, 1 right); loudness change {track.level_change_db:+.1f} dB; motion {track.motion}")
+    return "\n".join(lines)
+
+
+# ---- MLLM planner -----------------------------------------------------------------------------------------
+
+DIRECTOR_INSTRUCTION = """\
+You are a video director. From the soundtrack of a video and a report of its spatial auditory cues, \
+plan the video's scene layout: which objects make the sounds, where each one is in the frame at every \
+keyframe, and how it moves.
+Rules:
+- The camera stands where the listener is. A source that is louder in the left channel (ILD > 0) or \
+reaches the left channel first (ITD > 0) is in the left part of the frame; equal channels mean the centre.
+- Louder means nearer, and nearer objects are larger and lower in the frame. Rising loudness means the \
+object approaches, falling loudness that it recedes.
+- A source whose position moves from left to right is "left-crossing" (it enters from the left); from \
+right to left it is "right-crossing".
+- Keep an object's id in every keyframe where it is visible; leave it out of a keyframe where it is not.
+- Boxes are [x1, y1, x2, y2] normalised to [0, 1], origin at the top-left corner, x1 < x2, y1 < y2.
+Answer with JSON only, in this format:
+{"caption": "...", "frames": [{"time": 0.0, "caption": "...", "objects": [{"id": 0, "name": "...", \
+"box": [x1, y1, x2, y2]}]}]}"""
+
+
+@dataclass(frozen=True)
+class LayoutExample:
+    """An in-context example: a cue description, its retrieval features (see :func:`cue_features`), its VSL."""
+    description: str
+    features: tuple[float, float, float, float]
+    vsl: VSL
+
+
+def cue_features(tracks: Sequence[SourceTrack]) -> np.ndarray:
+    """Retrieval key of a recording: (number of sources, start x, end x, loudness change / 24 dB) of its
+    loudest source; float64 ``[4]``."""
+    if not tracks:
+        return np.array([0.0, 0.5, 0.5, 0.0])
+    loudest = tracks[0]
+    return np.array([len(tracks), loudest.x_start, loudest.x_end, loudest.level_change_db / 24.0])
+
+
+def _example(description, features, caption, objects_by_time) -> LayoutExample:
+    frames = [{"time": t, "caption": frame_caption,
+               "objects": [{"id": i, "name": name, "box": box} for i, name, box in objects]}
+              for t, frame_caption, objects in objects_by_time]
+    return LayoutExample(description, features, VSL.from_dict({"caption": caption, "frames": frames}))
+
+
+DEFAULT_EXAMPLES = (
+    _example("one source; heard on the left at first, then in the centre, then on the right; steady loudness",
+             (1, 0.15, 0.85, 0.0), "A car driving from the left to the right (left-crossing).",
+             [(0.0, "car on the left", [(0, "car", [0.0, 0.55, 0.3, 0.8])]),
+              (2.5, "car in the centre", [(0, "car", [0.35, 0.55, 0.65, 0.8])]),
+              (5.0, "car on the right", [(0, "car", [0.7, 0.55, 1.0, 0.8])])]),
+    _example("one source; louder in the right channel the whole time; steady loudness",
+             (1, 0.8, 0.8, 0.0), "A dog barking on the right (stationary).",
+             [(0.0, "dog on the right", [(0, "dog", [0.65, 0.45, 0.95, 0.85])]),
+              (5.0, "dog on the right", [(0, "dog", [0.65, 0.45, 0.95, 0.85])])]),
+    _example("one source; equal in both channels; loudness rises by 18 dB",
+             (1, 0.5, 0.5, 0.75), "A train approaching the camera in the centre (approaching).",
+             [(0.0, "train in the centre", [(0, "train", [0.45, 0.5, 0.55, 0.6])]),
+              (2.5, "train in the centre", [(0, "train", [0.35, 0.45, 0.65, 0.75])]),
+              (5.0, "train in the centre", [(0, "train", [0.15, 0.3, 0.85, 0.95])])]),
+    _example("two sources; a low voice louder on the left, a high melody louder on the right; steady",
+             (2, 0.2, 0.2, 0.0), "A man talking on the left and a piano playing on the right (stationary).",
+             [(0.0, "man on the left, piano on the right",
+               [(0, "man", [0.05, 0.2, 0.4, 0.95]), (1, "piano", [0.6, 0.4, 0.95, 0.9])]),
+              (5.0, "man on the left, piano on the right",
+               [(0, "man", [0.05, 0.2, 0.4, 0.95]), (1, "piano", [0.6, 0.4, 0.95, 0.9])])]),
+    _example("one source; heard on the right at first, then on the left; loudness falls by 9 dB",
+             (1, 0.85, 0.15, -0.375), "A motorbike riding from the right to the left (right-crossing).",
+             [(0.0, "motorbike on the right", [(0, "motorbike", [0.65, 0.4, 1.0, 0.9])]),
+              (5.0, "motorbike on the left", [(0, "motorbike", [0.0, 0.55, 0.2, 0.8])])]),
+)
+
+
+class MLLMPlanner:
+    """SpA2V-style planning with a multimodal language model behind any callable.
+
+    ``generate(prompt_text, audio_path) -> VSL JSON text`` is supplied by the caller (a local model, an
+    API client, a test double); nothing here opens a network connection. The prompt is the director
+    instruction, the ``k`` examples nearest to the recording's :func:`cue_features`, and the cue report
+    (:func:`cue_report` plus the :class:`CuePlanner` source summary).
+    """
+
+    def __init__(self, generate: Callable[[str, str | None], str], *,
+                 examples: Sequence[LayoutExample] = DEFAULT_EXAMPLES, k: int = 2,
+                 cue_planner: CuePlanner | None = None, instruction: str = DIRECTOR_INSTRUCTION):
+        if not callable(generate):
+            raise TypeError(f"generate must be a callable (prompt, audio_path) -> str, got {generate!r}")
+        if not (isinstance(k, int) and 0 <= k <= len(examples)):
+            raise ValueError(f"k must be an integer in [0, {len(examples)}] (the number of examples), got {k!r}")
+        self.generate = generate
+        self.examples = tuple(examples)
+        self.k = k
+        self.cue_planner = cue_planner or CuePlanner()
+        self.instruction = instruction
+
+    def retrieve(self, features: np.ndarray) -> list[LayoutExample]:
+        """The ``k`` examples whose features are nearest (Euclidean) to ``features``, nearest first."""
+        distances = [float(np.linalg.norm(np.asarray(e.features) - features)) for e in self.examples]
+        return [self.examples[i] for i in np.argsort(distances, kind="stable")[:self.k]]
+
+    def prompt(self, cues: SpatialCues, names: Sequence[str] | None = None, audio_path: str | None = None) -> str:
+        tracks = self.cue_planner.tracks(cues)
+        parts = [self.instruction]
+        for number, example in enumerate(self.retrieve(cue_features(tracks)), 1):
+            parts.append(f"### Example {number}\nAudio cues: {example.description}\n"
+                         f"Video scene layout:\n{json.dumps(example.vsl.to_dict())}")
+        times = ", ".join(f"{t:g}" for t in np.round(self.cue_planner.keyframe_times(cues.duration), 4))
+        task = ["### Your recording"]
+        if audio_path is not None:
+            task.append(f"Audio file: {os.path.basename(audio_path)}")
+        if names:
+            task.append("Sounding objects, loudest first: " + ", ".join(names))
+        task += ["Cue report:", cue_report(cues), track_report(tracks), f"Keyframe times (s): {times}",
+                 "Video scene layout:"]
+        parts.append("\n".join(task))
+        return "\n\n".join(parts)
+
+    def plan(self, audio_path: str | os.PathLike, names: Sequence[str] | None = None) -> VSL:
+        """Read ``audio_path``, prompt the model, parse and validate its answer."""
+        audio_path = os.fspath(audio_path)
+        cues = spatial_cues(*load_audio(audio_path))
+        answer = self.generate(self.prompt(cues, names, audio_path), audio_path)
+        return parse_vsl_answer(answer)
+
+
+def parse_vsl_answer(answer: str) -> VSL:
+    """The VSL in a model's answer (JSON, possibly inside a Markdown code fence or surrounded by text)."""
+    if not isinstance(answer, str):
+        raise TypeError(f"the model must return text, got {type(answer).__name__}")
+    start, end = answer.find("{"), answer.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError(f"model answer holds no JSON object: {answer[:200]!r}")
+    try:
+        return VSL.from_json(answer[start:end + 1])
+    except ValueError as err:
+        raise ValueError(f"model answer is not a valid VSL ({err}): {answer[:200]!r}") from err
