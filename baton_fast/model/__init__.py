@@ -1,0 +1,9 @@
+"""Baton model layer: VA-Planner, dual-branch DiT, text encoder, flow-matching sampler, decoders,
+checkpoints and the prompts-to-mp4 pipeline.  Every attention runs through baton-fast ops."""
+from .config import PRESETS, BatonConfig, RunShape, get_preset
+from .dit import DualBranchDiT, RunContext
+from .planner import PlannedTokens, VAPlanner
+from .sampler import SamplerOptions
+
+__all__ = ["PRESETS", "BatonConfig", "RunShape", "get_preset", "DualBranchDiT", "RunContext", "PlannedTokens",
+           "VAPlanner", "SamplerOptions"]

@@ -1,0 +1,98 @@
+"""Attention modules shared by the planner towers and the DiT; every attention runs through baton-fast ops.
+
+Tensors are ``[B, N, dim]`` between modules and ``[B, N, H, D]`` inside them.  Queries and keys are
+RMS-normalised across the whole inner dim ``H*D`` (Wan's QK norm).  Coordinates are float32
+``[1 or B, N, A]``; a side that is not rotated still passes coordinates of the right length (the ops
+check shapes), e.g. zeros for text tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import baton_fast
+from baton_fast.rope import RopeTable
+
+__all__ = ["split_heads", "table_on", "KeyValue", "SelfAttention", "CrossAttention", "FeedForward"]
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[B, N, H*D] -> [B, N, H, D]`` (a view)."""
+    return x.unflatten(-1, (num_heads, -1))
+
+
+def table_on(table: RopeTable, device) -> RopeTable:
+    """``table`` moved to ``device`` once, so that no op copies it per call (CUDA-graph capture forbids that).
+
+    On the meta device (parameter and FLOP counts) the host table is kept: a meta copy could not be
+    value-checked, and the ops move the few table floats to the inputs' device themselves.
+    """
+    return table if torch.device(device).type == "meta" else table.to(device)
+
+
+class KeyValue(nn.Module):
+    """Keys and values of a context ``[B, M, context_dim]``: ``k`` RMS-normalised, both ``[B, M, H, D]``."""
+
+    def __init__(self, context_dim: int, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.k = nn.Linear(context_dim, dim)
+        self.v = nn.Linear(context_dim, dim)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(self, context: torch.Tensor):
+        return (split_heads(self.norm_k(self.k(context)), self.num_heads),
+                split_heads(self.v(context), self.num_heads))
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with coordinate RoPE: the fused QK RMSNorm + RoPE pre-pass rotates q and k once,
+    then ``rope_attention`` reads them already rotated."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.eps = eps
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)  # weights read by the fused pre-pass
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+        """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``."""
+        h = self.num_heads
+        q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
+                                          q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps)
+        out = baton_fast.rope_attention(q, k, split_heads(self.v(x), h), coords, coords, table,
+                                        rotate_q=False, rotate_k=False)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Queries from ``x [B, N, dim]`` attend to keys/values from ``kv`` (call ``self.kv(context)``, or pass
+    cached ones).  RoPE flags, key tables and key lengths are forwarded to ``rope_attention``."""
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.kv = KeyValue(context_dim, dim, num_heads, eps)
+        self.o = nn.Linear(dim, dim)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        return split_heads(self.norm_q(self.q(x)), self.num_heads)
+
+    def forward(self, x, k, v, q_coords, k_coords, table: RopeTable, **rope) -> torch.Tensor:
+        """x ``[B, N, dim]``; k, v ``[B, M, H, D]``; returns ``[B, N, dim]``."""
+        out = baton_fast.rope_attention(self.queries(x), k, v, q_coords, k_coords, table, **rope)
+        return self.o(out.flatten(2))
+
+
+class FeedForward(nn.Sequential):
+    """Wan's FFN: Linear, tanh-GELU, Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))

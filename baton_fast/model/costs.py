@@ -1,0 +1,139 @@
+"""Parameter and FLOP counts of a preset, computed on the meta device (no memory, no weights).
+
+FLOPs are matmul FLOPs (2 per multiply-add) as counted by ``torch.utils.flop_counter`` for linear
+layers and the LM's attention, plus ``4 * B * H * Nq * Nk * D`` for every ``baton_fast.rope_attention``
+call (QK^T and PV; key lengths ignored, i.e. padded text counts in full).  Elementwise work (norms,
+RoPE, activations) is not counted.  Classifier-free guidance doubles the batch.
+
+    python -m baton_fast.model.costs            # Markdown table of every preset
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import PRESETS, BatonConfig
+from .dit import DualBranchDiT
+from .planner import PlannedTokens, SemanticAlignmentTowers, default_language_model, rs_rope_coords
+
+__all__ = ["parameter_counts", "flop_counts", "plan_cache_bytes"]
+
+META = torch.device("meta")
+
+
+def _rope_attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    B, n_q, H, D = q_shape
+    return 4 * B * H * n_q * k_shape[1] * D
+
+
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.baton_fast.rope_attention: _rope_attention_flops}) as c:
+        fn()
+    return int(c.get_total_flops())
+
+
+def _n(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _models(cfg: BatonConfig):
+    with torch.device(META):
+        dit = DualBranchDiT(cfg)
+        if cfg.planner is None:
+            return dit, None, None
+        lm = default_language_model(cfg.planner)
+        towers = SemanticAlignmentTowers(cfg.planner, cfg.planner.lm_hidden, cfg.keyframes(cfg.max_seconds),
+                                         math.ceil(cfg.max_seconds), cfg.eps)
+    return dit, lm, towers
+
+
+def parameter_counts(cfg: BatonConfig) -> dict:
+    """``{"dit", "dit_video", "dit_audio", "planner_lm", "planner_towers", "total"}`` parameter counts
+    (video/audio: each tower's blocks and embeddings; the text encoder is not included)."""
+    dit, lm, towers = _models(cfg)
+    video = _n(dit.video_io) + sum(_n(b.video) for b in dit.blocks)
+    audio = _n(dit.audio_io) + sum(_n(b.audio) for b in dit.blocks)
+    counts = {"dit": _n(dit), "dit_video": video, "dit_audio": audio,
+              "planner_lm": _n(lm) if lm is not None else 0, "planner_towers": _n(towers) if towers is not None else 0}
+    counts["total"] = counts["dit"] + counts["planner_lm"] + counts["planner_towers"]
+    return counts
+
+
+def plan_cache_bytes(cfg: BatonConfig, seconds: float, dtype=torch.bfloat16, batch: int = 1) -> int:
+    """Bytes of the cached plan keys and values of every block, both branches, cond + uncond."""
+    if cfg.planner is None:
+        return 0
+    shape, pc = cfg.shape(seconds), cfg.planner
+    video = shape.keyframes * pc.grid ** 2 * cfg.video.dim
+    audio = shape.chunks * pc.audio_tokens_per_chunk * cfg.audio.dim
+    return 2 * 2 * batch * cfg.video.num_layers * (video + audio) * dtype.itemsize
+
+
+def flop_counts(cfg: BatonConfig, seconds: float, evaluations: int, *, batch: int = 1, text_tokens: int = None,
+                prompt_tokens: int = 128) -> dict:
+    """FLOPs of one generation of ``seconds`` with ``evaluations`` guided DiT evaluations.
+
+    ``text_tokens``: text-encoder tokens per prompt (default the preset's maximum, as Ovi pads to it);
+    ``prompt_tokens``: LM tokens per video or audio prompt read by the planner.
+    Returns ``{"planner", "prepare", "dit_forward", "denoise", "total"}``.
+    """
+    shape = cfg.shape(seconds)
+    dit, lm, towers = _models(cfg)
+    rows = 2 * batch  # [cond; uncond]
+    text_tokens = cfg.text_max_tokens if text_tokens is None else text_tokens
+    text = torch.empty(rows, text_tokens, cfg.text_dim, device=META)
+    lens = torch.full((rows,), text_tokens, device=META, dtype=torch.int32)
+    counts = {"planner": 0}
+    plan = None
+    if cfg.planner is not None:
+        pc = cfg.planner
+        lm_tokens = 24 + 2 * prompt_tokens + pc.video_placeholders + pc.audio_placeholders  # system prompt ~24
+        states = {}
+
+        def planner():
+            hidden = lm.base_model(input_ids=torch.zeros(rows, lm_tokens, dtype=torch.long, device=META)).last_hidden_state
+            states["out"] = towers(hidden[:, :pc.video_placeholders], hidden[:, :pc.audio_placeholders],
+                                   shape.keyframes, shape.chunks)
+
+        counts["planner"] = _flops(planner)
+        video_plan, audio_plan = states["out"]
+        plan = PlannedTokens(video_plan, audio_plan, *rs_rope_coords(cfg, shape))
+    contexts = {}
+    counts["prepare"] = _flops(lambda: contexts.setdefault("ctx", dit.prepare(shape, text, lens, text, lens, plan)))
+    video = torch.empty(rows, *shape.video_latent, device=META)
+    audio = torch.empty(rows, shape.audio_latents, cfg.audio.latent_channels, device=META)
+    counts["dit_forward"] = _flops(lambda: dit(video, audio, torch.zeros(rows, device=META), contexts["ctx"]))
+    counts["denoise"] = evaluations * counts["dit_forward"]
+    counts["total"] = counts["planner"] + counts["prepare"] + counts["denoise"]
+    return counts
+
+
+def _si(value: float, unit: str) -> str:
+    """``1.23 T<unit>``-style formatting."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".strip()
+
+
+def _table(steps: int = 50) -> str:
+    """Markdown table of every preset: parameters, and FLOPs of ``steps`` Euler steps at the preset's length."""
+    header = ["preset", "seconds", "DiT params", "planner LM params", "tower params", "DiT forward, CFG batch 2",
+              "planner", "run preparation (text embed, plan K/V)", f"{steps} Euler steps, total",
+              "plan K/V cache, bf16"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, cfg in PRESETS.items():
+        seconds = 2.0 if name == "tiny" else cfg.max_seconds
+        p, f = parameter_counts(cfg), flop_counts(cfg, seconds, evaluations=steps)
+        lines.append(" | ".join([
+            f"| {name}", f"{seconds:g}", _si(p["dit"], ""), _si(p["planner_lm"], ""), _si(p["planner_towers"], ""),
+            _si(f["dit_forward"], "FLOP"), _si(f["planner"], "FLOP"), _si(f["prepare"], "FLOP"), _si(f["total"], "FLOP"),
+            _si(plan_cache_bytes(cfg, seconds), "B")]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(_table())

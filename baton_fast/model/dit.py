@@ -1,0 +1,352 @@
+"""Dual-branch DiT: Ovi's twin video/audio towers of Wan-style blocks plus Baton's plan cross-attention.
+
+One fusion layer = one video block and one audio block (Ovi pairs them 1:1 at full size):
+
+1. self-attention per modality, adaLN-modulated; QK RMSNorm across the inner dim fused with RoPE
+   (3-D Wan table on the video latent grid, scaled temporal table on the audio index);
+2. text cross-attention fused with cross-modal cross-attention: one query projection, two attentions
+   (text keys without RoPE and with key lengths; the other modality's tokens after their
+   self-attention, under the temporal RoPE aligned across modalities), outputs summed, one output
+   projection;
+3. Baton's plan cross-attention, cascaded after step 2: RS-RoPE with the branch's own table; its keys
+   and values (projection of the embedded planned tokens, keys rotated once) are computed once per
+   sampling run by :meth:`DualBranchDiT.prepare` and cached in the :class:`RunContext`;
+4. FFN, adaLN-modulated.
+
+Everything that is fixed for a sampling run (token coordinates, RoPE tables, embedded text, plan
+keys/values) lives in a :class:`RunContext`; a denoise step only reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+import baton_fast
+from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
+
+from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, table_on
+from .config import BatonConfig, BranchConfig, RunShape
+from .planner import PlannedTokens
+
+__all__ = ["BranchGeometry", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video", "unpatchify_video",
+           "patchify_audio", "unpatchify_audio", "timestep_embedding"]
+
+
+# ------------------------------------------------------------------ patchify
+def patchify_video(latents: torch.Tensor, patch) -> torch.Tensor:
+    """``[B, C, F, H, W] -> [B, (F/pt)(H/ph)(W/pw), C*pt*ph*pw]``, tokens in row-major (t, h, w) order."""
+    B, C, F, H, W = latents.shape
+    pt, ph, pw = patch
+    x = latents.reshape(B, C, F // pt, pt, H // ph, ph, W // pw, pw)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, (F // pt) * (H // ph) * (W // pw), C * pt * ph * pw)
+
+
+def unpatchify_video(tokens: torch.Tensor, grid, patch, channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify_video`: ``[B, f*h*w, C*pt*ph*pw] -> [B, C, f*pt, h*ph, w*pw]``."""
+    (f, h, w), (pt, ph, pw) = grid, patch
+    x = tokens.reshape(tokens.shape[0], f, h, w, channels, pt, ph, pw)
+    return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(tokens.shape[0], channels, f * pt, h * ph, w * pw)
+
+
+def patchify_audio(latents: torch.Tensor, patch) -> torch.Tensor:
+    """``[B, L, C] -> [B, L/pa, pa*C]``."""
+    B, L, C = latents.shape
+    return latents.reshape(B, L // patch[0], patch[0] * C)
+
+
+def unpatchify_audio(tokens: torch.Tensor, patch, channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify_audio`: ``[B, L/pa, pa*C] -> [B, L, C]``."""
+    return tokens.reshape(tokens.shape[0], tokens.shape[1] * patch[0], channels)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """Wan's sinusoidal embedding of ``timesteps [B]`` (0..1000): float32 ``[B, dim]`` = ``[cos, sin]``."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
+    angles = timesteps.float()[:, None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+# ------------------------------------------------------------------ run context
+@dataclass(frozen=True)
+class BranchGeometry:
+    """Where one branch's tokens sit and which tables rotate them (head dim of this branch).
+
+    Attributes:
+        coords: float32 ``[1, N, A]`` token coordinates (video ``(t, h, w)`` latent grid, audio index).
+        table: self-attention table, also the RS-RoPE table of the plan cross-attention.
+        temporal_table / other_temporal_table: this branch's and the other branch's side of the
+            temporal RoPE aligned across modalities (both read axis 0 of their own coordinates).
+        text_coords: float32 zeros ``[1, L_text, 1]`` (text keys are not rotated).
+        plan_coords: float32 ``[1, P, A]`` RS-RoPE coordinates of the planned tokens, or None.
+    """
+
+    coords: torch.Tensor
+    table: RopeTable
+    temporal_table: RopeTable
+    other_temporal_table: RopeTable
+    text_coords: torch.Tensor
+    plan_coords: Optional[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BranchContext:
+    """Per-run inputs of one branch: embedded text ``[B, L, dim]``, its lengths ``int32 [B]``, geometry, and
+    the cached plan keys/values, one ``(k_rotated, v)`` pair ``[B, P, H, D]`` per block (or None)."""
+
+    text: torch.Tensor
+    text_lens: torch.Tensor
+    geometry: BranchGeometry
+    plan_kv: Optional[list]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything fixed for one sampling run (see the module docstring)."""
+
+    shape: RunShape
+    video: BranchContext
+    audio: BranchContext
+
+    @property
+    def batch(self) -> int:
+        return self.video.text.shape[0]
+
+
+# ------------------------------------------------------------------ blocks
+class TextAndCrossModalAttention(CrossAttention):
+    """Ovi's fused cross-attention: one query projection; text keys (``self.kv``: no RoPE, ``k_lens``) and
+    the other modality's tokens (``self.other_kv``: aligned temporal RoPE on both sides); the two outputs
+    are summed before ``o``."""
+
+    def __init__(self, dim: int, num_heads: int, other_dim: int, eps: float):
+        super().__init__(dim, num_heads, dim, eps)
+        self.norm_other = nn.LayerNorm(other_dim, eps=eps)
+        self.other_kv = KeyValue(other_dim, dim, num_heads, eps)
+
+    def forward(self, x, text, text_lens, other, geo: BranchGeometry, other_coords) -> torch.Tensor:
+        q = self.queries(x)
+        k, v = self.kv(text)
+        out = baton_fast.rope_attention(q, k, v, geo.coords, geo.text_coords, geo.table, rotate_q=False,
+                                        rotate_k=False, k_lens=text_lens)
+        k, v = self.other_kv(self.norm_other(other))
+        out = out + baton_fast.rope_attention(q, k, v, geo.coords, other_coords, geo.temporal_table,
+                                              k_table=geo.other_temporal_table)
+        return self.o(out.flatten(2))
+
+
+class PlanCrossAttention(CrossAttention):
+    """Baton's plan cross-attention with RS-RoPE; keys/values come from :meth:`keys_values`, once per run."""
+
+    def keys_values(self, plan: torch.Tensor, geo: BranchGeometry):
+        """Embedded planned tokens ``[B, P, dim]`` -> ``(k rotated by RS-RoPE, v)``, each ``[B, P, H, D]``."""
+        k, v = self.kv(plan)
+        return baton_fast.apply_rope(k, geo.plan_coords, geo.table), v
+
+    def forward(self, x, kv, geo: BranchGeometry) -> torch.Tensor:
+        return super().forward(x, *kv, geo.coords, geo.plan_coords, geo.table, rotate_k=False)
+
+
+class BranchBlock(nn.Module):
+    """One Wan-style block of one branch, split into the stages the fusion layer interleaves."""
+
+    def __init__(self, cfg: BranchConfig, other_dim: int, planned: bool, eps: float):
+        super().__init__()
+        dim = cfg.dim
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.norm1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, eps)
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.cross_attn = TextAndCrossModalAttention(dim, cfg.num_heads, other_dim, eps)
+        self.norm_plan = nn.LayerNorm(dim, eps=eps) if planned else None
+        self.plan_attn = PlanCrossAttention(dim, cfg.num_heads, dim, eps) if planned else None
+        self.norm2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ffn = FeedForward(dim, cfg.ffn_dim)
+
+    def modulation_terms(self, time_mod: torch.Tensor):
+        """``time_mod [B, 6, dim]`` -> shift/scale/gate of attention and FFN, each ``[B, 1, dim]``."""
+        return (self.modulation + time_mod).chunk(6, dim=1)
+
+    def self_attention(self, x, mod, geo: BranchGeometry):
+        shift, scale, gate = mod[0], mod[1], mod[2]
+        return x + self.self_attn(self.norm1(x) * (1 + scale) + shift, geo.coords, geo.table) * gate
+
+    def cross_attention(self, x, ctx: BranchContext, other, other_coords):
+        return x + self.cross_attn(self.norm3(x), ctx.text, ctx.text_lens, other, ctx.geometry, other_coords)
+
+    def plan_and_ffn(self, x, mod, plan_kv, geo: BranchGeometry):
+        if self.plan_attn is not None:
+            x = x + self.plan_attn(self.norm_plan(x), plan_kv, geo)
+        shift, scale, gate = mod[3], mod[4], mod[5]
+        return x + self.ffn(self.norm2(x) * (1 + scale) + shift) * gate
+
+
+class FusionBlock(nn.Module):
+    """One video block and one audio block; the cross-modal attention of each reads the other branch's
+    tokens after its self-attention (pre-update with respect to the cross-attention)."""
+
+    def __init__(self, cfg: BatonConfig):
+        super().__init__()
+        planned = cfg.planner is not None
+        self.video = BranchBlock(cfg.video, cfg.audio.dim, planned, cfg.eps)
+        self.audio = BranchBlock(cfg.audio, cfg.video.dim, planned, cfg.eps)
+
+    def forward(self, video, audio, video_mod, audio_mod, video_ctx: BranchContext, audio_ctx: BranchContext,
+                video_plan_kv=None, audio_plan_kv=None):
+        """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; returns both updated."""
+        gv, ga = video_ctx.geometry, audio_ctx.geometry
+        mv, ma = self.video.modulation_terms(video_mod), self.audio.modulation_terms(audio_mod)
+        video = self.video.self_attention(video, mv, gv)
+        audio = self.audio.self_attention(audio, ma, ga)
+        video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords),
+                        self.audio.cross_attention(audio, audio_ctx, video, gv.coords))
+        return (self.video.plan_and_ffn(video, mv, video_plan_kv, gv),
+                self.audio.plan_and_ffn(audio, ma, audio_plan_kv, ga))
+
+
+class Head(nn.Module):
+    """Output head: LayerNorm modulated by the timestep embedding, then a linear map to patch values."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x, time_emb):
+        shift, scale = (self.modulation + time_emb[:, None]).chunk(2, dim=1)
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+class BranchIO(nn.Module):
+    """A branch outside its blocks: patch, text, timestep and planned-token embeddings, and the head."""
+
+    def __init__(self, cfg: BranchConfig, text_dim: int, freq_dim: int, plan_dim: Optional[int], eps: float):
+        super().__init__()
+        dim, patch_values = cfg.dim, cfg.latent_channels * cfg.patch_volume
+        self.freq_dim = freq_dim
+        self.patch_embed = nn.Linear(patch_values, dim)
+        self.text_embed = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embed = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.plan_embed = (nn.Sequential(nn.Linear(plan_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+                           if plan_dim else None)
+        self.head = Head(dim, patch_values, eps)
+
+    def time(self, timesteps: torch.Tensor, dtype):
+        """``timesteps [B]`` -> (embedding ``[B, dim]``, block modulation ``[B, 6, dim]``)."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.freq_dim).to(dtype))
+        return emb, self.time_proj(emb).unflatten(1, (6, -1))
+
+
+# ------------------------------------------------------------------ model
+class DualBranchDiT(nn.Module):
+    """The dual-branch diffusion transformer (see the module docstring).
+
+    Use: ``ctx = dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)`` once per
+    sampling run, then ``dit(video_latents, audio_latents, timesteps, ctx)`` per evaluation.
+    """
+
+    def __init__(self, cfg: BatonConfig):
+        super().__init__()
+        if cfg.audio.num_layers != cfg.video.num_layers:
+            raise ValueError(f"audio.num_layers: expected {cfg.video.num_layers} (one audio block per video block), "
+                             f"got {cfg.audio.num_layers}")
+        self.cfg = cfg
+        planner = cfg.planner
+        self.video_io = BranchIO(cfg.video, cfg.text_dim, cfg.freq_dim, planner and planner.video_feature_dim, cfg.eps)
+        self.audio_io = BranchIO(cfg.audio, cfg.text_dim, cfg.freq_dim, planner and planner.audio_feature_dim, cfg.eps)
+        self.blocks = nn.ModuleList(FusionBlock(cfg) for _ in range(cfg.video.num_layers))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.video_io.patch_embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.video_io.patch_embed.weight.device
+
+    # ---------------------------------------------------------------- per run
+    def geometry(self, shape: RunShape, text_tokens: int, plan: Optional[PlannedTokens], device) -> tuple:
+        """Coordinates and RoPE tables of both branches for one run: ``(video, audio)`` :class:`BranchGeometry`."""
+        cfg, hv, ha = self.cfg, self.cfg.video.head_dim, self.cfg.audio.head_dim
+        text_coords = torch.zeros(1, text_tokens, 1, device=device)
+        video = BranchGeometry(
+            coords=video_grid_coords(*shape.video_grid, device=device)[None],
+            table=table_on(RopeTable.wan(hv), device),
+            temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=1.0), device),
+            other_temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=cfg.audio_rope_scale), device),
+            text_coords=text_coords,
+            plan_coords=plan.video_coords.to(device) if plan is not None else None)
+        audio_table = table_on(RopeTable.ovi_temporal(ha, scale=cfg.audio_rope_scale), device)
+        audio = BranchGeometry(
+            coords=audio_coords(shape.audio_latents // cfg.audio.patch[0], device=device)[None],
+            table=audio_table,
+            temporal_table=audio_table,
+            other_temporal_table=table_on(RopeTable.ovi_temporal(ha, scale=1.0), device),
+            text_coords=text_coords,
+            plan_coords=plan.audio_coords.to(device) if plan is not None else None)
+        return video, audio
+
+    def prepare(self, shape: RunShape, video_text, video_text_lens, audio_text, audio_text_lens,
+                plan: Optional[PlannedTokens] = None) -> RunContext:
+        """Build the :class:`RunContext`: geometry, embedded text and the plan keys/values of every block.
+
+        ``*_text``: text-encoder states ``[B, L, text_dim]`` (same ``L`` for both), ``*_text_lens`` int ``[B]``;
+        ``plan``: the planner's output for the same batch (required iff the config has a planner).
+        """
+        if (plan is None) != (self.cfg.planner is None):
+            raise ValueError(f"plan: preset {self.cfg.name!r} " + ("needs planned tokens" if plan is None
+                                                                   else "has no plan cross-attention"))
+        if video_text.shape[-1] != self.cfg.text_dim or audio_text.shape != video_text.shape:
+            raise ValueError(f"video_text, audio_text: expected [B, L, {self.cfg.text_dim}] each, got "
+                             f"{tuple(video_text.shape)} and {tuple(audio_text.shape)}")
+        dtype, device = self.dtype, self.device
+        gv, ga = self.geometry(shape, video_text.shape[1], plan, device)
+        kv_v = kv_a = None
+        if plan is not None:
+            pv = self.video_io.plan_embed(plan.video.to(device, dtype))
+            pa = self.audio_io.plan_embed(plan.audio.to(device, dtype))
+            kv_v = [blk.video.plan_attn.keys_values(pv, gv) for blk in self.blocks]
+            kv_a = [blk.audio.plan_attn.keys_values(pa, ga) for blk in self.blocks]
+        return RunContext(
+            shape=shape,
+            video=BranchContext(self.video_io.text_embed(video_text.to(device, dtype)),
+                                video_text_lens.to(device, torch.int32), gv, kv_v),
+            audio=BranchContext(self.audio_io.text_embed(audio_text.to(device, dtype)),
+                                audio_text_lens.to(device, torch.int32), ga, kv_a))
+
+    # ---------------------------------------------------------------- per evaluation
+    def forward(self, video_latents: torch.Tensor, audio_latents: torch.Tensor, timesteps: torch.Tensor,
+                ctx: RunContext):
+        """Velocity of both modalities.
+
+        Args:
+            video_latents: ``[B, C_v, F, H, W]``; audio_latents: ``[B, L, C_a]`` (ctx.shape's sizes).
+            timesteps: ``[B]`` in ``[0, 1000]``.
+        Returns:
+            ``(video [B, C_v, F, H, W], audio [B, L, C_a])`` in the model dtype.
+        """
+        cfg, shape = self.cfg, ctx.shape
+        if (tuple(video_latents.shape[1:]) != shape.video_latent
+                or tuple(audio_latents.shape[1:]) != (shape.audio_latents, cfg.audio.latent_channels)
+                or video_latents.shape[0] != ctx.batch or audio_latents.shape[0] != ctx.batch):
+            raise ValueError(f"latents: expected video [{ctx.batch}, {', '.join(map(str, shape.video_latent))}] and "
+                             f"audio [{ctx.batch}, {shape.audio_latents}, {cfg.audio.latent_channels}], got "
+                             f"{tuple(video_latents.shape)} and {tuple(audio_latents.shape)}")
+        dtype = self.dtype
+        video = self.video_io.patch_embed(patchify_video(video_latents.to(dtype), cfg.video.patch))
+        audio = self.audio_io.patch_embed(patchify_audio(audio_latents.to(dtype), cfg.audio.patch))
+        video_emb, video_mod = self.video_io.time(timesteps, dtype)
+        audio_emb, audio_mod = self.audio_io.time(timesteps, dtype)
+        for i, block in enumerate(self.blocks):
+            plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
+            video, audio = block(video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv)
+        video = unpatchify_video(self.video_io.head(video, video_emb), shape.video_grid, cfg.video.patch,
+                                 cfg.video.latent_channels)
+        audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)
+        return video, audio
+

@@ -1,0 +1,210 @@
+"""Prompts -> VA-Planner -> text encoder -> flow-matching sampler -> decode, with a timing report.
+
+Classifier-free guidance batches the conditional and unconditional passes: the planner and the text
+encoder read the prompts and the negative prompts together, and every DiT evaluation runs on
+``[cond; uncond]``.  The unconditional pass is steered by the plan of the negative prompts.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import BatonConfig
+from .decode import Decoder
+from .dit import DualBranchDiT
+from .planner import VAPlanner, load_language_model
+from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, sample
+from .text_encoder import TextEncoder
+
+__all__ = ["Generation", "BatonPipeline"]
+
+
+@dataclass
+class Generation:
+    """Output of :meth:`BatonPipeline.generate` for a batch of ``B`` prompt pairs.
+
+    Attributes:
+        video: uint8 ``[B, T, H, W, 3]``; audio: float32 ``[B, samples]`` in ``[-1, 1]``.
+        video_latents, audio_latents: the denoised latents (float32).
+        report: the timing report (JSON-serialisable; see ``docs/model.md``).
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    fps: float
+    sample_rate: int
+    video_latents: torch.Tensor
+    audio_latents: torch.Tensor
+    report: dict = field(default_factory=dict)
+
+
+class _Stopwatch:
+    """Wall-clock sections; synchronises CUDA before each reading so GPU work is attributed correctly."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last = self.start = self.now()
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self.now()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory so far: CUDA allocator peak on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process_max_rss"}
+
+
+class BatonPipeline:
+    """The whole generation path.  Build with :meth:`build`; call :meth:`generate`."""
+
+    def __init__(self, cfg: BatonConfig, dit: DualBranchDiT, text_encoder: TextEncoder,
+                 planner: Optional[VAPlanner] = None, decoder: Optional[Decoder] = None):
+        _check_text_width(cfg, text_encoder)
+        self.cfg, self.dit, self.text_encoder, self.planner = cfg, dit, text_encoder, planner
+        self.decoder = decoder if decoder is not None else Decoder(cfg)
+        self.build_seconds = 0.0
+        self.compiled_backend = None  # torch.compile backend of the blocks, once compiled (stays for later runs)
+
+    @classmethod
+    def build(cls, cfg: BatonConfig, *, device="cpu", dtype=torch.float32, checkpoint=None, planner_lm=None,
+              text_encoder=None, init_seed: int = 0, video_vae=None, audio_vae=None) -> "BatonPipeline":
+        """Instantiate every part on ``device`` in ``dtype``.
+
+        Weights are random (seeded by ``init_seed``) unless ``checkpoint`` (a folder from
+        :func:`save_checkpoint`) is given; ``planner_lm`` is a local causal-LM folder (default: the
+        preset's Qwen3 configuration, random); ``text_encoder`` a local encoder folder (default: MiniLM-L6).
+        """
+        start = time.perf_counter()
+        device = torch.device(device)
+        encoder = TextEncoder(text_encoder, max_tokens=cfg.text_max_tokens).to(device, dtype).eval()
+        _check_text_width(cfg, encoder)  # before building the big parts
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+            torch.manual_seed(init_seed)
+            planner = None
+            if cfg.planner is not None:
+                lm, tokenizer = load_language_model(planner_lm) if planner_lm is not None else (None, None)
+                planner = VAPlanner(cfg, lm, tokenizer)
+            dit = DualBranchDiT(cfg)
+        if checkpoint is not None:
+            load_checkpoint(checkpoint, cfg, dit, planner)
+        pipeline = cls(cfg, dit.to(device, dtype).eval(), encoder,
+                       planner.to(device, dtype).eval() if planner is not None else None,
+                       Decoder(cfg, video_vae, audio_vae))
+        pipeline.build_seconds = time.perf_counter() - start
+        return pipeline
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.device
+
+    @torch.inference_mode()
+    def generate(self, video_prompts, audio_prompts, *, seconds: float, seed: int = 0,
+                 options: SamplerOptions = SamplerOptions(), video_negative_prompt: str = "",
+                 audio_negative_prompt: str = "") -> Generation:
+        """Generate ``len(video_prompts)`` clips of ``seconds`` with their sound tracks.
+
+        The same ``seed`` (and the same weights) gives the same output.
+        """
+        cfg, device = self.cfg, self.device
+        video_prompts, audio_prompts = _prompts("video_prompts", video_prompts), _prompts("audio_prompts", audio_prompts)
+        if len(audio_prompts) != len(video_prompts):
+            raise ValueError(f"audio_prompts: expected {len(video_prompts)} prompts (one per video prompt), "
+                             f"got {len(audio_prompts)}")
+        for name, value in (("video_negative_prompt", video_negative_prompt),
+                            ("audio_negative_prompt", audio_negative_prompt)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}: expected a string, got {type(value).__name__}")
+        shape = cfg.shape(seconds)
+        B = len(video_prompts)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        clock = _Stopwatch(device)
+        timings = {"build": self.build_seconds}
+
+        plan = None
+        if self.planner is not None:
+            plan = self.planner(video_prompts + [video_negative_prompt] * B, audio_prompts + [audio_negative_prompt] * B,
+                                shape)
+        timings["planner"] = clock.lap()
+
+        texts = video_prompts + audio_prompts + [video_negative_prompt] * B + [audio_negative_prompt] * B
+        hidden, lens = (x.unflatten(0, (4, B)) for x in self.text_encoder(texts))  # video, audio, their negatives
+        video_text, audio_text = torch.cat([hidden[0], hidden[2]]), torch.cat([hidden[1], hidden[3]])
+        video_lens, audio_lens = torch.cat([lens[0], lens[2]]), torch.cat([lens[1], lens[3]])
+        timings["text_encoder"] = clock.lap()
+
+        ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)
+        if options.compile_backend and options.compile_backend != self.compiled_backend:
+            if self.compiled_backend is not None:
+                raise ValueError(f"options.compile_backend: the blocks are already compiled with "
+                                 f"{self.compiled_backend!r}; build a new pipeline for {options.compile_backend!r}")
+            compile_blocks(self.dit, options.compile_backend)
+            self.compiled_backend = options.compile_backend
+        timings["prepare"] = clock.lap()
+
+        generator = torch.Generator(device).manual_seed(seed)
+        video_noise = torch.randn((B, *shape.video_latent), generator=generator, device=device)
+        audio_noise = torch.randn((B, shape.audio_latents, cfg.audio.latent_channels), generator=generator,
+                                  device=device)
+        velocity = GuidedVelocity(self.dit, ctx, options.video_guidance, options.audio_guidance)
+        step_seconds = []
+        video_latents, audio_latents = sample(velocity, video_noise, audio_noise, options,
+                                              on_step=lambda i: step_seconds.append(clock.lap()))
+        timings["steps"] = step_seconds
+        timings["denoise"] = sum(step_seconds)
+
+        video, audio = self.decoder.video(video_latents), self.decoder.audio(audio_latents)
+        timings["decode"] = clock.lap()
+        timings["total"] = timings["build"] + (clock.last - clock.start)
+
+        report = {
+            "preset": cfg.name, "device": str(device), "dtype": str(self.dit.dtype).removeprefix("torch."),
+            "attention_backend": _backend(device), "batch": B, "seconds": shape.seconds, "steps": options.steps,
+            "solver": options.solver, "evaluations": options.evaluations,
+            "tokens": {"video": shape.video_tokens, "audio": shape.audio_latents // cfg.audio.patch[0],
+                       "text": int(hidden.shape[2]),
+                       "video_plan": 0 if plan is None else plan.video.shape[1],
+                       "audio_plan": 0 if plan is None else plan.audio.shape[1]},
+            "outputs": {"frames": video.shape[1], "height": video.shape[2], "width": video.shape[3],
+                        "fps": cfg.video_format.fps, "audio_samples": audio.shape[1],
+                        "sample_rate": cfg.audio_format.sample_rate},
+            "timings_s": timings, **peak_memory(device),
+        }
+        return Generation(video, audio, cfg.video_format.fps, cfg.audio_format.sample_rate, video_latents.cpu(),
+                          audio_latents.cpu(), report)
+
+
+def _check_text_width(cfg: BatonConfig, encoder: TextEncoder) -> None:
+    if encoder.hidden_size != cfg.text_dim:
+        raise ValueError(f"text_encoder: preset {cfg.name!r} reads text states of width {cfg.text_dim}, "
+                         f"the encoder gives {encoder.hidden_size}")
+
+
+def _prompts(name: str, prompts) -> list:
+    """A prompt or a non-empty list of prompts, as a list of strings."""
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"{name}: expected a string or a non-empty list of strings, got {prompts!r}")
+    return list(prompts)
+
+
+def _backend(device: torch.device) -> str:
+    from baton_fast.ops import backend_for
+    return backend_for(device)
+

@@ -1,0 +1,152 @@
+"""Flow-matching sampler: shifted sigmas, Euler or Heun, classifier-free guidance with separate video
+and audio scales, the conditional and unconditional passes batched in one forward.
+
+Flow matching: ``x_sigma = (1 - sigma) x_0 + sigma * noise``, the model predicts the velocity
+``noise - x_0`` at timestep ``1000 * sigma``; sampling integrates ``dx/dsigma`` from ``sigma = 1`` to
+``0``.  The shift ``s`` (Ovi/Wan: 5.0) spends more steps at high noise:
+``sigma' = s * sigma / (1 + (s - 1) * sigma)``.
+
+Speed options (both off by default, and documented in ``docs/model.md``):
+- ``compile_backend``: regional ``torch.compile(fullgraph=True)`` of each fusion block (one graph,
+  reused by every block); on CPU it only pays off for long runs.
+- ``cuda_graph``: CUDA only; one guided velocity evaluation is captured in a CUDA graph with static
+  input/output buffers and replayed every step (no launch overhead).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .dit import DualBranchDiT, RunContext
+
+__all__ = ["SOLVERS", "SamplerOptions", "flow_sigmas", "GuidedVelocity", "CudaGraphVelocity", "compile_blocks",
+           "sample"]
+
+SOLVERS = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Sampling settings (defaults: Ovi's guidance scales and shift)."""
+
+    steps: int = 50
+    solver: str = "euler"
+    shift: float = 5.0
+    video_guidance: float = 4.0
+    audio_guidance: float = 3.0
+    compile_backend: Optional[str] = None
+    cuda_graph: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected a positive integer, got {self.steps!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver: expected one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if not self.shift > 0:
+            raise ValueError(f"shift: expected a positive number, got {self.shift!r}")
+        for name in ("video_guidance", "audio_guidance"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+    @property
+    def evaluations(self) -> int:
+        """Guided velocity evaluations per run (Heun: two per step, one on the last step)."""
+        return self.steps if self.solver == "euler" else 2 * self.steps - 1
+
+
+def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """Shifted noise levels, float64 ``[steps + 1]`` from 1 down to 0."""
+    sigma = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+class GuidedVelocity:
+    """Guided velocity of both modalities: one DiT forward on ``[cond; uncond]``.
+
+    ``ctx`` was prepared for a batch of ``2B``: rows ``:B`` with the prompts (and their plan), rows
+    ``B:`` with the negative prompts (and their plan).  ``__call__(video [B, ...], audio [B, ...],
+    sigma)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.
+    """
+
+    def __init__(self, dit: DualBranchDiT, ctx: RunContext, video_guidance: float, audio_guidance: float):
+        if ctx.batch % 2:
+            raise ValueError(f"ctx: expected a batch of 2B (conditional then unconditional), got {ctx.batch}")
+        self.dit, self.ctx = dit, ctx
+        self.video_guidance, self.audio_guidance = video_guidance, audio_guidance
+
+    def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor):
+        timesteps = (sigma * 1000.0).float().expand(2 * video.shape[0])
+        vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx)
+        return (_guide(vel_video.float(), self.video_guidance), _guide(vel_audio.float(), self.audio_guidance))
+
+
+def _guide(velocity: torch.Tensor, scale: float) -> torch.Tensor:
+    cond, uncond = velocity.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+class CudaGraphVelocity:
+    """A velocity callable replayed from a CUDA graph (CUDA only).
+
+    The first evaluations run eagerly on a side stream (kernel autotuning, allocator warm-up), then one
+    evaluation is captured with static ``video``, ``audio`` and ``sigma`` buffers.  Each call copies its
+    inputs into those buffers, replays the graph and returns copies of the static outputs.
+    """
+
+    def __init__(self, velocity: Callable, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor,
+                 warmup: int = 2):
+        if video.device.type != "cuda":
+            raise ValueError(f"cuda_graph: expected CUDA tensors, got {video.device}")
+        self.inputs = (video.clone(), audio.clone(), sigma.clone())
+        side = torch.cuda.Stream(video.device)
+        side.wait_stream(torch.cuda.current_stream(video.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                velocity(*self.inputs)
+        torch.cuda.current_stream(video.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = velocity(*self.inputs)
+
+    def __call__(self, video, audio, sigma):
+        for buffer, value in zip(self.inputs, (video, audio, sigma)):
+            buffer.copy_(value)
+        self.graph.replay()
+        return tuple(out.clone() for out in self.outputs)
+
+
+def compile_blocks(dit: DualBranchDiT, backend: str = "inductor") -> None:
+    """Regional compilation: ``torch.compile(fullgraph=True)`` of each fusion block, in place."""
+    for block in dit.blocks:
+        block.compile(backend=backend, fullgraph=True, dynamic=False)
+
+
+def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Tensor, options: SamplerOptions,
+           on_step: Optional[Callable[[int], None]] = None):
+    """Integrate from noise (``sigma = 1``) to data with ``options.steps`` Euler or Heun steps.
+
+    ``velocity(video, audio, sigma)`` returns float32 velocities; ``video_noise [B, C, F, H, W]`` and
+    ``audio_noise [B, L, C]`` are float32.  ``on_step(i)`` runs after step ``i``.  Returns the denoised
+    ``(video, audio)`` latents (float32).
+    """
+    from tqdm.auto import tqdm
+
+    sigmas = flow_sigmas(options.steps, options.shift).to(torch.float32)
+    levels = [s.to(video_noise.device) for s in sigmas]  # 0-d tensors: static inputs for a CUDA graph
+    if options.cuda_graph:
+        velocity = CudaGraphVelocity(velocity, video_noise, audio_noise, levels[0])
+    video, audio = video_noise, audio_noise
+    for i in tqdm(range(options.steps), desc="denoise", disable=not options.progress, leave=False):
+        dt = float(sigmas[i + 1] - sigmas[i])
+        d_video, d_audio = velocity(video, audio, levels[i])
+        if options.solver == "heun" and i + 1 < options.steps:  # the last step ends at sigma = 0: Euler
+            e_video, e_audio = velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
+            d_video, d_audio = (d_video + e_video) / 2, (d_audio + e_audio) / 2
+        video, audio = video + dt * d_video, audio + dt * d_audio
+        if on_step is not None:
+            on_step(i)
+    return video, audio

@@ -1,0 +1,179 @@
+"""Dual-branch DiT: patchify, a fusion block against a float64 oracle on both backends, the plan K/V
+cache, batched classifier-free guidance, torch.compile without graph breaks."""
+import copy
+
+import pytest
+import torch
+
+import baton_fast
+from baton_fast import reference
+from baton_fast.model.config import get_preset
+from baton_fast.model.dit import (DualBranchDiT, PlanCrossAttention, patchify_audio, patchify_video,
+                                  unpatchify_audio, unpatchify_video)
+from baton_fast.model.planner import PlannedTokens, rs_rope_coords
+from baton_fast.model.sampler import GuidedVelocity, compile_blocks
+
+CFG = get_preset("tiny")
+
+
+def random_plan(cfg, shape, batch, generator):
+    pc = cfg.planner
+    return PlannedTokens(
+        torch.randn(batch, shape.keyframes * pc.grid ** 2, pc.video_feature_dim, generator=generator),
+        torch.randn(batch, shape.chunks * pc.audio_tokens_per_chunk, pc.audio_feature_dim, generator=generator),
+        *rs_rope_coords(cfg, shape))
+
+
+def random_text(batch, tokens, generator):
+    text = torch.randn(batch, tokens, CFG.text_dim, generator=generator)
+    lens = torch.randint(1, tokens + 1, (batch,), generator=generator, dtype=torch.int32)
+    return text, lens
+
+
+@pytest.fixture(scope="module")
+def dit():
+    torch.manual_seed(0)
+    return DualBranchDiT(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def case():
+    """A short clip (0.5 s: 2 x 4 x 4 video tokens, 4 audio tokens), batch 2, padded text."""
+    g = torch.Generator().manual_seed(1)
+    shape = CFG.shape(0.5)
+    video_text, video_lens = random_text(2, 5, g)
+    audio_text, audio_lens = random_text(2, 5, g)
+    return dict(shape=shape, plan=random_plan(CFG, shape, 2, g), video_text=video_text, video_lens=video_lens,
+                audio_text=audio_text, audio_lens=audio_lens,
+                video=torch.randn(2, *shape.video_latent, generator=g),
+                audio=torch.randn(2, shape.audio_latents, CFG.audio.latent_channels, generator=g),
+                timesteps=torch.tensor([900.0, 250.0]))
+
+
+def prepare(model, c, dtype=torch.float32):
+    plan = c["plan"]
+    plan = PlannedTokens(plan.video.to(dtype), plan.audio.to(dtype), plan.video_coords, plan.audio_coords)
+    return model.prepare(c["shape"], c["video_text"].to(dtype), c["video_lens"], c["audio_text"].to(dtype),
+                         c["audio_lens"], plan)
+
+
+def first_block(model, c, dtype=torch.float32):
+    """Embed the inputs and run fusion block 0: returns (video tokens, audio tokens)."""
+    ctx = prepare(model, c, dtype)
+    video = model.video_io.patch_embed(patchify_video(c["video"].to(dtype), CFG.video.patch))
+    audio = model.audio_io.patch_embed(patchify_audio(c["audio"].to(dtype), CFG.audio.patch))
+    _, video_mod = model.video_io.time(c["timesteps"], dtype)
+    _, audio_mod = model.audio_io.time(c["timesteps"], dtype)
+    return model.blocks[0](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, ctx.video.plan_kv[0],
+                           ctx.audio.plan_kv[0])
+
+
+# ---------------------------------------------------------------------- patchify
+def test_patchify_round_trip_and_token_order():
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(2, 3, 5, 8, 6, generator=g)
+    tokens = patchify_video(video, (1, 2, 2))
+    assert tokens.shape == (2, 5 * 4 * 3, 12)
+    # token (t, h, w) holds pixels [c, t, 2h:2h+2, 2w:2w+2] in (c, ph, pw) order
+    t, h, w = 3, 1, 2
+    assert torch.equal(tokens[1, (t * 4 + h) * 3 + w], video[1, :, t, 2 * h:2 * h + 2, 2 * w:2 * w + 2].reshape(-1))
+    assert torch.equal(unpatchify_video(tokens, (5, 4, 3), (1, 2, 2), 3), video)
+    audio = torch.randn(2, 12, 5, generator=g)
+    assert torch.equal(patchify_audio(audio, (3,))[0, 1], audio[0, 3:6].reshape(-1))
+    assert torch.equal(unpatchify_audio(patchify_audio(audio, (3,)), (3,), 5), audio)
+
+
+# ---------------------------------------------------------------------- numerics
+def test_block_matches_float64_oracle_on_reference_and_triton(dit, case, monkeypatch):
+    """Fusion block 0 in fp32 on both backends against the same block in float64 (reference ops):
+    the Triton error is within twice the plain-PyTorch error plus a rounding floor (DESIGN.md §5)."""
+    dit64 = copy.deepcopy(dit).double()
+    with monkeypatch.context() as m, torch.no_grad():
+        for name in ("rope_attention", "qk_rmsnorm_rope", "apply_rope"):
+            m.setattr(baton_fast, name, getattr(reference, name))
+        oracle = first_block(dit64, case, torch.float64)
+    outputs = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("BATON_FAST_BACKEND", backend)
+        with torch.no_grad():
+            outputs[backend] = first_block(dit, case)
+    for i, name in enumerate(("video", "audio")):
+        ref, tri = outputs["reference"][i], outputs["triton"][i]
+        assert ref.dtype == tri.dtype == torch.float32 and ref.shape == oracle[i].shape
+        assert torch.isfinite(tri).all()
+        err_ref = (ref.double() - oracle[i]).abs().max().item()
+        err_tri = (tri.double() - oracle[i]).abs().max().item()
+        assert err_tri <= 2 * err_ref + 1e-5 * oracle[i].abs().max().item(), (name, err_tri, err_ref)
+        assert err_ref < 1e-4 * oracle[i].abs().max().item(), (name, err_ref)
+
+
+def test_cached_plan_keys_equal_recomputed(dit, case):
+    """The plan K/V cached by prepare() give the same attention as projecting and rotating K inside
+    the kernel on every call."""
+    ctx = prepare(dit, case)
+    attn: PlanCrossAttention = dit.blocks[1].video.plan_attn
+    geo = ctx.video.geometry
+    x = torch.randn(2, case["shape"].video_tokens, CFG.video.dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cached = attn(x, ctx.video.plan_kv[1], geo)
+        k, v = attn.kv(dit.video_io.plan_embed(case["plan"].video))
+        recomputed = super(PlanCrossAttention, attn).forward(x, k, v, geo.coords, geo.plan_coords, geo.table)
+        k_cached, v_cached = ctx.video.plan_kv[1]
+    assert torch.equal(v_cached, v)
+    assert torch.allclose(k_cached, baton_fast.apply_rope(k, geo.plan_coords, geo.table))
+    assert torch.allclose(cached, recomputed, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_guidance_equals_two_separate_passes(dit, case):
+    """[cond; uncond] in one forward == a conditional and an unconditional forward, then CFG."""
+    c = case
+    x_video, x_audio = c["video"][:1], c["audio"][:1]
+    sigma = torch.tensor(0.6)
+    with torch.no_grad():
+        batched = GuidedVelocity(dit, prepare(dit, c), 4.0, 3.0)(x_video, x_audio, sigma)
+        halves = []
+        for row in (0, 1):
+            plan = c["plan"]
+            ctx = dit.prepare(c["shape"], c["video_text"][row:row + 1], c["video_lens"][row:row + 1],
+                              c["audio_text"][row:row + 1], c["audio_lens"][row:row + 1],
+                              PlannedTokens(plan.video[row:row + 1], plan.audio[row:row + 1], plan.video_coords,
+                                            plan.audio_coords))
+            halves.append(dit(x_video, x_audio, torch.tensor([600.0]), ctx))
+    for i, scale in ((0, 4.0), (1, 3.0)):
+        cond, uncond = halves[0][i], halves[1][i]
+        assert not torch.allclose(cond, uncond)  # the two rows really differ
+        assert torch.allclose(batched[i], uncond + scale * (cond - uncond), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_shapes_dtypes_and_bfloat16(dit, case):
+    with torch.no_grad():
+        video, audio = dit(case["video"], case["audio"], case["timesteps"], prepare(dit, case))
+        assert video.shape == case["video"].shape and audio.shape == case["audio"].shape
+        assert video.dtype == audio.dtype == torch.float32
+        dit16 = copy.deepcopy(dit).to(torch.bfloat16)
+        video16, audio16 = dit16(case["video"], case["audio"], case["timesteps"], prepare(dit16, case, torch.bfloat16))
+    assert video16.dtype == audio16.dtype == torch.bfloat16
+    assert torch.allclose(video16.float(), video, atol=0.15, rtol=0.1)
+
+
+def test_forward_rejects_wrong_latents_and_missing_plan(dit, case):
+    ctx = prepare(dit, case)
+    with pytest.raises(ValueError, match="latents"):
+        dit(case["video"][:, :, :1], case["audio"], case["timesteps"], ctx)
+    with pytest.raises(ValueError, match="needs planned tokens"):
+        dit.prepare(case["shape"], case["video_text"], case["video_lens"], case["audio_text"], case["audio_lens"])
+    with pytest.raises(ValueError, match="video_text"):
+        dit.prepare(case["shape"], case["video_text"][..., :7], case["video_lens"], case["audio_text"],
+                    case["audio_lens"], case["plan"])
+
+
+def test_compiled_blocks_fullgraph_match_eager(dit, case):
+    """Regional torch.compile(fullgraph=True) of every fusion block: no graph break, same output."""
+    model = copy.deepcopy(dit)
+    ctx = prepare(model, case)
+    with torch.no_grad():
+        eager = model(case["video"], case["audio"], case["timesteps"], ctx)
+        compile_blocks(model, backend="aot_eager")
+        compiled = model(case["video"], case["audio"], case["timesteps"], ctx)
+    for e, c in zip(eager, compiled):
+        assert torch.allclose(e, c, atol=1e-6, rtol=1e-6)
