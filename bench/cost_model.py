@@ -1,0 +1,259 @@
+"""Cost model of one attention with RoPE: FLOPs, minimal HBM bytes and a roofline time ("modelled").
+
+Three paths compute the same ``softmax(R(q) R(k)^T * scale) v``:
+
+- ``fused`` (baton-fast ``rope_attention``): one kernel reads Q, K, V once, writes O, and reads
+  ``A`` float32 coordinates per rotated token plus the rope table (float32 frequency and int32 axis
+  per pair); Q is rotated in the prologue, K inside the key loop, i.e. once per query block and
+  head (``cdiv(Nq, block_m) * H`` times).
+- ``fused, K pre-rotated``: K is rotated once by a pre-pass (in the model, fused into the QK RMSNorm
+  pass that exists anyway) and the attention kernel runs with ``rotate_k=False``.  Keys fixed for
+  the whole sampling run (Baton plan tokens) are rotated once per run, so no pre-pass is counted.
+- ``unfused`` (diffusers-style): per-token float32 cos and sin tables over ``rows x D`` (``rows`` = 1
+  for a table shared by the heads, ``H`` for LTX-2's per-head tables), generated once per forward
+  and shared by the model's ``layers`` blocks (their generation is divided by ``layers``); one rotate
+  pass per rotated side that reads x, cos and sin and writes x; then attention on rotated Q, K.
+
+Bytes are the compulsory traffic of each pass (every tensor read or written once; re-reads of K/V
+tiles by the query blocks are served by L2 in every path and are not counted), so they are lower
+bounds; eager PyTorch's rotate (several elementwise kernels with float32 temporaries) moves more
+than the single rotate pass counted here, so the unfused path is modelled generously.
+
+Arithmetic is split into matrix FLOPs (tensor cores: ``QK^T`` and ``PV``, ``4 B H Nq Nk D``) and
+vector operations on the CUDA cores (angles, sin/cos, rotations).  The softmax (identical in every
+path) is not modelled.  The roofline time of a pass is ``max(matrix / tensor peak, vector /
+FP32 peak, bytes / HBM bandwidth)``; a path's time is the sum over its passes (launch overhead
+ignored).  Coordinates are shared by the batch (``[1, N, A]``), as the ops accept.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["AttentionShape", "Pass", "PathCost", "Device", "DEVICES", "PATHS", "attention_flops", "fused_cost",
+           "fused_prerotated_k_cost", "unfused_cost", "roofline_seconds", "model_records",
+           "SINCOS_OPS", "FUSED_PAIR_OPS", "UNFUSED_ELEMENT_OPS", "BLOCK_M", "FLOAT32_BYTES", "TABLE_ENTRY_BYTES"]
+
+# Vector operations per rotary pair in the fused kernels (kernels/rope_math.py, counted by hand):
+# angle c * f (1), sincos (SINCOS_OPS), rotation x1 cos - x2 sin, x1 sin + x2 cos (6).
+SINCOS_OPS = 38  # range reduction 10, sin polynomial 7, cos polynomial 9, quadrant fix-up 12
+FUSED_PAIR_OPS = 1 + SINCOS_OPS + 6
+# diffusers' rotate: x * cos + rotate_half(x) * sin, per element, with cos/sin read from memory
+UNFUSED_ELEMENT_OPS = 3
+# Query rows per program of the fused attention kernel (the sm_90 shipped configurations for D=128,
+# kernels/rope_attention.py SHIPPED_CONFIGS); sets how often K is rotated in the loop.
+BLOCK_M = 128
+FLOAT32_BYTES = 4
+TABLE_ENTRY_BYTES = 8  # float32 frequency + int32 axis per pair
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Integer description of one attention.
+
+    ``q_axes`` / ``k_axes``: float32 coordinates per token read by the rotation (0: side not rotated).
+    ``q_table_rows`` / ``k_table_rows``: rows of the rope table (1 shared, H per head, 0 none).
+    ``shared_table``: queries and keys use the same coordinates and table (self-attention), so the
+    unfused path materialises one cos/sin table for both.  ``layers``: blocks sharing that table.
+    ``k_static``: K/V fixed for the sampling run.  ``dtype_bytes``: 2 for bf16/fp16, 4 for fp32.
+    """
+
+    name: str
+    batch: int
+    n_q: int
+    n_k: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    q_axes: int
+    k_axes: int
+    q_table_rows: int
+    k_table_rows: int
+    shared_table: bool
+    layers: int
+    dtype_bytes: int = 2
+    k_static: bool = False
+
+    def __post_init__(self):
+        for field in ("batch", "n_q", "n_k", "heads", "kv_heads", "head_dim", "layers", "dtype_bytes"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"{field}: expected a positive integer, got {getattr(self, field)}")
+        if self.head_dim % 2 or self.heads % self.kv_heads:
+            raise ValueError(f"head_dim / kv_heads: expected an even head dim and kv_heads dividing heads, got "
+                             f"head_dim={self.head_dim}, heads={self.heads}, kv_heads={self.kv_heads}")
+        for side in ("q", "k"):
+            axes, rows = getattr(self, f"{side}_axes"), getattr(self, f"{side}_table_rows")
+            if axes < 0 or rows < 0 or (axes > 0) != (rows > 0):
+                raise ValueError(f"{side}_axes / {side}_table_rows: expected both 0 (not rotated) or both positive, "
+                                 f"got {axes} / {rows}")
+
+    @property
+    def rotate_q(self) -> bool:
+        return self.q_axes > 0
+
+    @property
+    def rotate_k(self) -> bool:
+        return self.k_axes > 0
+
+    @property
+    def q_elements(self) -> int:
+        return self.batch * self.n_q * self.heads * self.head_dim
+
+    @property
+    def k_elements(self) -> int:
+        return self.batch * self.n_k * self.kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One kernel launch: matrix FLOPs, vector operations and minimal HBM bytes."""
+
+    name: str
+    matrix_flops: float
+    vector_ops: float
+    bytes: float
+
+
+@dataclass(frozen=True)
+class PathCost:
+    path: str
+    passes: tuple
+
+    @property
+    def matrix_flops(self) -> float:
+        return sum(p.matrix_flops for p in self.passes)
+
+    @property
+    def vector_ops(self) -> float:
+        return sum(p.vector_ops for p in self.passes)
+
+    @property
+    def bytes(self) -> float:
+        return sum(p.bytes for p in self.passes)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Datasheet ceilings: dense BF16 tensor-core FLOP/s, FP32 (non-tensor) FLOP/s, HBM bytes/s."""
+
+    name: str
+    matrix_flops_per_s: float
+    vector_ops_per_s: float
+    hbm_bytes_per_s: float
+    source: str
+
+
+# NVIDIA H100 Tensor Core GPU datasheet (H100 SXM column): BF16 Tensor Core 1,979 TFLOP/s *with
+# sparsity* (dense is half: 989.4), FP32 67 TFLOP/s, HBM3 3.35 TB/s.  NVIDIA H200 datasheet (H200
+# SXM): the same GH100 compute (BF16 1,979 sparse / 989.4 dense, FP32 67), HBM3e 4.8 TB/s.
+DEVICES = {
+    "H100 SXM": Device("H100 SXM", 989.4e12, 66.9e12, 3.35e12,
+                       "NVIDIA H100 datasheet: BF16 dense 989.4 TFLOP/s (1,979 sparse), FP32 67 TFLOP/s, HBM3 3.35 TB/s"),
+    "H200 SXM": Device("H200 SXM", 989.4e12, 66.9e12, 4.8e12,
+                       "NVIDIA H200 datasheet: BF16 dense 989.4 TFLOP/s (1,979 sparse), FP32 67 TFLOP/s, HBM3e 4.8 TB/s"),
+}
+
+
+# --------------------------------------------------------------------------- building blocks
+def attention_flops(s: AttentionShape) -> float:
+    """Matrix FLOPs of ``QK^T`` and ``PV``: ``4 B H Nq Nk D``."""
+    return 4.0 * s.batch * s.heads * s.n_q * s.n_k * s.head_dim
+
+
+def _qkvo_bytes(s: AttentionShape) -> float:
+    return s.dtype_bytes * (2 * s.q_elements + 2 * s.k_elements)
+
+
+def _rope_inputs_bytes(tokens: int, axes: int, table_rows: int, head_dim: int) -> float:
+    """Coordinates ``[1, N, A]`` float32 plus the table (frequency and axis per pair and row)."""
+    return FLOAT32_BYTES * tokens * axes + TABLE_ENTRY_BYTES * table_rows * head_dim // 2
+
+
+def _rotation_ops(rows: int, head_dim: int) -> float:
+    """Vector operations to rotate ``rows`` vectors of ``head_dim`` in a fused kernel."""
+    return float(rows) * (head_dim // 2) * FUSED_PAIR_OPS
+
+
+def _attention_pass(s: AttentionShape, name: str, rotate_q: bool, rotate_k_in_loop: bool) -> Pass:
+    nbytes = _qkvo_bytes(s)
+    vector = 0.0
+    if rotate_q:
+        nbytes += _rope_inputs_bytes(s.n_q, s.q_axes, s.q_table_rows, s.head_dim)
+        vector += _rotation_ops(s.batch * s.heads * s.n_q, s.head_dim)
+    if rotate_k_in_loop:
+        nbytes += _rope_inputs_bytes(s.n_k, s.k_axes, s.k_table_rows, s.head_dim)
+        programs = math.ceil(s.n_q / BLOCK_M) * s.batch * s.heads
+        vector += _rotation_ops(programs * s.n_k, s.head_dim)
+    return Pass(name, attention_flops(s), vector, nbytes)
+
+
+# --------------------------------------------------------------------------- the three paths
+def fused_cost(s: AttentionShape) -> PathCost:
+    """baton-fast ``rope_attention``: Q rotated in the prologue, K in the key loop."""
+    return PathCost("fused", (_attention_pass(s, "fused attention", s.rotate_q, s.rotate_k),))
+
+
+def fused_prerotated_k_cost(s: AttentionShape) -> PathCost:
+    """A K pre-pass (skipped for static keys), then ``rope_attention(rotate_k=False)``."""
+    passes = []
+    if s.rotate_k and not s.k_static:
+        nbytes = 2 * s.dtype_bytes * s.k_elements + _rope_inputs_bytes(s.n_k, s.k_axes, s.k_table_rows, s.head_dim)
+        passes.append(Pass("rotate K (pre-pass)", 0.0, _rotation_ops(s.batch * s.kv_heads * s.n_k, s.head_dim), nbytes))
+    passes.append(_attention_pass(s, "fused attention, K pre-rotated", s.rotate_q, False))
+    return PathCost("fused, K pre-rotated", tuple(passes))
+
+
+def unfused_cost(s: AttentionShape) -> PathCost:
+    """diffusers-style: cos/sin tables (amortised over ``layers``), rotate passes, then attention."""
+    sides = [("Q", s.n_q, s.heads, s.q_axes, s.q_table_rows)] if s.rotate_q else []
+    if s.rotate_k:
+        sides.append(("K", s.n_k, s.kv_heads, s.k_axes, s.k_table_rows))
+    tables = sides[:1] if s.shared_table else sides
+    passes = []
+    for name, tokens, _, axes, rows in tables:
+        width = rows * s.head_dim  # cos (and sin) entries per token: every pair's value stored twice
+        passes.append(Pass(f"cos/sin table for {name} (1/{s.layers} of one per forward)", 0.0,
+                           tokens * rows * (s.head_dim // 2) * (1 + SINCOS_OPS) / s.layers,
+                           (FLOAT32_BYTES * tokens * axes + 2 * FLOAT32_BYTES * tokens * width) / s.layers))
+    for name, tokens, heads, _, rows in sides:
+        elements = s.batch * tokens * heads * s.head_dim
+        table_bytes = 2 * FLOAT32_BYTES * tokens * rows * s.head_dim
+        passes.append(Pass(f"rotate {name}", 0.0, UNFUSED_ELEMENT_OPS * elements,
+                           2 * s.dtype_bytes * elements + table_bytes))
+    passes.append(Pass("attention", attention_flops(s), 0.0, _qkvo_bytes(s)))
+    return PathCost("unfused", tuple(passes))
+
+
+PATHS = {"fused": fused_cost, "fused, K pre-rotated": fused_prerotated_k_cost, "unfused": unfused_cost}
+
+
+def roofline_seconds(cost: PathCost, device: Device) -> float:
+    """Sum over passes of ``max(matrix / tensor peak, vector / FP32 peak, bytes / bandwidth)``."""
+    return sum(max(p.matrix_flops / device.matrix_flops_per_s, p.vector_ops / device.vector_ops_per_s,
+                   p.bytes / device.hbm_bytes_per_s) for p in cost.passes)
+
+
+def model_records(s: AttentionShape, dtype: str = "bfloat16") -> list[dict]:
+    """Benchmark records (``kind="modelled"``) of every path of one attention: FLOPs, bytes, roofline
+    time per device, and the unfused / fused ratios of bytes and roofline time."""
+    shape = dict(B=s.batch, Nq=s.n_q, Nk=s.n_k, H=s.heads, Hk=s.kv_heads, D=s.head_dim)
+    costs = {name: build(s) for name, build in PATHS.items()}
+
+    def record(backend, metric, value, unit, **extra):
+        return dict(section="cost_model", case=s.name, backend=backend, device="modelled", kind="modelled",
+                    metric=metric, value=value, unit=unit, shape=shape, dtype=dtype, extra=extra)
+
+    out = []
+    for name, cost in costs.items():
+        passes = [p.name for p in cost.passes]
+        out.append(record(name, "matrix FLOPs", cost.matrix_flops, "FLOP", passes=passes))
+        out.append(record(name, "vector ops", cost.vector_ops, "op", passes=passes))
+        out.append(record(name, "HBM bytes", cost.bytes, "B", passes=passes))
+        for device in DEVICES.values():
+            out.append(record(name, f"roofline time {device.name}", roofline_seconds(cost, device) * 1e6, "us",
+                              ceilings=device.source))
+    out.append(record("unfused / fused", "HBM bytes ratio", costs["unfused"].bytes / costs["fused"].bytes, "x"))
+    for device in DEVICES.values():
+        ratio = roofline_seconds(costs["unfused"], device) / roofline_seconds(costs["fused"], device)
+        out.append(record("unfused / fused", f"roofline time ratio {device.name}", ratio, "x", ceilings=device.source))
+    return out
