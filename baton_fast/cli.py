@@ -7,6 +7,7 @@ import sys
 
 # subcommand -> (module that defines add_arguments(parser) and run(args) -> int, help)
 SUBCOMMANDS = {
+    "bench": ("baton_fast.bench.runner", "benchmarks: cost model, attention backends, machine code; results.json, report, plots"),
     "selftest": ("baton_fast.selftest", "check every kernel against the float64 reference (and --static machine code)"),
     "generate": ("baton_fast.generate", "prompts -> mp4 with its sound track, wav and JSON timing report (Baton pipeline)"),
     "plan-layout": ("baton_fast.spatial.cli", "plan a video scene layout (boxes per keyframe) from a stereo recording"),
