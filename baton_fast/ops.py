@@ -125,8 +125,8 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
         out = torch.zeros_like(q, memory_format=torch.contiguous_format)
         lse = torch.full((B, H, n_q), float("-inf"), device=q.device)
     else:
-        qt = RopeTable(q_freqs, q_axes, interleaved)
-        kt = RopeTable(k_freqs, k_axes, interleaved)
+        qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2])
+        kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2])
         out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
                                             rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True,
                                             q_groups=q_groups, k_groups=k_groups)
@@ -275,7 +275,7 @@ def _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps):
         return rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
     if norm:
         x = reference.rms_norm(x, weight, eps, across_heads=norm == 2)
-    return reference.apply_rope(x, coords, RopeTable(freqs, axes, interleaved)).contiguous()
+    return reference.apply_rope(x, coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])).contiguous()
 
 
 @torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())

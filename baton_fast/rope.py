@@ -84,7 +84,16 @@ class RopeTable:
         return self._num_axes
 
     def to(self, device) -> "RopeTable":
-        return RopeTable(self.freqs.to(device), self.axes.to(device), self.interleaved)
+        """This table on ``device``; the values were checked at construction, so no re-check (no device sync)."""
+        return RopeTable.trusted(self.freqs.to(device), self.axes.to(device), self.interleaved, self._num_axes)
+
+    @classmethod
+    def trusted(cls, freqs: torch.Tensor, axes: torch.Tensor, interleaved: bool, num_axes: int) -> "RopeTable":
+        """Wrap tensors that were already validated (an op's table arguments) without reading their values."""
+        table = object.__new__(cls)
+        for name, value in (("freqs", freqs), ("axes", axes), ("interleaved", interleaved), ("_num_axes", num_axes)):
+            object.__setattr__(table, name, value)
+        return table
 
     def check(self, name: str, num_heads: int, head_dim: int, num_axes: int) -> None:
         """Raise unless this table fits ``num_heads`` heads of ``head_dim`` and coords with ``num_axes`` axes."""

@@ -22,12 +22,8 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def table_on(table: RopeTable, device) -> RopeTable:
-    """``table`` moved to ``device`` once, so that no op copies it per call (CUDA-graph capture forbids that).
-
-    On the meta device (parameter and FLOP counts) the host table is kept: a meta copy could not be
-    value-checked, and the ops move the few table floats to the inputs' device themselves.
-    """
-    return table if torch.device(device).type == "meta" else table.to(device)
+    """``table`` moved to ``device`` once, so that no op copies it per call (CUDA-graph capture forbids that)."""
+    return table.to(device)
 
 
 class KeyValue(nn.Module):
