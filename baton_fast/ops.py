@@ -142,7 +142,8 @@ def _(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
-def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Optional[RopeTable] = None,
+def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                   k_table: Optional[RopeTable] = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None, return_lse: bool = False,
                    q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None):
@@ -151,9 +152,9 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Op
     Args:
         q: ``[B, Nq, H, D]``, float16 / bfloat16 / float32, any strides.
         k, v: ``[B, Nk, Hk, D]`` with ``H % Hk == 0`` (grouped-query); ``Nk`` may differ from ``Nq``.
-        q_coords, k_coords: float32 ``[B or 1, N, A]`` token coordinates (ignored when that side is not rotated).
+        q_coords, k_coords: float32 ``[B or 1, N, A]`` token coordinates; may be None for a side that is not rotated.
         table: query-side :class:`RopeTable` (``[1 or H, D/2]``); ``k_table`` the key side (``[1 or Hk, D/2]``),
-            defaulting to ``table``.  Both must use the same pair layout.
+            defaulting to ``table``.  Both must use the same pair layout.  None when neither side is rotated.
         rotate_q, rotate_k: set False when that side is already rotated (cached plan K, pre-pass).
         k_lens: optional integer ``[B]``: keys at index ``>= k_lens[b]`` are masked (padded text / plan tokens).
         scale: softmax scale, default ``1/sqrt(D)``.
@@ -172,11 +173,6 @@ def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: Op
 
 def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale):
     """Check rope_attention's arguments; return the op's leading arguments."""
-    k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
-    k_table = table if k_table is None else k_table
-    for name, t in (("table", table), (k_table_name, k_table)):
-        if not isinstance(t, RopeTable):
-            raise TypeError(f"{name}: expected a RopeTable, got {type(t).__name__}")
     _check_tensor("q", q, 4, "[B, Nq, H, D]")
     _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
     _check_tensor("v", v, 4, "[B, Nk, Hk, D]")
@@ -193,6 +189,19 @@ def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotat
     _check_head_dim("q", D)
     if Hk < 1 or H % Hk:
         raise ValueError(f"k: expected a number of heads Hk dividing H={H} (grouped-query), got Hk={Hk}")
+    # a side that is not rotated needs neither coordinates nor a table: pass identity placeholders
+    if not rotate_q and q_coords is None:
+        q_coords = q.new_zeros((1, n_q, 1), dtype=torch.float32)
+    if not rotate_k and k_coords is None:
+        k_coords = q.new_zeros((1, n_k, 1), dtype=torch.float32)
+    if not (rotate_q or rotate_k) and table is None and k_table is None:
+        table = RopeTable.identity(D)
+    k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
+    k_table = table if k_table is None else k_table
+    for name, t, used in (("table", table, rotate_q), (k_table_name, k_table, rotate_k)):
+        if not isinstance(t, RopeTable):
+            needed = "" if used else " (or None for both tables when neither side is rotated)"
+            raise TypeError(f"{name}: expected a RopeTable{needed}, got {type(t).__name__}")
     _check_coords("q_coords", q_coords, B, n_q, table if rotate_q else None)
     _check_coords("k_coords", k_coords, B, n_k, k_table if rotate_k else None)
     if rotate_q:

@@ -122,6 +122,14 @@ class RopeTable:
         return cls(freqs.float()[None], axes[None], interleaved)
 
     @classmethod
+    def identity(cls, head_dim: int) -> "RopeTable":
+        """No rotation: every pair has frequency 0 (text tokens, already-rotated sides)."""
+        if head_dim % 2 or head_dim < 2:
+            raise ValueError(f"head_dim: expected an even number >= 2, got {head_dim}")
+        half = head_dim // 2  # built unchecked: nothing to check, and no tensor read under torch.compile
+        return cls.trusted(torch.zeros(1, half), torch.zeros(1, half, dtype=torch.int32), True, 1)
+
+    @classmethod
     def wan(cls, head_dim: int = 128, theta: float = 10000.0) -> "RopeTable":
         """Wan / Ovi video self-attention: axes (t, h, w); D=128 gives 22, 21, 21 pairs; interleaved."""
         hw = 2 * (head_dim // 6)

@@ -127,3 +127,16 @@ def test_broadcast_coordinates_equal_expanded():
     a = bf.rope_attention(q, k, v, grid, grid, table)
     b = bf.rope_attention(q, k, v, grid.expand(2, -1, -1).contiguous(), grid.expand(2, -1, -1).contiguous(), table)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_plain_attention_needs_no_table_or_coordinates(monkeypatch, backend):
+    """Text cross-attention: neither side rotated, no table, no coordinates; equals SDPA."""
+    monkeypatch.setenv("BATON_FAST_BACKEND", backend)
+    q, k, v, *_ = make_inputs("wan", torch.float32, 2, 17, 30, 4, 2, 64, seed=9)
+    out = bf.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(out, sdpa, atol=2e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="table"):
+        bf.rope_attention(q, k, v, rotate_k=False)
