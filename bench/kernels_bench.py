@@ -41,7 +41,8 @@ from .cases import CPU_CASES, CPU_HEADS, FULL_CASES, Case, video_sweep
 from .cost_model import attention_flops, fused_cost
 from .unfused_rope import materialise_cos_sin, rotate
 
-__all__ = ["AttentionInputs", "make_inputs", "backends_for", "measure_case", "benchmark_plan", "time_cpu_ms"]
+__all__ = ["AttentionInputs", "make_inputs", "backends_for", "measure_case", "benchmark_plan", "time_cpu_ms",
+           "error_summary"]
 
 # Largest error accepted against the check reference, per dtype (outputs are O(1) softmax averages).
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -185,10 +186,22 @@ def backends_for(device: torch.device, case: Case, quick: bool) -> list[Backend]
             and (case.k.rotated or not b.needs_k_rotation) and (b.quick or not quick)]
 
 
+def error_summary(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line ... last line`` of an exception (compiler errors put the cause last)."""
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return text[:limit]
+
+
 # --------------------------------------------------------------------------- timing
-def time_cpu_ms(fn: Callable, min_reps: int, budget_s: float, max_reps: int = 50) -> list[float]:
-    """Per-call wall times (ms) after one warm-up call: at least ``min_reps``, then until ``budget_s``."""
-    fn()
+def time_cpu_ms(fn: Callable, min_reps: int, budget_s: float, max_reps: int = 100, warmup_s: float = 0.1) -> list[float]:
+    """Per-call wall times (ms): warm-up calls for at least two calls and ``warmup_s`` (first-touch
+    allocations, caches), then at least ``min_reps`` timed calls and more until ``budget_s``."""
+    start = time.perf_counter()
+    for calls in range(1, max_reps + 1):
+        fn()
+        if calls >= 2 and time.perf_counter() - start >= warmup_s:
+            break
     times = []
     start = time.perf_counter()
     while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
@@ -205,7 +218,7 @@ def _time_ms(fn: Callable, device: torch.device, quick: bool) -> tuple[float, di
         rep = 50 if quick else 200
         return do_bench(fn, warmup=25, rep=rep, return_mode="median"), dict(timer="triton.testing.do_bench",
                                                                              rep_ms=rep)
-    times = time_cpu_ms(fn, min_reps=3 if quick else 10, budget_s=0.3 if quick else 2.0)
+    times = time_cpu_ms(fn, min_reps=5 if quick else 10, budget_s=0.5 if quick else 2.0)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     return statistics.median(times), dict(timer="perf_counter", reps=len(times), iqr_ms=q3 - q1,
                                           threads=torch.get_num_threads())
@@ -249,7 +262,7 @@ def measure_case(case: Case, device, dtype, *, section: str = "kernels", quick: 
             err = (fn().to(expected.dtype) - expected).abs().max().item()
             median, how = _time_ms(fn, device, quick)
         except Exception as exc:  # a backend that cannot run here is reported, not fatal
-            record(backend.name, "skipped", None, "", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            record(backend.name, "skipped", None, "", reason=error_summary(exc))
             continue
         ok = math.isfinite(err) and err <= CHECK_TOLERANCE[dtype]
         check = dict(max_abs_err=err, check_ok=ok)

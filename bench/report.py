@@ -293,18 +293,18 @@ def _generic(results, section: str, title: str, empty: str) -> str:
                                         "notes"], rows)
 
 
-def render_markdown(results: list[dict], plots: Optional[dict] = None) -> str:
-    """The whole report; ``plots`` maps plot names to the links to use (from :func:`write_plots`)."""
+def render_markdown(results: list[dict], plots: Optional[dict] = None, command: Optional[str] = None) -> str:
+    """The whole report; ``plots`` maps plot names to the links to use (from :func:`write_plots`);
+    ``command`` is the command that regenerates it (shown at the top)."""
     plots = plots or {}
     results = _deduplicated(results)
     cost = _cost_model(results)
     if "modelled_bytes" in plots:
         cost += f"\n![modelled bytes]({plots['modelled_bytes']})\n"
-    inputs = " ".join(res.get("source", "RESULTS.json") for res in results)
+    command = command or "python -m baton_fast.bench.report RESULTS.json --plots DIR > BENCHMARKS.md"
     parts = [
         "# Benchmarks\n",
-        f"Generated from results JSON by `python -m baton_fast.bench.report {inputs} --plots DIR > BENCHMARKS.md`; "
-        "do not edit by hand.  `baton-fast bench` writes the results file (`--quick`, the default, in under 3 "
+        f"Generated from results JSON by `{command}`; do not edit by hand.  `baton-fast bench` writes the results file (`--quick`, the default, in under 3 "
         "minutes on 2 cores; `--full` runs everything).  Every figure is labelled **measured** (timed on the "
         "machine below), **modelled** (cost model) or **compiled** (machine code of an ahead-of-time compile).\n",
         _machines(results), _headline(results), cost, _kernels(results, plots), _static(results),
@@ -401,10 +401,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
-    for res, path in zip(results, args.results):
-        res["source"] = path
     plots = write_plots(results, args.plots) if args.plots else {}
-    sys.stdout.write(render_markdown(results, plots))
+    command = " ".join(["python -m baton_fast.bench.report", *args.results] + (["--plots", args.plots] if args.plots else []))
+    sys.stdout.write(render_markdown(results, plots, command + " > BENCHMARKS.md"))
     return 0
 
 

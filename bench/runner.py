@@ -37,9 +37,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import report
+from . import kernels_bench, report
 from .cases import FULL_CASES
 from .cost_model import model_records
+from .kernels_bench import error_summary
 from .machine import machine_info
 
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
@@ -111,7 +112,7 @@ def _static_records(quick: bool) -> list:
     try:
         compiled = static_check.check(jobs)
     except Exception as exc:  # a compile failure is reported in its section, not fatal to the run
-        return _skipped("static", "baton_fast.static_check", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        return _skipped("static", "baton_fast.static_check", error_summary(exc))
     out = []
     for s in compiled:
         out.append(dict(section="static", case=(s["kernel"] + " " + s["case"]).strip(), backend=f"triton {s['arch']}",
@@ -134,7 +135,7 @@ def _optional_records(section: str, module: str, function: str, quick: bool) -> 
             return _skipped(section, module, f"{module} does not define {function}(quick)")
         records = list(fn(quick))
     except Exception as exc:  # another component failing must not lose the rest of the run
-        return _skipped(section, module, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        return _skipped(section, module, error_summary(exc))
     return [dict(r, section=r.get("section", section)) for r in records if isinstance(r, dict)]
 
 
@@ -144,8 +145,7 @@ def _tasks(device, quick: bool, sections) -> list:
     if "cost_model" in sections:
         tasks.append(("cost_model", "cost model", _cost_model_records))
     if {"kernels", "sweep"} & set(sections):
-        from .kernels_bench import benchmark_plan
-        tasks += [t for t in benchmark_plan(device, quick) if t[0] in sections]
+        tasks += [t for t in kernels_bench.benchmark_plan(device, quick) if t[0] in sections]
     if "static" in sections:
         tasks.append(("static", "static compile sm_90/sm_80", lambda: _static_records(quick)))
     if "diffusers" in sections:
@@ -182,13 +182,15 @@ def collect(device: str = "auto", quick: bool = True, sections=SECTIONS, progres
                 wall_s=round(time.perf_counter() - start, 1), machine=machine, records=records)
 
 
-def write_outputs(results: list, out_dir) -> Path:
-    """Write ``report.md`` and ``plots/`` for ``results`` (a list of results documents) into ``out_dir``."""
+def write_outputs(results: list, out_dir, sources: list) -> Path:
+    """Write ``report.md`` and ``plots/`` for ``results`` (results documents read from the files ``sources``)
+    into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = report.write_plots(results, out_dir / "plots", link_base=out_dir)
     path = out_dir / "report.md"
-    path.write_text(report.render_markdown(results, plots))
+    command = f"baton-fast bench --report-only {' '.join(map(str, sources))} --out {out_dir}"
+    path.write_text(report.render_markdown(results, plots, command))
     return path
 
 
@@ -196,9 +198,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     if args.report_only:
         results = report.load_results(args.report_only)
-        for res, source in zip(results, args.report_only):
-            res["source"] = source
-        print(f"wrote {write_outputs(results, out_dir)}")
+        print(f"wrote {write_outputs(results, out_dir, args.report_only)}")
         return 0
     if args.threads < 1:
         raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
@@ -209,8 +209,7 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=1))
-    results["source"] = str(results_path)
-    report_path = write_outputs([results], out_dir)
+    report_path = write_outputs([results], out_dir, [results_path])
     print(report.render_summary([results]))
     print(f"wrote {results_path}, {report_path} and {out_dir / 'plots'} ({results['wall_s']} s)")
     return 0

@@ -2,6 +2,7 @@
 import importlib.machinery
 import json
 import sys
+import time
 import types
 
 import pytest
@@ -64,6 +65,14 @@ def test_a_failing_or_wrong_backend_is_reported_not_hidden():
     assert all(not r["extra"]["check_ok"] for r in records if r["backend"] == "wrong")
 
 
+def test_cpu_timer_warms_up_then_times_at_least_min_reps():
+    calls = []
+    times = kernels_bench.time_cpu_ms(lambda: calls.append(1), min_reps=4, budget_s=0.0, warmup_s=0.0)
+    assert len(times) == 4 and len(calls) == 2 + 4 and all(t >= 0 for t in times)
+    slow = kernels_bench.time_cpu_ms(lambda: time.sleep(0.002), min_reps=1, budget_s=0.02, warmup_s=0.0)
+    assert len(slow) >= 3 and min(slow) >= 2.0
+
+
 def test_backends_for_cpu():
     names = [b.name for b in kernels_bench.backends_for(torch.device("cpu"), TINY_CASES[0], quick=True)]
     assert names == ["baton-fast op, eager (reference path)", "reference, torch.compile", "SDPA + RoPE pass"]
@@ -102,7 +111,9 @@ def test_bench_command_writes_results_report_and_plots(tiny_plan, tmp_path, caps
 
     again = tmp_path / "again"
     assert cli.main(["bench", "--report-only", str(out / "results.json"), "--out", str(again)]) == 0
-    assert (again / "report.md").read_text() == markdown
+    regenerated = (again / "report.md").read_text()
+    assert f"--report-only {out / 'results.json'} --out {again}" in regenerated
+    assert regenerated.split("## Machines")[1] == markdown.split("## Machines")[1]
 
 
 def test_report_module_prints_markdown_and_rejects_bad_files(tiny_plan, tmp_path, capsys):
