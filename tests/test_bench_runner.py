@@ -128,6 +128,25 @@ def test_report_module_prints_markdown_and_rejects_bad_files(tiny_plan, tmp_path
     assert str(bad) in capsys.readouterr().err
 
 
+def test_report_renders_a_gpu_run_next_to_a_cpu_run(tiny_plan, tmp_path):
+    """The GPU sections render from GPU records (synthetic here, test-only: this machine has no GPU) and a
+    merged report keeps one copy of the modelled figures."""
+    cpu = runner.collect("cpu", quick=True, sections=["cost_model", "kernels"], progress=False)
+    gpu = json.loads(json.dumps(cpu))
+    gpu["device"] = "cuda"
+    gpu["machine"]["gpus"] = [dict(name="Test GPU", driver="0.0", memory_total_bytes=None, sm_clock_max_mhz=None,
+                                   power_limit_w=None)]
+    renamed = {EAGER.name: report.FUSED_GPU, SDPA.name: report.UNFUSED_BASELINE}
+    for r in gpu["records"]:
+        if r["section"] == "kernels":
+            r.update(device="cuda:Test GPU", backend=renamed[r["backend"]])
+    markdown = report.render_markdown([cpu, gpu], report.write_plots([cpu, gpu], tmp_path))
+    assert "Measured on a GPU" in markdown and "Not measured on a GPU yet" not in markdown
+    assert "Test GPU (driver 0.0, ? GiB" in markdown
+    assert markdown.count("| Ovi video self-attn | 15,004 x 15,004, 24x128 |") == 1  # cost model row, deduplicated
+    assert (tmp_path / "time_vs_tokens_gpu.png").exists() and (tmp_path / "time_vs_tokens_cpu.png").exists()
+
+
 def test_optional_sections_hook(monkeypatch):
     module = types.ModuleType("fake_model")
     module.__spec__ = importlib.machinery.ModuleSpec("fake_model", None)
