@@ -37,6 +37,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from . import kernels_bench, report
 from .cases import FULL_CASES
 from .cost_model import model_records
@@ -159,9 +162,6 @@ def _tasks(device, quick: bool, sections) -> list:
 
 def collect(device: str = "auto", quick: bool = True, sections=SECTIONS, progress: bool = True) -> dict:
     """Run the sections and return the results document (see the module docstring)."""
-    import torch
-    from tqdm import tqdm
-
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"--sections: expected a subset of {', '.join(SECTIONS)}, got {', '.join(sorted(unknown))}")
@@ -202,10 +202,13 @@ def run(args) -> int:
         return 0
     if args.threads < 1:
         raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-    import torch
-    torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    results = collect(args.device, quick=not args.full, sections=sections)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = collect(args.device, quick=not args.full, sections=sections)
+    finally:  # callers in the same process (tests) keep their thread count
+        torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=1))
