@@ -56,13 +56,15 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)  # weights read by the fused pre-pass
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
-        """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``."""
+    def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable, q_groups=None,
+                k_groups=None) -> torch.Tensor:
+        """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``; optional layout group
+        bitmasks ``[1 or B, N]`` are passed to ``rope_attention``."""
         h = self.num_heads
         q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
                                           q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps)
         out = baton_fast.rope_attention(q, k, split_heads(self.v(x), h), coords, coords, table,
-                                        rotate_q=False, rotate_k=False)
+                                        rotate_q=False, rotate_k=False, q_groups=q_groups, k_groups=k_groups)
         return self.o(out.flatten(2))
 
 

@@ -13,6 +13,9 @@ One fusion layer = one video block and one audio block (Ovi pairs them 1:1 at fu
    sampling run by :meth:`DualBranchDiT.prepare` and cached in the :class:`RunContext`;
 4. FFN, adaLN-modulated.
 
+SpA2V's layout masks (:class:`~baton_fast.model.layout.LayoutGuidance`, optional per evaluation)
+restrict steps 1 and 2a of the video branch.
+
 Everything that is fixed for a sampling run (token coordinates, RoPE tables, embedded text, plan
 keys/values) lives in a :class:`RunContext`; a denoise step only reads it.
 """
@@ -29,6 +32,7 @@ from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
 
 from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, table_on
 from .config import BatonConfig, BranchConfig, RunShape
+from .layout import UNMASKED, AttentionGroups, LayoutGuidance
 from .planner import PlannedTokens
 
 __all__ = ["BranchGeometry", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video", "unpatchify_video",
@@ -127,11 +131,13 @@ class TextAndCrossModalAttention(CrossAttention):
         self.norm_other = nn.LayerNorm(other_dim, eps=eps)
         self.other_kv = KeyValue(other_dim, dim, num_heads, eps)
 
-    def forward(self, x, text, text_lens, other, geo: BranchGeometry, other_coords) -> torch.Tensor:
+    def forward(self, x, text, text_lens, other, geo: BranchGeometry, other_coords,
+                text_groups: AttentionGroups = UNMASKED) -> torch.Tensor:
         q = self.queries(x)
         k, v = self.kv(text)
         out = baton_fast.rope_attention(q, k, v, geo.coords, geo.text_coords, geo.table, rotate_q=False,
-                                        rotate_k=False, k_lens=text_lens)
+                                        rotate_k=False, k_lens=text_lens, q_groups=text_groups.q_groups,
+                                        k_groups=text_groups.k_groups)
         k, v = self.other_kv(self.norm_other(other))
         out = out + baton_fast.rope_attention(q, k, v, geo.coords, other_coords, geo.temporal_table,
                                               k_table=geo.other_temporal_table)
@@ -170,12 +176,14 @@ class BranchBlock(nn.Module):
         """``time_mod [B, 6, dim]`` -> shift/scale/gate of attention and FFN, each ``[B, 1, dim]``."""
         return (self.modulation + time_mod).chunk(6, dim=1)
 
-    def self_attention(self, x, mod, geo: BranchGeometry):
+    def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED):
         shift, scale, gate = mod[0], mod[1], mod[2]
-        return x + self.self_attn(self.norm1(x) * (1 + scale) + shift, geo.coords, geo.table) * gate
+        return x + self.self_attn(self.norm1(x) * (1 + scale) + shift, geo.coords, geo.table,
+                                  q_groups=groups.q_groups, k_groups=groups.k_groups) * gate
 
-    def cross_attention(self, x, ctx: BranchContext, other, other_coords):
-        return x + self.cross_attn(self.norm3(x), ctx.text, ctx.text_lens, other, ctx.geometry, other_coords)
+    def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED):
+        return x + self.cross_attn(self.norm3(x), ctx.text, ctx.text_lens, other, ctx.geometry, other_coords,
+                                   text_groups)
 
     def plan_and_ffn(self, x, mod, plan_kv, geo: BranchGeometry):
         if self.plan_attn is not None:
@@ -195,13 +203,16 @@ class FusionBlock(nn.Module):
         self.audio = BranchBlock(cfg.audio, cfg.video.dim, planned, cfg.eps)
 
     def forward(self, video, audio, video_mod, audio_mod, video_ctx: BranchContext, audio_ctx: BranchContext,
-                video_plan_kv=None, audio_plan_kv=None):
-        """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; returns both updated."""
+                video_plan_kv=None, audio_plan_kv=None, layout: Optional[LayoutGuidance] = None):
+        """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; ``layout``
+        masks the video self- and text cross-attention; returns both updated."""
         gv, ga = video_ctx.geometry, audio_ctx.geometry
         mv, ma = self.video.modulation_terms(video_mod), self.audio.modulation_terms(audio_mod)
-        video = self.video.self_attention(video, mv, gv)
+        self_groups, text_groups = ((layout.self_attention, layout.text_attention) if layout is not None
+                                    else (UNMASKED, UNMASKED))
+        video = self.video.self_attention(video, mv, gv, self_groups)
         audio = self.audio.self_attention(audio, ma, ga)
-        video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords),
+        video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords, text_groups),
                         self.audio.cross_attention(audio, audio_ctx, video, gv.coords))
         return (self.video.plan_and_ffn(video, mv, video_plan_kv, gv),
                 self.audio.plan_and_ffn(audio, ma, audio_plan_kv, ga))
@@ -247,7 +258,7 @@ class DualBranchDiT(nn.Module):
     """The dual-branch diffusion transformer (see the module docstring).
 
     Use: ``ctx = dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)`` once per
-    sampling run, then ``dit(video_latents, audio_latents, timesteps, ctx)`` per evaluation.
+    sampling run, then ``dit(video_latents, audio_latents, timesteps, ctx[, layout])`` per evaluation.
     """
 
     def __init__(self, cfg: BatonConfig):
@@ -321,12 +332,13 @@ class DualBranchDiT(nn.Module):
 
     # ---------------------------------------------------------------- per evaluation
     def forward(self, video_latents: torch.Tensor, audio_latents: torch.Tensor, timesteps: torch.Tensor,
-                ctx: RunContext):
+                ctx: RunContext, layout: Optional[LayoutGuidance] = None):
         """Velocity of both modalities.
 
         Args:
             video_latents: ``[B, C_v, F, H, W]``; audio_latents: ``[B, L, C_a]`` (ctx.shape's sizes).
             timesteps: ``[B]`` in ``[0, 1000]``.
+            layout: SpA2V layout masks for this evaluation (see :mod:`baton_fast.model.layout`), or None.
         Returns:
             ``(video [B, C_v, F, H, W], audio [B, L, C_a])`` in the model dtype.
         """
@@ -337,6 +349,8 @@ class DualBranchDiT(nn.Module):
             raise ValueError(f"latents: expected video [{ctx.batch}, {', '.join(map(str, shape.video_latent))}] and "
                              f"audio [{ctx.batch}, {shape.audio_latents}, {cfg.audio.latent_channels}], got "
                              f"{tuple(video_latents.shape)} and {tuple(audio_latents.shape)}")
+        if layout is not None:
+            layout.check(shape.video_tokens, ctx.video.text.shape[:2])
         dtype = self.dtype
         video = self.video_io.patch_embed(patchify_video(video_latents.to(dtype), cfg.video.patch))
         audio = self.audio_io.patch_embed(patchify_audio(audio_latents.to(dtype), cfg.audio.patch))
@@ -344,7 +358,7 @@ class DualBranchDiT(nn.Module):
         audio_emb, audio_mod = self.audio_io.time(timesteps, dtype)
         for i, block in enumerate(self.blocks):
             plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
-            video, audio = block(video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv)
+            video, audio = block(video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout)
         video = unpatchify_video(self.video_io.head(video, video_emb), shape.video_grid, cfg.video.patch,
                                  cfg.video.latent_channels)
         audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)

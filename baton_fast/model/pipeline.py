@@ -3,6 +3,10 @@
 Classifier-free guidance batches the conditional and unconditional passes: the planner and the text
 encoder read the prompts and the negative prompts together, and every DiT evaluation runs on
 ``[cond; uncond]``.  The unconditional pass is steered by the plan of the negative prompts.
+
+With a ``layout`` (a SpA2V :class:`~baton_fast.spatial.vsl.VSL`), the video prompts are grounded
+(object names appended when missing) and the first steps run with layout masks
+(:mod:`baton_fast.spatial.grounding`, :mod:`baton_fast.model.layout`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .checkpoint import load_checkpoint
 from .config import BatonConfig
 from .decode import Decoder
 from .dit import DualBranchDiT
+from .layout import DEFAULT_LAYOUT_FRACTION
 from .planner import VAPlanner, load_language_model
 from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, sample
 from .text_encoder import TextEncoder
@@ -116,10 +121,12 @@ class BatonPipeline:
     @torch.inference_mode()
     def generate(self, video_prompts, audio_prompts, *, seconds: float, seed: int = 0,
                  options: SamplerOptions = SamplerOptions(), video_negative_prompt: str = "",
-                 audio_negative_prompt: str = "") -> Generation:
+                 audio_negative_prompt: str = "", layout=None,
+                 layout_fraction: float = DEFAULT_LAYOUT_FRACTION) -> Generation:
         """Generate ``len(video_prompts)`` clips of ``seconds`` with their sound tracks.
 
-        The same ``seed`` (and the same weights) gives the same output.
+        ``layout``: an optional VSL that every clip follows, applied as layout masks during the first
+        ``layout_fraction`` of the steps.  The same ``seed`` (and the same weights) gives the same output.
         """
         cfg, device = self.cfg, self.device
         video_prompts, audio_prompts = _prompts("video_prompts", video_prompts), _prompts("audio_prompts", audio_prompts)
@@ -132,6 +139,9 @@ class BatonPipeline:
                 raise TypeError(f"{name}: expected a string, got {type(value).__name__}")
         shape = cfg.shape(seconds)
         B = len(video_prompts)
+        if layout is not None:
+            from baton_fast.spatial.grounding import ground_prompt, layout_names
+            video_prompts = [ground_prompt(prompt, layout_names(layout)) for prompt in video_prompts]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         clock = _Stopwatch(device)
@@ -150,6 +160,12 @@ class BatonPipeline:
         timings["text_encoder"] = clock.lap()
 
         ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)
+        guidance = None
+        if layout is not None:
+            from baton_fast.spatial.grounding import layout_guidance
+            guidance = layout_guidance(layout, cfg, shape, self.text_encoder.tokenizer, video_prompts,
+                                       video_text.shape[1], max_tokens=self.text_encoder.max_tokens,
+                                       fraction=layout_fraction, device=device)
         if options.compile_backend and options.compile_backend != self.compiled_backend:
             if self.compiled_backend is not None:
                 raise ValueError(f"options.compile_backend: the blocks are already compiled with "
@@ -165,7 +181,7 @@ class BatonPipeline:
         velocity = GuidedVelocity(self.dit, ctx, options.video_guidance, options.audio_guidance)
         step_seconds = []
         video_latents, audio_latents = sample(velocity, video_noise, audio_noise, options,
-                                              on_step=lambda i: step_seconds.append(clock.lap()))
+                                              on_step=lambda i: step_seconds.append(clock.lap()), layout=guidance)
         timings["steps"] = step_seconds
         timings["denoise"] = sum(step_seconds)
 
@@ -186,8 +202,26 @@ class BatonPipeline:
                         "sample_rate": cfg.audio_format.sample_rate},
             "timings_s": timings, **peak_memory(device),
         }
+        if guidance is not None:
+            report["layout"] = _layout_report(layout, guidance, video_prompts, options.steps)
         return Generation(video, audio, cfg.video_format.fps, cfg.audio_format.sample_rate, video_latents.cpu(),
                           audio_latents.cpu(), report)
+
+
+def _layout_report(layout, guidance, video_prompts, steps: int) -> dict:
+    """What the layout masks did: grounded prompts, masked steps, and per group bit (0 background, ``i + 1``
+    object ``i``) its video tokens and its phrase tokens in each prompt."""
+    from baton_fast.spatial.grounding import layout_names
+
+    video_groups, text_groups = guidance.video_groups[0].cpu(), guidance.text_groups[:len(video_prompts)].cpu()
+    groups = []
+    for bit, name in enumerate(["background", *layout_names(layout)]):
+        entry = {"bit": bit, "name": name, "video_tokens": int(((video_groups >> bit) & 1).sum())}
+        if bit:
+            entry["phrase_tokens"] = [int(((row != -1) & (((row >> bit) & 1) == 1)).sum()) for row in text_groups]
+        groups.append(entry)
+    return {"video_prompts": video_prompts, "fraction": guidance.fraction,
+            "masked_steps": guidance.masked_steps(steps), "groups": groups}
 
 
 def _check_text_width(cfg: BatonConfig, encoder: TextEncoder) -> None:

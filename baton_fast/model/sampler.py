@@ -14,12 +14,14 @@ Speed options (both off by default, and documented in ``docs/model.md``):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from .dit import DualBranchDiT, RunContext
+from .layout import LayoutGuidance
 
 __all__ = ["SOLVERS", "SamplerOptions", "flow_sigmas", "GuidedVelocity", "CudaGraphVelocity", "compile_blocks",
            "sample"]
@@ -69,7 +71,9 @@ class GuidedVelocity:
 
     ``ctx`` was prepared for a batch of ``2B``: rows ``:B`` with the prompts (and their plan), rows
     ``B:`` with the negative prompts (and their plan).  ``__call__(video [B, ...], audio [B, ...],
-    sigma)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.
+    sigma, layout=None)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.  A layout
+    masks both passes alike (the layout is a constraint on the picture, not part of the prompt: masking
+    only the conditional pass would make guidance amplify the masked-minus-unmasked difference).
     """
 
     def __init__(self, dit: DualBranchDiT, ctx: RunContext, video_guidance: float, audio_guidance: float):
@@ -78,9 +82,11 @@ class GuidedVelocity:
         self.dit, self.ctx = dit, ctx
         self.video_guidance, self.audio_guidance = video_guidance, audio_guidance
 
-    def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor):
+    def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor,
+                 layout: Optional[LayoutGuidance] = None):
         timesteps = (sigma * 1000.0).float().expand(2 * video.shape[0])
-        vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx)
+        vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx,
+                                        layout)
         return (_guide(vel_video.float(), self.video_guidance), _guide(vel_audio.float(), self.audio_guidance))
 
 
@@ -126,25 +132,31 @@ def compile_blocks(dit: DualBranchDiT, backend: str = "inductor") -> None:
 
 
 def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Tensor, options: SamplerOptions,
-           on_step: Optional[Callable[[int], None]] = None):
+           on_step: Optional[Callable[[int], None]] = None, layout: Optional[LayoutGuidance] = None):
     """Integrate from noise (``sigma = 1``) to data with ``options.steps`` Euler or Heun steps.
 
-    ``velocity(video, audio, sigma)`` returns float32 velocities; ``video_noise [B, C, F, H, W]`` and
-    ``audio_noise [B, L, C]`` are float32.  ``on_step(i)`` runs after step ``i``.  Returns the denoised
-    ``(video, audio)`` latents (float32).
+    ``velocity(video, audio, sigma[, layout=...])`` returns float32 velocities; ``video_noise [B, C, F, H, W]``
+    and ``audio_noise [B, L, C]`` are float32.  With a ``layout``, the first ``layout.masked_steps(steps)``
+    steps (both evaluations of a Heun step) call ``velocity(..., layout=layout)``, the others run
+    unmasked.  ``on_step(i)`` runs after step ``i``.  Returns the denoised ``(video, audio)`` latents (float32).
     """
     from tqdm.auto import tqdm
 
     sigmas = flow_sigmas(options.steps, options.shift).to(torch.float32)
     levels = [s.to(video_noise.device) for s in sigmas]  # 0-d tensors: static inputs for a CUDA graph
-    if options.cuda_graph:
+    masked_steps = layout.masked_steps(options.steps) if layout is not None else 0
+    masked = functools.partial(velocity, layout=layout) if masked_steps else None
+    if options.cuda_graph:  # one graph per attention pattern
         velocity = CudaGraphVelocity(velocity, video_noise, audio_noise, levels[0])
+        if masked is not None:
+            masked = CudaGraphVelocity(masked, video_noise, audio_noise, levels[0])
     video, audio = video_noise, audio_noise
     for i in tqdm(range(options.steps), desc="denoise", disable=not options.progress, leave=False):
         dt = float(sigmas[i + 1] - sigmas[i])
-        d_video, d_audio = velocity(video, audio, levels[i])
+        step_velocity = masked if i < masked_steps else velocity
+        d_video, d_audio = step_velocity(video, audio, levels[i])
         if options.solver == "heun" and i + 1 < options.steps:  # the last step ends at sigma = 0: Euler
-            e_video, e_audio = velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
+            e_video, e_audio = step_velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
             d_video, d_audio = (d_video + e_video) / 2, (d_audio + e_audio) / 2
         video, audio = video + dt * d_video, audio + dt * d_audio
         if on_step is not None:
