@@ -15,12 +15,14 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="baton-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name in argv[:1]:  # only the chosen subcommand's module is imported
+            importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
     try:
         return importlib.import_module(args._module).run(args) or 0
