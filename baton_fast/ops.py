@@ -237,7 +237,8 @@ def _check_layout_groups(q, k, q_groups, k_groups):
         _check_devices(q=q, q_groups=q_groups, k_groups=k_groups)
 
 
-def layout_tile_stats(q, k, v, q_coords, k_coords, table: RopeTable, *, q_groups: torch.Tensor,
+def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                      q_groups: torch.Tensor,
                       k_groups: torch.Tensor, k_table: Optional[RopeTable] = None, rotate_q: bool = True,
                       rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None) -> dict:
     """Run the fused Triton kernel with its tile counter on and report how many key tiles it skipped.

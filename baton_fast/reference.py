@@ -38,14 +38,15 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch
     return torch.cat([r1, r2], dim=-1)
 
 
-def rope_attention(q, k, v, q_coords, k_coords, table: RopeTable, *, k_table: RopeTable | None = None,
+def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | None = None, *,
+                   k_table: RopeTable | None = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False,
                    q_groups=None, k_groups=None):
     """Attention with coordinate RoPE, in plain PyTorch.
 
     Args:
         q: ``[B, Nq, H, D]``; k, v: ``[B, Nk, Hk, D]`` with ``H % Hk == 0``.
-        q_coords / k_coords: float32 ``[B or 1, N, A]``.
+        q_coords / k_coords: float32 ``[B or 1, N, A]`` (None for a side that is not rotated).
         table / k_table: query-side table and key-side table (``k_table`` defaults to ``table``).
         k_lens: optional int ``[B]``: keys ``>= k_lens[b]`` are masked.
         q_groups / k_groups: optional integer bitmasks ``[B or 1, N]`` (SpA2V layout attention): query ``i``

@@ -102,3 +102,22 @@ def test_row_with_allowed_keys_only_in_a_later_tile_keeps_very_negative_scores()
     assert ref.abs().max() > 0.01
     c = check(out, plain, ref, torch.float32)
     assert c.ok, c
+
+
+def test_sorting_tokens_by_group_skips_tiles_and_keeps_the_result():
+    """A box in a row-major latent grid mixes groups in every tile; sorted by group, whole tiles skip."""
+    from baton_fast.model.attention import attention_in_group_order
+
+    T, Hl, Wl, H, D = 2, 8, 8, 2, 32
+    grid = bf.video_grid_coords(T, Hl, Wl)
+    inside = (grid[:, 1] >= 2) & (grid[:, 1] < 6) & (grid[:, 2] >= 4)  # one object's box
+    groups = torch.where(inside, 2, 1)[None].long()
+    q, k, v, *_ = inputs(torch.float32, 1, len(grid), len(grid), H, D, seed=8)
+    kw = dict(rotate_q=False, rotate_k=False)
+    raster = bf.layout_tile_stats(q, k, v, q_groups=groups, k_groups=groups, **kw)
+    order = torch.argsort(groups[0], stable=True)
+    by_group = bf.layout_tile_stats(q[:, order], k[:, order], v[:, order], q_groups=groups[:, order],
+                                    k_groups=groups[:, order], **kw)
+    assert raster["skipped"] == 0 and by_group["skipped"] > 0
+    expected = bf.rope_attention(q, k, v, q_groups=groups, k_groups=groups, **kw)
+    torch.testing.assert_close(attention_in_group_order(q, k, v, groups, groups), expected, atol=1e-6, rtol=0)

@@ -140,7 +140,8 @@ def run_context(dit, shape, text_tokens, text_lens, generator):
 
 def allowed_attention(call, query_groups, key_groups, k_lens=None):
     """Recompute a recorded call row by row: each query attends, unmasked, to exactly its allowed keys."""
-    (q, k, v, q_coords, k_coords, table), kwargs, _ = call
+    (q, k, v, *rope), kwargs, _ = call
+    q_coords, k_coords, table = rope + [None] * (3 - len(rope))  # self-attention passes no rope arguments
     expected = torch.zeros_like(q)
     for b in range(q.shape[0]):
         n_keys = k.shape[1] if k_lens is None else int(k_lens[b])
@@ -178,16 +179,20 @@ def test_masks_reach_the_video_self_and_text_attention(pipeline, tokenizer, monk
     assert 0 < len(background) < shape.video_tokens
     for block in range(CFG.video.num_layers):
         self_call, text_call = masked[2 * block], masked[2 * block + 1]
-        assert self_call[1]["q_groups"] is guidance.video_groups and self_call[1]["k_groups"] is guidance.video_groups
+        # self-attention sees its tokens sorted by group (attention_in_group_order): same masks, permuted
+        sorted_groups = self_call[1]["q_groups"]
+        assert self_call[1]["k_groups"] is sorted_groups
+        assert torch.equal(sorted_groups[0], video_groups[torch.argsort(video_groups, stable=True)])
         assert text_call[1]["q_groups"] is guidance.video_groups and text_call[1]["k_groups"] is guidance.text_groups
         assert self_call[0][1].shape[1] == shape.video_tokens and text_call[0][1].shape[1] == text_tokens
         out = self_call[2]
-        expected = allowed_attention(self_call, video_groups, video_groups[None])
+        expected = allowed_attention(self_call, sorted_groups[0], sorted_groups)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
         # a background query's output is a mix of background values only
-        (q, k, v, q_coords, k_coords, table), _, _ = self_call
-        only_background = reference.rope_attention(q[:, background], k[:, background], v[:, background], q_coords,
-                                                   k_coords, table, rotate_q=False, rotate_k=False)
+        q, k, v = self_call[0][:3]
+        background = (sorted_groups[0] == 1).nonzero().flatten()
+        only_background = reference.rope_attention(q[:, background], k[:, background], v[:, background], None,
+                                                   None, None, rotate_q=False, rotate_k=False)
         torch.testing.assert_close(out[:, background], only_background, rtol=1e-5, atol=1e-6)
         expected = allowed_attention(text_call, video_groups, text_groups, k_lens=text_call[1]["k_lens"])
         torch.testing.assert_close(text_call[2], expected, rtol=1e-5, atol=1e-6)

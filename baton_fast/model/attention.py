@@ -59,13 +59,33 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable, q_groups=None,
                 k_groups=None) -> torch.Tensor:
         """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``; optional layout group
-        bitmasks ``[1 or B, N]`` are passed to ``rope_attention``."""
+        bitmasks ``[1, N]`` (the same tensor for queries and keys) are passed to ``rope_attention``."""
         h = self.num_heads
         q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
                                           q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps)
-        out = baton_fast.rope_attention(q, k, split_heads(self.v(x), h), coords, coords, table,
-                                        rotate_q=False, rotate_k=False, q_groups=q_groups, k_groups=k_groups)
+        v = split_heads(self.v(x), h)
+        if q_groups is None:
+            out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
+        else:
+            out = attention_in_group_order(q, k, v, q_groups, k_groups)
         return self.o(out.flatten(2))
+
+
+def attention_in_group_order(q, k, v, q_groups, k_groups):
+    """Layout self-attention with the tokens sorted by group mask, so that the fused kernel meets whole
+    tiles of one group and skips the tiles of pairs that share no bit.
+
+    q, k already rotated ``[B, N, H, D]`` (positions live in the rotation, so the order of tokens does not
+    change the result); ``q_groups is k_groups``, int64 ``[1, N]``.  Row-major latent order mixes
+    background and object tokens in nearly every tile (no tile skipped); sorted, each group is contiguous.
+    """
+    if k_groups is not q_groups or q_groups.shape[0] != 1:
+        raise ValueError("q_groups, k_groups: expected one [1, N] mask shared by queries and keys")
+    order = torch.argsort(q_groups[0], stable=True)
+    groups = q_groups[:, order]
+    out = baton_fast.rope_attention(q[:, order], k[:, order], v[:, order], rotate_q=False, rotate_k=False,
+                                    q_groups=groups, k_groups=groups)
+    return torch.empty_like(out).index_copy_(1, order, out)
 
 
 class CrossAttention(nn.Module):
