@@ -153,16 +153,21 @@ def _rope_attention_fwd(
 
 # Shipped configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per GPU arch (SM major)
 # and padded half head dim.  Each is compiled by `baton-fast selftest --static` and must be
-# spill-free with tensor-core instructions (HGMMA on sm_90, HMMA on sm_80).
+# spill-free with tensor-core instructions (HGMMA on sm_90, HMMA on sm_80), fit 99 KiB of shared
+# memory on sm_8x (sm_86/sm_89) and draw no ptxas performance warning (docs/selftest.md has the
+# measured table).  sm_90 at D = 64 and 256 uses one stage: with two or more, ptxas serialises
+# the wgmma when Q (D = 64) or Q and K (D = 256) are rotated in the kernel (Triton re-reads the
+# rotated Q from shared memory into registers inside the loop).  sm_8x at D = 256 needs
+# BLOCK_M = 16 once K is rotated in the loop.
 SHIPPED_CONFIGS = {
     (9, 16): [(128, 64, 4, 3), (128, 128, 8, 3)],
-    (9, 32): [(128, 64, 4, 3), (128, 128, 8, 3)],
-    (9, 64): [(128, 64, 8, 3), (128, 128, 8, 2)],
-    (9, 128): [(64, 64, 4, 2), (128, 32, 8, 2)],
-    (8, 16): [(128, 64, 4, 3), (64, 64, 4, 3)],
-    (8, 32): [(128, 64, 4, 3), (64, 64, 4, 3)],
-    (8, 64): [(128, 64, 8, 2), (64, 64, 4, 2)],
-    (8, 128): [(64, 32, 4, 2), (64, 64, 8, 2)],
+    (9, 32): [(128, 64, 8, 1), (64, 64, 4, 1)],
+    (9, 64): [(128, 32, 8, 3), (64, 64, 8, 3)],
+    (9, 128): [(64, 32, 8, 1), (64, 16, 8, 1)],
+    (8, 16): [(64, 64, 4, 3), (128, 64, 8, 3)],
+    (8, 32): [(128, 32, 8, 3), (64, 32, 8, 3)],
+    (8, 64): [(64, 64, 8, 2), (64, 32, 8, 3)],
+    (8, 128): [(16, 32, 4, 2), (16, 32, 8, 2)],
 }
 # Pinned under the interpreter (and by tests): small tiles keep CPU emulation fast.
 INTERPRETER_CONFIG = (16, 16, 1, 1)

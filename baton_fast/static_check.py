@@ -1,0 +1,290 @@
+"""Machine-code check: compile every shipped kernel configuration for sm_90 and sm_80 with no GPU.
+
+Each job is compiled ahead of time with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``
+with the signature, constants and alignment attributes the real launcher would produce: the launcher
+(``rope_attention_fwd`` / ``rmsnorm_rope_fwd``) is called on small CPU tensors with a recording stand-in
+for the jit kernel, and the recorded call goes through Triton's own argument specialisation.  The cubin
+is then read with the tools shipped in the triton wheel:
+
+- ``cuobjdump --dump-resource-usage``: registers and stack frame;
+- ``cuobjdump -sass``: tensor-core instructions (``HGMMA`` on sm_90, ``HMMA`` on sm_80) and local
+  memory instructions (``LDL``/``STL``);
+- ``ptxas -v`` re-run on Triton's PTX with Triton's flags (it rebuilds the same cubin; registers
+  and stack are cross-checked): spill bytes and "Potential Performance Loss" warnings, e.g. wgmma
+  serialised by ptxas.
+
+Shared memory is Triton's dynamic shared memory request (``metadata.shared``).  Compiling needs real
+jit functions, so the jobs run in spawned processes with ``TRITON_INTERPRET`` removed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+__all__ = ["Job", "shipped_jobs", "check", "compile_job", "spawn_pool", "ARCHS"]
+
+ARCHS = (90, 80)
+EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
+# Largest dynamic shared memory per block on every GPU that uses an arch's config list: the sm_8x
+# list also serves sm_86/sm_89 (99 KiB), the sm_90 list H100 (227 KiB).
+SMEM_LIMIT = {90: 227 * 1024, 80: 99 * 1024}
+
+# Head dims compiled for each padded half dim of the attention kernel: one power of two each, plus
+# D=80, which pads to 64 (24 masked pair columns; D=96 compiles to the same code with HALF=48).
+ATTENTION_HEAD_DIMS = {16: (32,), 32: (64,), 64: (128, 80), 128: (256,)}
+# Flag variants of the attention kernel.  Every flag is compiled on and off, both 16-bit dtypes are
+# used, and the combinations are the heaviest of the real paths (measured: ROTATE_K with interleaved
+# pairs needs more registers than with split pairs; HAS_GROUPS adds int64 bitmask tiles and, through
+# the tile-skip branch, turns off software pipelining, so it does not cover the pipelined paths):
+# everything on; Q and K rotated in the kernel with interleaved pairs (cross-attention to text /
+# audio / plan keys); Q and K pre-rotated by the QK-norm pre-pass (long self-attention); Q rotated in
+# the prologue, K pre-rotated, split pairs (cached plan K).
+_ALL_OFF = dict(ROTATE_Q=False, ROTATE_K=False, INTERLEAVED=False, HAS_KLENS=False, RETURN_LSE=False,
+                HAS_GROUPS=False, COUNT_SKIPPED=False)
+ATTENTION_VARIANTS = (
+    ("float16", {name: True for name in _ALL_OFF}),
+    ("bfloat16", dict(_ALL_OFF, ROTATE_Q=True, ROTATE_K=True, INTERLEAVED=True)),
+    ("bfloat16", dict(_ALL_OFF, INTERLEAVED=True)),
+    ("float16", dict(_ALL_OFF, ROTATE_Q=True)),
+)
+# RMSNorm + RoPE pre-pass: (name, heads, head dim, NORM, HAS_WEIGHT, INTERLEAVED), launched in bf16
+# (the models' dtype) with the launcher's own num_warps.
+NORM_CASES = (
+    ("wan", 24, 128, 2, True, True),
+    ("ltx2", 32, 128, 2, True, False),
+    ("per_head", 24, 128, 1, True, True),
+    ("apply_rope", 24, 128, 0, False, True),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One compilation: ``kernel`` ("rope_attention" or "rmsnorm_rope"), ``arch`` (90 or 80), ``config``
+    ((BLOCK_M, BLOCK_N, num_warps, num_stages) for attention; None for rmsnorm_rope, whose launcher
+    picks num_warps), torch ``dtype`` name, head dim ``D``, ``heads`` and kernel ``flags``."""
+    kernel: str
+    arch: int
+    config: Optional[tuple]
+    dtype: str
+    D: int
+    heads: int
+    flags: tuple  # sorted (name, value) pairs
+    case: str = ""
+
+    @property
+    def flag_dict(self) -> dict:
+        return dict(self.flags)
+
+
+def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
+    """Every shipped configuration x representative head dims x flag variants, plus the pre-pass cases."""
+    from .kernels.rope_attention import SHIPPED_CONFIGS
+
+    jobs = []
+    for arch in archs:
+        for (major, half_pad), configs in sorted(SHIPPED_CONFIGS.items()):
+            if major != arch // 10:
+                continue
+            for config in configs:
+                for D in ATTENTION_HEAD_DIMS[half_pad]:
+                    for dtype, flags in ATTENTION_VARIANTS:
+                        jobs.append(Job("rope_attention", arch, tuple(config), dtype, D, 2, tuple(sorted(flags.items()))))
+        for case, heads, D, norm, has_weight, interleaved in NORM_CASES:
+            flags = dict(NORM=norm, HAS_WEIGHT=has_weight, INTERLEAVED=interleaved)
+            jobs.append(Job("rmsnorm_rope", arch, None, "bfloat16", D, heads, tuple(sorted(flags.items())), case))
+    return jobs
+
+
+# --------------------------------------------------------------------------- launch recording
+class _RecordingKernel:
+    """Stands in for a jit kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+
+
+def _record_launch(job: Job):
+    """Run the job's real launcher on small CPU tensors; return ``(jit kernel, args, kwargs)`` it launches."""
+    import torch
+
+    from .kernels import rope_attention, rope_norm
+
+    dtype = getattr(torch, job.dtype)
+    flags = job.flag_dict
+    n, heads, D = 17, job.heads, job.D
+    x = torch.randn(1, n, heads, D, dtype=dtype)
+    coords = torch.zeros(1, n, 3)
+    freqs = torch.ones(1, D // 2)
+    axes = torch.zeros(1, D // 2, dtype=torch.int32)
+    groups = torch.ones(1, n, dtype=torch.int64)
+    module = rope_attention if job.kernel == "rope_attention" else rope_norm
+    name = "_rope_attention_fwd" if job.kernel == "rope_attention" else "_rmsnorm_rope"
+    kernel, recorder = getattr(module, name), _RecordingKernel()
+    setattr(module, name, recorder)
+    try:
+        if job.kernel == "rope_attention":
+            rope_attention.rope_attention_fwd(
+                x, x, x, coords, coords, freqs, axes, freqs, axes, flags["INTERLEAVED"],
+                rotate_q=flags["ROTATE_Q"], rotate_k=flags["ROTATE_K"],
+                k_lens=torch.full((1,), n, dtype=torch.int32) if flags["HAS_KLENS"] else None,
+                scale=D ** -0.5, return_lse=flags["RETURN_LSE"],
+                q_groups=groups if flags["HAS_GROUPS"] else None, k_groups=groups if flags["HAS_GROUPS"] else None,
+                skipped=torch.zeros(heads * n, dtype=torch.int32) if flags["COUNT_SKIPPED"] else None,
+                config=job.config)
+        else:
+            weight_size = heads * D if flags["NORM"] == rope_norm.NORM_ACROSS_HEADS else D
+            weight = torch.ones(weight_size, dtype=dtype) if flags["HAS_WEIGHT"] else None
+            rope_norm.rmsnorm_rope_fwd(x, coords, freqs, axes, flags["INTERLEAVED"], norm=flags["NORM"],
+                                       weight=weight)
+    finally:
+        setattr(module, name, kernel)
+    (args, kwargs), = recorder.calls
+    return kernel, args, kwargs
+
+
+# --------------------------------------------------------------------------- compile + inspect
+def _tool(name: str) -> str:
+    """Path of a CUDA tool shipped in the triton wheel (``ptxas``, ``cuobjdump``)."""
+    import triton
+    return getattr(triton.knobs.nvidia, name).path
+
+
+def _compile(job: Job):
+    """Compile the job with Triton for its arch; returns the CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel, args, kwargs = _record_launch(job)
+    if not isinstance(kernel, triton.runtime.JITFunction):
+        raise RuntimeError(f"{job.kernel}: expected a jit function, got {type(kernel).__name__} "
+                           "(TRITON_INTERPRET must be unset in the compiling process)")
+    target = GPUTarget("cuda", job.arch, 32)
+    backend = make_backend(target)
+    # Triton's own specialisation of a launch: constexprs, ints equal to 1, 16-byte alignment
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+)")
+# "/*0a30*/  @!P0 HGMMA.64x64x16.F32 ..." -> opcode "HGMMA"
+_SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T]+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def _ptxas_report(ptx: str, arch: int) -> dict:
+    """Re-run the wheel's ptxas with Triton's flags (``-lineinfo -v --regAllocOptLevel=2``) for its log."""
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2",
+                              f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", src + ".o"],
+                             check=True, capture_output=True, text=True).stderr
+    stack, stores, loads = map(int, _PTXAS_SPILLS.search(log).groups())
+    warnings = [line.split("Potential Performance Loss:")[1].strip()
+                for line in log.splitlines() if "Potential Performance Loss" in line]
+    return dict(regs=int(_PTXAS_REGS.search(log).group(1)), stack=stack, spill_stores=stores,
+                spill_loads=loads, ptxas_warnings=warnings)
+
+
+def _cubin_report(cubin: bytes) -> dict:
+    """Registers, stack, tensor-core and local-memory instruction counts from the cubin."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path],
+                               check=True, capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], check=True, capture_output=True, text=True).stdout
+    regs, stack = map(int, _RESOURCE.search(usage).groups())
+    opcodes = _SASS_OPCODE.findall(sass)
+    mma = "HGMMA" if "HGMMA" in opcodes else "HMMA" if "HMMA" in opcodes else "none"
+    return dict(regs=regs, stack=stack, mma=mma, mma_count=opcodes.count(mma) if mma != "none" else 0,
+                local_mem_ops=opcodes.count("LDL") + opcodes.count("STL"))
+
+
+def compile_job(job: Job) -> dict:
+    """Compile one job and return its record (see :func:`check`)."""
+    start = time.perf_counter()
+    compiled = _compile(job)
+    cubin = _cubin_report(compiled.asm["cubin"])
+    ptxas = _ptxas_report(compiled.asm["ptx"], job.arch)
+    if (ptxas["regs"], ptxas["stack"]) != (cubin["regs"], cubin["stack"]):
+        raise RuntimeError(f"{job}: ptxas log ({ptxas['regs']} regs, {ptxas['stack']} B stack) does not describe "
+                           f"Triton's cubin ({cubin['regs']} regs, {cubin['stack']} B stack)")
+    meta = compiled.metadata
+    expected_mma = EXPECTED_MMA[job.arch] if job.kernel == "rope_attention" else "none"
+    problems = []
+    if ptxas["spill_stores"] or ptxas["spill_loads"] or cubin["local_mem_ops"] or cubin["stack"]:
+        problems.append(f"local memory: {ptxas['spill_stores']} B spill stores, {ptxas['spill_loads']} B spill loads, "
+                        f"{cubin['local_mem_ops']} LDL/STL, {cubin['stack']} B stack")
+    if cubin["mma"] != expected_mma:
+        problems.append(f"matrix instructions: expected {expected_mma}, found {cubin['mma']}")
+    if meta.shared > SMEM_LIMIT[job.arch]:
+        problems.append(f"shared memory {meta.shared} B > {SMEM_LIMIT[job.arch]} B")
+    problems += [f"ptxas: {w}" for w in ptxas["ptxas_warnings"]]
+    return dict(
+        kernel=job.kernel, case=job.case, arch=f"sm_{job.arch}",
+        config=list(job.config) if job.config else [meta.num_warps, meta.num_stages],
+        dtype=job.dtype, D=job.D, heads=job.heads, flags=job.flag_dict,
+        regs=cubin["regs"], spill_stores=ptxas["spill_stores"], spill_loads=ptxas["spill_loads"],
+        stack=cubin["stack"], smem=meta.shared, mma=cubin["mma"], mma_count=cubin["mma_count"],
+        local_mem_ops=cubin["local_mem_ops"], compile_s=round(time.perf_counter() - start, 2),
+        problems=problems, ok=not problems)
+
+
+# --------------------------------------------------------------------------- driver
+def _compiler_process():
+    """Initialiser of the compiling processes: real jit functions need TRITON_INTERPRET unset."""
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def spawn_pool(workers: int, initializer):
+    """A pool of fresh (spawned) Python processes: none of this process's imported kernels or env
+    decisions leak in, and ``initializer`` sets the environment before anything imports triton."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=initializer)
+
+
+_memo: dict = {}
+
+
+def check(jobs: Optional[list[Job]] = None, progress: bool = False) -> list[dict]:
+    """Compile ``jobs`` (default :func:`shipped_jobs`) and return one plain-dict record per job.
+
+    Record keys: kernel, case, arch ("sm_90"/"sm_80"), config (attention: [BLOCK_M, BLOCK_N, num_warps,
+    num_stages]; pre-pass: [num_warps, num_stages]), dtype, D, heads, flags, regs, spill_stores /
+    spill_loads / stack / smem (bytes), mma ("HGMMA", "HMMA" or "none"), mma_count, local_mem_ops
+    (LDL + STL instructions), compile_s, problems (list of str) and ok (no problem).  Results are
+    memoised per process.  Compilation runs in spawned processes (one per CPU core) without
+    ``TRITON_INTERPRET``.
+    """
+    jobs = shipped_jobs() if jobs is None else list(jobs)
+    todo = [job for job in dict.fromkeys(jobs) if job not in _memo]
+    if todo:
+        with spawn_pool(min(len(todo), os.cpu_count() or 1), _compiler_process) as pool:
+            records = pool.map(compile_job, todo)
+            if progress:
+                from tqdm import tqdm
+                records = tqdm(records, total=len(todo), desc="compiling for sm_90/sm_80", unit="kernel")
+            for job, record in zip(todo, records):
+                _memo[job] = record
+    return [_memo[job] for job in jobs]

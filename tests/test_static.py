@@ -1,0 +1,59 @@
+"""Machine code of every shipped kernel configuration, compiled for sm_90 and sm_80 with no GPU."""
+import pytest
+
+from baton_fast import static_check
+from baton_fast.kernels.rope_attention import SHIPPED_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def records():
+    return static_check.check()
+
+
+def test_every_shipped_config_is_compiled(records):
+    compiled = {(int(r["arch"][3:]) // 10, tuple(r["config"]), r["D"]) for r in records if r["kernel"] == "rope_attention"}
+    for (major, half_pad), configs in SHIPPED_CONFIGS.items():
+        for config in configs:
+            for D in static_check.ATTENTION_HEAD_DIMS[half_pad]:
+                assert (major, tuple(config), D) in compiled
+    variants = {(r["dtype"], tuple(sorted(r["flags"].items()))) for r in records if r["kernel"] == "rope_attention"}
+    assert len(variants) == len(static_check.ATTENTION_VARIANTS)
+    norm_cases = {(r["arch"], r["case"]) for r in records if r["kernel"] == "rmsnorm_rope"}
+    assert norm_cases == {(f"sm_{a}", c[0]) for a in static_check.ARCHS for c in static_check.NORM_CASES}
+
+
+def test_no_spills_and_no_local_memory(records):
+    for r in records:
+        assert (r["spill_stores"], r["spill_loads"], r["stack"], r["local_mem_ops"]) == (0, 0, 0, 0), r
+
+
+def test_tensor_core_instructions(records):
+    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel; the pre-pass has no dot."""
+    for r in records:
+        expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}[r["arch"]] if r["kernel"] == "rope_attention" else "none"
+        assert r["mma"] == expected, r
+        assert (r["mma_count"] > 0) == (expected != "none"), r
+
+
+def test_shared_memory_fits_every_gpu_of_the_arch(records):
+    for r in records:
+        assert 0 <= r["smem"] <= static_check.SMEM_LIMIT[int(r["arch"][3:])], r
+
+
+def test_no_ptxas_performance_warnings(records):
+    for r in records:
+        assert r["ok"] and not r["problems"], r
+
+
+def test_the_check_sees_spills_and_missing_wgmma():
+    """Too big a tile for the register file spills, and two warps cannot issue wgmma on sm_90 (Triton
+    falls back to HMMA): the check flags both."""
+    dtype, flags = static_check.ATTENTION_VARIANTS[1]  # Q and K rotated in the kernel
+    flags = tuple(sorted(flags.items()))
+    too_big = static_check.Job("rope_attention", 80, (128, 128, 4, 2), dtype, 32, 2, flags)
+    two_warps = static_check.Job("rope_attention", 90, (64, 64, 2, 2), dtype, 32, 2, flags)
+    spilling, no_wgmma = static_check.check([too_big, two_warps])
+    assert spilling["spill_stores"] > 0 and spilling["local_mem_ops"] > 0 and not spilling["ok"]
+    assert any("local memory" in p for p in spilling["problems"])
+    assert no_wgmma["mma"] == "HMMA" and not no_wgmma["ok"]
+    assert "matrix instructions: expected HGMMA, found HMMA" in no_wgmma["problems"]
