@@ -27,6 +27,7 @@ HEADLINE_SELF_ATTENTION = "Ovi video self-attn"
 EAGER_CPU = "baton-fast op, eager (reference path)"
 FUSED_GPU = "baton-fast fused"
 UNFUSED_BASELINE = "SDPA + RoPE pass"
+END_TO_END_STEP_METRIC = "time per denoise step (median)"  # end-to-end records of the cost curve vs seconds
 SPEED_REGRESSION = """\
 ## Speed regression (pytest-benchmark, CPU paths)
 
@@ -300,6 +301,33 @@ def _generic(results, section: str, title: str, empty: str) -> str:
                                         "notes"], rows)
 
 
+def _end_to_end(results, plots: dict) -> str:
+    """The end-to-end section: one row per device, case and metric, one column per path; the cost-curve plot."""
+    head = "## End to end (planner to denoise, tiny preset, measured)\n\n"
+    recs = _records(results, section="end_to_end")
+    if not recs:
+        return head + ("Not in these results: the model layer does not provide `baton_fast.model.benchmark_end_to_end` "
+                       "(see docs/benchmarks.md).\n")
+    measured = [r for r in recs if r.get("value") is not None]
+    paths = list(dict.fromkeys(r["backend"] for r in measured))
+    cells, shapes = {}, {}
+    for r in measured:
+        cells.setdefault((r["device"], r["case"], r["metric"]), {})[r["backend"]] = f"{_num(r['value'])} {r['unit']}"
+        shapes.setdefault(r["case"], r.get("shape"))
+    text = head
+    if cells:
+        text += _table(["device", "case", "metric", *paths],
+                       [[*key, *(row.get(p, "–") for p in paths)] for key, row in cells.items()])
+        notes = dict.fromkeys(r.get("notes") for r in measured if r.get("notes"))
+        text += "\n" + "".join(f"- {note}\n" for note in notes)
+        text += "".join(f"- {case}: {_shape_text(shape)}\n" for case, shape in shapes.items())
+    text += "".join(f"- Skipped: {r['case']} / {r['backend']}: {r['extra']['reason']}\n" for r in recs
+                    if r.get("value") is None)
+    if "end_to_end_step_vs_seconds" in plots:
+        text += f"\n![end-to-end cost curve]({plots['end_to_end_step_vs_seconds']})\n"
+    return text
+
+
 def render_markdown(results: list[dict], plots: Optional[dict] = None, command: Optional[str] = None) -> str:
     """The whole report; ``plots`` maps plot names to the links to use (from :func:`write_plots`);
     ``command`` is the command that regenerates it (shown at the top)."""
@@ -317,9 +345,7 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
         _machines(results), _headline(results), cost, _kernels(results, plots), _static(results),
         _generic(results, "diffusers", "diffusers drop-in (LTX-2 / Wan transformers)",
                  "Not in these results (`bench/diffusers_bench.py` was not available when they were taken)."),
-        _generic(results, "end_to_end", "End to end (planner to denoise, tiny preset)",
-                 "Not in these results: the model layer does not provide `baton_fast.model.benchmark_end_to_end` "
-                 "yet (see docs/benchmarks.md, \"End-to-end extension point\")."),
+        _end_to_end(results, plots),
         SPEED_REGRESSION,
     ]
     return "\n".join(p for p in parts if p)
@@ -377,6 +403,25 @@ def write_plots(results: list[dict], out_dir, link_base=None) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, name)
+
+    curve = [r for r in _records(results, section="end_to_end", metric=END_TO_END_STEP_METRIC) if r.get("value")]
+    if curve:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        lines = defaultdict(dict)
+        for r in curve:
+            lines[(r["backend"], r["device"])][r["shape"]["seconds"]] = r["value"]
+        for (backend, device), points in lines.items():
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=f"{backend} ({device})")
+        tokens = {r["shape"]["seconds"]: f"{r['shape']['video_tokens']} + {r['shape']['audio_tokens']}" for r in curve}
+        ax.set_xticks(sorted(tokens), [f"{x:g} s\n{tokens[x]} tokens" for x in sorted(tokens)])
+        ax.set(xlabel="seconds of video (video + audio tokens per sample)", ylabel="median time per denoise step (ms)",
+               title=f"Measured on {', '.join(sorted({r['device'] for r in curve}))}: time per denoise step vs "
+                     f"duration, {curve[0]['shape']['preset']} preset")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "end_to_end_step_vs_seconds")
 
     cost = _records(results, section="cost_model", metric="HBM bytes")
     if cost:

@@ -12,6 +12,7 @@ from baton_fast import cli, reference
 from baton_fast.bench import kernels_bench, machine, report, runner
 from baton_fast.bench.cases import Case, Side
 from baton_fast.bench.unfused_rope import materialise_cos_sin, rotate
+from baton_fast.model import bench as model_bench
 from baton_fast.rope import RopeTable
 
 TINY_VIDEO = Side("video", (2, 3, 3))
@@ -88,6 +89,9 @@ def tiny_plan(monkeypatch):
         return [(section, c.name, lambda c=c, section=section: kernels_bench.measure_case(
             c, device, torch.float32, section=section, backends=[EAGER, SDPA])) for section, c in zip(sections, TINY_CASES)]
     monkeypatch.setattr(kernels_bench, "benchmark_plan", plan)
+    # the end-to-end section, cut down: eager only, 2 steps, one timed run (tests/test_model_bench.py covers it)
+    monkeypatch.setattr(model_bench, "BUDGETS", {True: model_bench.Budget(steps=2, rounds=1, compiled_seconds=(),
+                                                                         compile_budget_s=0.0)})
 
 
 def test_bench_command_writes_results_report_and_plots(tiny_plan, tmp_path, capsys):
@@ -104,6 +108,7 @@ def test_bench_command_writes_results_report_and_plots(tiny_plan, tmp_path, caps
     markdown = (out / "report.md").read_text()
     assert "Not measured on a GPU yet" in markdown and report.GPU_COMMAND in markdown
     assert "| Ovi video self-attn | 18 x 18, 2x32 | SDPA + RoPE pass |" in markdown
+    assert "| device | case | metric | eager, reference ops |" in markdown  # the end-to-end table
     assert (out / "plots" / "modelled_bytes.png").stat().st_size > 0
     assert (out / "plots" / "time_vs_tokens_cpu.png").stat().st_size > 0
     printed = capsys.readouterr().out
