@@ -247,7 +247,8 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
     ``TRITON_INTERPRET=1``.  Returns ``{"skipped": int, "visited": int, "block_m": int, "block_n": int}``,
     counted by the kernel itself (one counter per program).
     """
-    from .kernels.rope_attention import INTERPRETER_CONFIG, _interpreting, rope_attention_fwd, shipped_configs
+    from .kernels.rope_attention import (INTERPRETER_CONFIG, _interpreting, kernel_family, rope_attention_fwd,
+                                         shipped_configs)
 
     (q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale) = _attention_args(
         q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, None)
@@ -256,7 +257,8 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
         raise ValueError("q_groups, k_groups: layout_tile_stats needs the layout bitmasks")
     _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
     if q.device.type == "cuda":
-        config = shipped_configs(torch.cuda.get_device_capability(q.device)[0], q.shape[3])[0]
+        family = kernel_family(rotate_q, rotate_k, has_groups=True)
+        config = shipped_configs(torch.cuda.get_device_capability(q.device)[0], q.shape[3], family)[0]
     elif _interpreting():
         config = INTERPRETER_CONFIG
     else:

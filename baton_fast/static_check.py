@@ -46,12 +46,19 @@ ATTENTION_HEAD_DIMS = {16: (32,), 32: (64,), 64: (128, 80), 128: (256,)}
 # the prologue, K pre-rotated, split pairs (cached plan K).
 _ALL_OFF = dict(ROTATE_Q=False, ROTATE_K=False, INTERLEAVED=False, HAS_KLENS=False, RETURN_LSE=False,
                 HAS_GROUPS=False, COUNT_SKIPPED=False)
-ATTENTION_VARIANTS = (
-    ("float16", {name: True for name in _ALL_OFF}),
-    ("bfloat16", dict(_ALL_OFF, ROTATE_Q=True, ROTATE_K=True, INTERLEAVED=True)),
-    ("bfloat16", dict(_ALL_OFF, INTERLEAVED=True)),
-    ("float16", dict(_ALL_OFF, ROTATE_Q=True)),
-)
+ATTENTION_VARIANTS = {
+    "fused": (
+        ("float16", {name: True for name in _ALL_OFF}),
+        ("bfloat16", dict(_ALL_OFF, ROTATE_Q=True, ROTATE_K=True, INTERLEAVED=True)),
+        ("bfloat16", dict(_ALL_OFF, INTERLEAVED=True)),
+        ("float16", dict(_ALL_OFF, ROTATE_Q=True)),
+    ),
+    # the plain family: nothing rotated, no masks; key lengths and LSE on and off
+    "plain": (
+        ("float16", dict(_ALL_OFF, HAS_KLENS=True, RETURN_LSE=True, INTERLEAVED=True)),
+        ("bfloat16", dict(_ALL_OFF)),
+    ),
+}
 # RMSNorm + RoPE pre-pass: (name, heads, head dim, NORM, HAS_WEIGHT, INTERLEAVED), launched in bf16
 # (the models' dtype) with the launcher's own num_warps.
 NORM_CASES = (
@@ -87,12 +94,12 @@ def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
 
     jobs = []
     for arch in archs:
-        for (major, half_pad), configs in sorted(SHIPPED_CONFIGS.items()):
+        for (major, half_pad, family), configs in sorted(SHIPPED_CONFIGS.items()):
             if major != arch // 10:
                 continue
             for config in configs:
                 for D in ATTENTION_HEAD_DIMS[half_pad]:
-                    for dtype, flags in ATTENTION_VARIANTS:
+                    for dtype, flags in ATTENTION_VARIANTS[family]:
                         jobs.append(Job("rope_attention", arch, tuple(config), dtype, D, 2, tuple(sorted(flags.items()))))
         for case, heads, D, norm, has_weight, interleaved in NORM_CASES:
             flags = dict(NORM=norm, HAS_WEIGHT=has_weight, INTERLEAVED=interleaved)

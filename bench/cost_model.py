@@ -40,8 +40,8 @@ SINCOS_OPS = 38  # range reduction 10, sin polynomial 7, cos polynomial 9, quadr
 FUSED_PAIR_OPS = 1 + SINCOS_OPS + 6
 # diffusers' rotate: x * cos + rotate_half(x) * sin, per element, with cos/sin read from memory
 UNFUSED_ELEMENT_OPS = 3
-# Query rows per program of the fused attention kernel (the sm_90 shipped configurations for D=128,
-# kernels/rope_attention.py SHIPPED_CONFIGS); sets how often K is rotated in the loop.
+# Query rows per program of the fused attention kernel (the first sm_90 "fused" shipped configuration
+# for D=128, kernels/rope_attention.py SHIPPED_CONFIGS); sets how often K is rotated in the loop.
 BLOCK_M = 128
 FLOAT32_BYTES = 4
 TABLE_ENTRY_BYTES = 8  # float32 frequency + int32 axis per pair

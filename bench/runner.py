@@ -97,7 +97,7 @@ def _quick_static_jobs(jobs) -> list:
 
     chosen = []
     for arch in dict.fromkeys(job.arch for job in jobs):
-        first = tuple(shipped_configs(arch // 10, QUICK_STATIC_HEAD_DIM)[0])
+        first = tuple(shipped_configs(arch // 10, QUICK_STATIC_HEAD_DIM, "fused")[0])
         pool = [job for job in jobs if job.kernel == "rope_attention" and job.arch == arch
                 and job.D == QUICK_STATIC_HEAD_DIM and job.config == first]
         chosen += list(dict.fromkeys([max(pool, key=_flags_on), min(pool, key=_flags_on)])) if pool else []

@@ -151,23 +151,36 @@ def _rope_attention_fwd(
         tl.store(Lse + b * stride_lse_b + h * stride_lse_h + offs_m, lse, mask=mask_m)
 
 
-# Shipped configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per GPU arch (SM major)
-# and padded half head dim.  Each is compiled by `baton-fast selftest --static` and must be
+# Shipped configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per GPU arch (SM major), padded
+# half head dim and kernel family.  Each is compiled by `baton-fast selftest --static` and must be
 # spill-free with tensor-core instructions (HGMMA on sm_90, HMMA on sm_80), fit 99 KiB of shared
 # memory on sm_8x (sm_86/sm_89) and draw no ptxas performance warning (docs/selftest.md has the
-# measured table).  sm_90 at D = 64 and 256 uses one stage: with two or more, ptxas serialises
-# the wgmma when Q (D = 64) or Q and K (D = 256) are rotated in the kernel (Triton re-reads the
-# rotated Q from shared memory into registers inside the loop).  sm_8x at D = 256 needs
-# BLOCK_M = 16 once K is rotated in the loop.
+# measured table).
+#
+# "plain": nothing rotated in the kernel and no layout masks -- the long self-attention after the
+# QK-norm + RoPE pre-pass, text attention, cached-plan attention with pre-rotated Q: flash-attention
+# tiles and pipelining.
+# "fused": Q and/or K rotated in the kernel, or layout masks.  sm_90 at D = 64 and 256 uses one stage:
+# with two or more, ptxas serialises the wgmma when Q (D = 64) or Q and K (D = 256) are rotated in the
+# kernel (Triton re-reads the rotated Q from shared memory into registers inside the loop).  sm_8x at
+# D = 256 needs BLOCK_M = 16 once K is rotated in the loop.
 SHIPPED_CONFIGS = {
-    (9, 16): [(128, 64, 4, 3), (128, 128, 8, 3)],
-    (9, 32): [(128, 64, 8, 1), (64, 64, 4, 1)],
-    (9, 64): [(128, 32, 8, 3), (64, 64, 8, 3)],
-    (9, 128): [(64, 32, 8, 1), (64, 16, 8, 1)],
-    (8, 16): [(64, 64, 4, 3), (128, 64, 8, 3)],
-    (8, 32): [(128, 32, 8, 3), (64, 32, 8, 3)],
-    (8, 64): [(64, 64, 8, 2), (64, 32, 8, 3)],
-    (8, 128): [(16, 32, 4, 2), (16, 32, 8, 2)],
+    (9, 16, "plain"): [(128, 64, 4, 3), (128, 128, 8, 3)],
+    (9, 32, "plain"): [(128, 64, 4, 3), (128, 128, 8, 3)],
+    (9, 64, "plain"): [(128, 64, 8, 3), (128, 128, 8, 2)],
+    (9, 128, "plain"): [(128, 64, 8, 2), (64, 64, 4, 2)],
+    (8, 16, "plain"): [(128, 64, 4, 3), (128, 128, 8, 2)],
+    (8, 32, "plain"): [(128, 64, 4, 3), (128, 64, 8, 3)],
+    (8, 64, "plain"): [(128, 64, 8, 2), (128, 64, 8, 3)],
+    (8, 128, "plain"): [(64, 64, 8, 1), (64, 32, 8, 2)],
+    (9, 16, "fused"): [(128, 64, 4, 3), (128, 128, 8, 3)],
+    (9, 32, "fused"): [(128, 64, 8, 1), (64, 64, 4, 1)],
+    (9, 64, "fused"): [(128, 32, 8, 3), (64, 64, 8, 3)],
+    (9, 128, "fused"): [(64, 32, 8, 1), (64, 16, 8, 1)],
+    (8, 16, "fused"): [(64, 64, 4, 3), (128, 64, 8, 3)],
+    (8, 32, "fused"): [(128, 32, 8, 3), (64, 32, 8, 3)],
+    (8, 64, "fused"): [(64, 64, 8, 2), (64, 32, 8, 3)],
+    (8, 128, "fused"): [(16, 32, 4, 2), (16, 32, 8, 2)],
 }
 # Pinned under the interpreter (and by tests): small tiles keep CPU emulation fast.
 INTERPRETER_CONFIG = (16, 16, 1, 1)
@@ -180,9 +193,14 @@ def half_pad(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim // 2))
 
 
-def shipped_configs(arch_major: int, head_dim: int):
-    """Configurations shipped for an SM major version (>= 9 uses the sm_90 list)."""
-    return SHIPPED_CONFIGS[(9 if arch_major >= 9 else 8, half_pad(head_dim))]
+def kernel_family(rotate_q: bool, rotate_k: bool, has_groups: bool) -> str:
+    """``"fused"`` when the kernel rotates or masks (more registers), else ``"plain"``."""
+    return "fused" if rotate_q or rotate_k or has_groups else "plain"
+
+
+def shipped_configs(arch_major: int, head_dim: int, family: str):
+    """Configurations shipped for an SM major version (>= 9 uses the sm_90 list) and kernel family."""
+    return SHIPPED_CONFIGS[(9 if arch_major >= 9 else 8, half_pad(head_dim), family)]
 
 
 def _interpreting() -> bool:
@@ -242,7 +260,7 @@ def _pick_config(q, n_q, n_k, D, flags, launch):
     if _interpreting() or q.device.type != "cuda":
         return INTERPRETER_CONFIG
     major = torch.cuda.get_device_capability(q.device)[0]
-    candidates = shipped_configs(major, D)
+    candidates = shipped_configs(major, D, kernel_family(flags["ROTATE_Q"], flags["ROTATE_K"], flags["HAS_GROUPS"]))
     key = (major, triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), D, q.dtype, tuple(flags.values()))
     if key not in _tuned:
         from triton.testing import do_bench

@@ -11,13 +11,13 @@ def records():
 
 
 def test_every_shipped_config_is_compiled(records):
-    compiled = {(int(r["arch"][3:]) // 10, tuple(r["config"]), r["D"]) for r in records if r["kernel"] == "rope_attention"}
-    for (major, half_pad), configs in SHIPPED_CONFIGS.items():
+    compiled = {(int(r["arch"][3:]) // 10, tuple(r["config"]), r["D"], r["dtype"], tuple(sorted(r["flags"].items())))
+                for r in records if r["kernel"] == "rope_attention"}
+    for (major, half_pad, family), configs in SHIPPED_CONFIGS.items():
         for config in configs:
             for D in static_check.ATTENTION_HEAD_DIMS[half_pad]:
-                assert (major, tuple(config), D) in compiled
-    variants = {(r["dtype"], tuple(sorted(r["flags"].items()))) for r in records if r["kernel"] == "rope_attention"}
-    assert len(variants) == len(static_check.ATTENTION_VARIANTS)
+                for dtype, flags in static_check.ATTENTION_VARIANTS[family]:
+                    assert (major, tuple(config), D, dtype, tuple(sorted(flags.items()))) in compiled
     norm_cases = {(r["arch"], r["case"]) for r in records if r["kernel"] == "rmsnorm_rope"}
     assert norm_cases == {(f"sm_{a}", c[0]) for a in static_check.ARCHS for c in static_check.NORM_CASES}
 
@@ -48,7 +48,7 @@ def test_no_ptxas_performance_warnings(records):
 def test_the_check_sees_spills_and_missing_wgmma():
     """Too big a tile for the register file spills, and two warps cannot issue wgmma on sm_90 (Triton
     falls back to HMMA): the check flags both."""
-    dtype, flags = static_check.ATTENTION_VARIANTS[1]  # Q and K rotated in the kernel
+    dtype, flags = static_check.ATTENTION_VARIANTS["fused"][1]  # Q and K rotated in the kernel
     flags = tuple(sorted(flags.items()))
     too_big = static_check.Job("rope_attention", 80, (128, 128, 4, 2), dtype, 32, 2, flags)
     two_warps = static_check.Job("rope_attention", 90, (64, 64, 2, 2), dtype, 32, 2, flags)
