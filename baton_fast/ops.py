@@ -127,10 +127,13 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
     else:
         qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2])
         kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2])
-        out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
-                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True,
-                                            q_groups=q_groups, k_groups=k_groups)
-        out = out.to(q.dtype).contiguous()  # the fake impl promises a contiguous output; einsum gives [B, Nq, H, D] strided
+        rope = dict(k_table=kt, rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale)
+        if return_lse or q_groups is not None:
+            out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, return_lse=True, q_groups=q_groups,
+                                                k_groups=k_groups, **rope)
+        else:
+            out = reference.sdpa_rope_attention(q, k, v, q_coords, k_coords, qt, **rope)
+        out = out.to(q.dtype).contiguous()  # the fake impl promises a contiguous output
     return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .rope import RopeTable
 
-__all__ = ["rope_angles", "apply_rope", "rope_attention", "rms_norm", "qk_rmsnorm_rope"]
+__all__ = ["rope_angles", "apply_rope", "rope_attention", "sdpa_rope_attention", "rms_norm", "qk_rmsnorm_rope"]
 
 
 def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> torch.Tensor:
@@ -82,6 +82,27 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | Non
         return out
     lse = (m + torch.log(l)).squeeze(-1).float()  # log(0) = -inf for fully masked rows
     return out, lse
+
+
+def sdpa_rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | None = None, *,
+                        k_table: RopeTable | None = None, rotate_q: bool = True, rotate_k: bool = True,
+                        k_lens=None, scale=None):
+    """The CPU fallback: :func:`rope_attention` without LSE or layout masks, through PyTorch's
+    ``scaled_dot_product_attention`` (no ``[Nq, Nk]`` score matrix kept per head).  Same arguments."""
+    k_table = table if k_table is None else k_table
+    if rotate_q:
+        q = apply_rope(q, q_coords, table)
+    if rotate_k:
+        k = apply_rope(k, k_coords, k_table)
+    mask = None
+    if k_lens is not None:
+        mask = (torch.arange(k.shape[1], device=q.device)[None, :] < k_lens.to(q.device)[:, None])[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
+        enable_gqa=k.shape[2] != q.shape[2]).transpose(1, 2)
+    if k_lens is not None:  # rows with no key: zeros (SDPA would give NaN)
+        out = out.masked_fill((k_lens.to(q.device) == 0)[:, None, None, None], 0.0)
+    return out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_heads: bool) -> torch.Tensor:
