@@ -351,15 +351,23 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch
     return _rmsnorm_rope_op(*args, NORM_MODES["none"], 0.0)
 
 
-def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None, k_weight=None,
-                    k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True):
+def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *, q_weight=None,
+                    k_weight=None, k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True):
     """RMSNorm then RoPE for q ``[B, N, H, D]`` and k ``[B, Nk, Hk, D]``, one pass each.
 
     ``across_heads=True`` normalises over the whole inner dim ``H*D`` (Wan, LTX-2; weights ``[H*D]``),
     ``False`` per head (weights ``[D]``).  Returns ``(q_rot, k_rot)``, contiguous, in the inputs' dtypes;
-    pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.
+    pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.  With no table (and no coordinates)
+    it is the RMSNorm alone (text cross-attention).
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
+    if table is None and k_table is None and q_coords is None and k_coords is None:
+        _check_tensor("q", q, 4, "[B, N, H, D]")
+        _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
+        _check_head_dim("q", q.shape[3])
+        table = RopeTable.identity(q.shape[3])
+        q_coords = q.new_zeros((1, q.shape[1], 1), dtype=torch.float32)
+        k_coords = k.new_zeros((1, k.shape[1], 1), dtype=torch.float32)
     k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
     k_table = table if k_table is None else k_table
     q_args = _rmsnorm_rope_args("q", q, q_coords, table, norm, q_weight, "q_coords", "q_weight", "table")

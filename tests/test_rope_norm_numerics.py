@@ -75,3 +75,13 @@ def test_prepass_then_attention_equals_fused_rotation():
     qn, kn = (reference.rms_norm(x, None, 1e-6, True) for x in (q, k))
     b = bf.rope_attention(qn, kn, v, qc, kc, table)
     torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+
+
+def test_rmsnorm_alone_without_table_or_coordinates():
+    """No table, no coordinates: the pre-pass is the RMSNorm alone (text cross-attention)."""
+    q, _, _ = make("wan", torch.float32, 2, 9, 4, 64, seed=11)
+    k, _, _ = make("wan", torch.float32, 2, 5, 2, 64, seed=12)
+    qw, kw = torch.rand(256) + 0.5, torch.rand(128) + 0.5
+    q_n, k_n = bf.qk_rmsnorm_rope(q, k, q_weight=qw, k_weight=kw)
+    torch.testing.assert_close(q_n, reference.rms_norm(q, qw, 1e-6, True), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(k_n, reference.rms_norm(k, kw, 1e-6, True), atol=2e-6, rtol=1e-5)

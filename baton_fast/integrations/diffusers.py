@@ -30,7 +30,7 @@ from diffusers.models.transformers.transformer_ltx2 import LTX2Attention
 from diffusers.models.transformers.transformer_wan import WanAttention
 
 from ..rope import RopeTable, video_grid_coords
-from .diffusers_processors import FastLTX2AttnProcessor, FastWanAttnProcessor, RotaryCoords, unrotated_table
+from .diffusers_processors import FastLTX2AttnProcessor, FastWanAttnProcessor, RotaryCoords
 
 __all__ = ["apply", "DiffusersPatch", "SUPPORTED_MODELS", "pack_text_padding"]
 
@@ -74,12 +74,11 @@ class DiffusersPatch:
 
     # ------------------------------------------------------------------ patching steps
     def _set_processors(self, attention_cls, processor_cls) -> None:
-        """Give every ``attention_cls`` module of the model a ``processor_cls`` for its head dim."""
+        """Give every ``attention_cls`` module of the model a ``processor_cls``."""
         for module in self.model.modules():
             if isinstance(module, attention_cls):
                 original = module.processor
-                head_dim = module.inner_dim // module.heads
-                module.set_processor(processor_cls(unrotated_table(head_dim, module.to_q.weight.device)))
+                module.set_processor(processor_cls())
                 self._undo.append(lambda module=module, original=original: module.set_processor(original))
 
     def _replace_rope_forward(self, name: str, replacement) -> None:

@@ -29,7 +29,7 @@ from diffusers.models.transformers.transformer_wan import _get_added_kv_projecti
 from ..ops import qk_rmsnorm_rope, rope_attention
 from ..rope import RopeTable
 
-__all__ = ["RotaryCoords", "FastLTX2AttnProcessor", "FastWanAttnProcessor", "unrotated_table", "is_key_lengths"]
+__all__ = ["RotaryCoords", "FastLTX2AttnProcessor", "FastWanAttnProcessor", "is_key_lengths"]
 
 
 class RotaryCoords(NamedTuple):
@@ -44,24 +44,12 @@ class RotaryCoords(NamedTuple):
     table: RopeTable
 
 
-def unrotated_table(head_dim: int, device=None) -> RopeTable:
-    """All-identity table ``[1, head_dim/2]``: RMSNorm without rotation, and the table argument of
-    attention calls whose Q and K are already rotated."""
-    half = head_dim // 2
-    return RopeTable(torch.zeros(1, half, device=device), torch.zeros(1, half, dtype=torch.int32, device=device))
-
-
 def is_key_lengths(mask: Optional[torch.Tensor]) -> bool:
     """True for the integer ``[B]`` key lengths that the text-mask hook puts in place of a padding mask."""
     return mask is not None and mask.dim() == 1 and mask.dtype in (torch.int32, torch.int64)
 
 
-def _unit_coords(x: torch.Tensor) -> torch.Tensor:
-    """Placeholder coordinates float32 ``[1, N, 1]`` (a stride-0 view) for a side that is not rotated."""
-    return torch.zeros((), dtype=torch.float32, device=x.device).expand(1, x.shape[1], 1)
-
-
-def _rmsnorm_rope(attn, query, key, query_rope, key_rope, unrotated: RopeTable):
+def _rmsnorm_rope(attn, query, key, query_rope, key_rope):
     """RMSNorm across the inner dim (``attn.norm_q`` / ``attn.norm_k`` weights) then RoPE, one pass per tensor.
 
     query ``[B, Nq, H, D]``, key ``[B, Nk, H, D]``; ``query_rope`` / ``key_rope`` are both
@@ -69,12 +57,11 @@ def _rmsnorm_rope(attn, query, key, query_rope, key_rope, unrotated: RopeTable):
     """
     norm_q, norm_k = attn.norm_q, attn.norm_k
     eps = norm_q.eps if norm_q.eps is not None else torch.finfo(query.dtype).eps
-    if query_rope is None:
-        q_coords, k_coords, q_table, k_table = _unit_coords(query), _unit_coords(key), unrotated, unrotated
-    else:
-        q_coords, k_coords, q_table, k_table = query_rope.coords, key_rope.coords, query_rope.table, key_rope.table
-    return qk_rmsnorm_rope(query, key, q_coords, k_coords, q_table, k_table=k_table, q_weight=norm_q.weight,
-                           k_weight=norm_k.weight, eps=eps, across_heads=True)
+    norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True)
+    if query_rope is None:  # RMSNorm alone
+        return qk_rmsnorm_rope(query, key, **norm)
+    return qk_rmsnorm_rope(query, key, query_rope.coords, key_rope.coords, query_rope.table, k_table=key_rope.table,
+                           **norm)
 
 
 def _check_rope_pair(name: str, query_rope, key_rope) -> None:
@@ -84,15 +71,14 @@ def _check_rope_pair(name: str, query_rope, key_rope) -> None:
                         f"{type(key_rope).__name__}")
 
 
-def _attend(q, k, v, mask, unrotated: RopeTable):
+def _attend(q, k, v, mask):
     """Attention of rotated ``q [B, Nq, H, D]`` over ``k, v [B, Nk, H, D]`` -> ``[B, Nq, H, D]``.
 
     ``mask``: None, integer key lengths ``[B]``, or an additive float mask already shaped for
     ``dispatch_attention_fn`` (diffusers' path, for masks that are not key lengths).
     """
     if mask is None or is_key_lengths(mask):
-        return rope_attention(q, k, v, _unit_coords(q), _unit_coords(k), unrotated, rotate_q=False,
-                              rotate_k=False, k_lens=mask)
+        return rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=mask)
     return dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
 
@@ -104,9 +90,6 @@ class FastLTX2AttnProcessor:
     ``query_rotary_emb`` / ``key_rotary_emb``: :class:`RotaryCoords`, diffusers' ``(cos, sin)``, or None.
     ``attention_mask``: None, key lengths ``[B]`` (from the text-mask hook) or an additive float mask.
     """
-
-    def __init__(self, unrotated: RopeTable):
-        self.unrotated = unrotated
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  query_rotary_emb=None, key_rotary_emb=None, perturbation_mask=None, all_perturbed=None):
@@ -126,8 +109,7 @@ class FastLTX2AttnProcessor:
             query, key = attn.to_q(hidden_states), attn.to_k(context)
             if query_rotary_emb is None or isinstance(query_rotary_emb, RotaryCoords):
                 query, key = _rmsnorm_rope(attn, query.unflatten(2, (attn.heads, -1)),
-                                           key.unflatten(2, (attn.heads, -1)), query_rotary_emb, key_rotary_emb,
-                                           self.unrotated)
+                                           key.unflatten(2, (attn.heads, -1)), query_rotary_emb, key_rotary_emb)
             else:  # precomputed (cos, sin): diffusers' own norm and rotation
                 rotate = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
                 query = rotate(attn.norm_q(query), query_rotary_emb).unflatten(2, (attn.heads, -1))
@@ -135,8 +117,7 @@ class FastLTX2AttnProcessor:
             if attention_mask is not None and not is_key_lengths(attention_mask):
                 attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch_size)
                 attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-            hidden_states = _attend(query, key, value.unflatten(2, (attn.heads, -1)), attention_mask,
-                                    self.unrotated).flatten(2, 3)
+            hidden_states = _attend(query, key, value.unflatten(2, (attn.heads, -1)), attention_mask).flatten(2, 3)
             if perturbation_mask is not None:
                 hidden_states = torch.lerp(value, hidden_states, perturbation_mask)
 
@@ -165,9 +146,6 @@ class FastWanAttnProcessor:
     ``rotary_emb``: :class:`RotaryCoords`, diffusers' ``(cos, sin)`` ``[1, N, 1, D]``, or None.
     """
 
-    def __init__(self, unrotated: RopeTable):
-        self.unrotated = unrotated
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         image_context = None
         if attn.add_k_proj is not None:  # I2V: image tokens first, then 512 text tokens (as upstream)
@@ -178,18 +156,17 @@ class FastWanAttnProcessor:
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         if rotary_emb is None or isinstance(rotary_emb, RotaryCoords):
             query, key = _rmsnorm_rope(attn, query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)),
-                                       rotary_emb, rotary_emb, self.unrotated)
+                                       rotary_emb, rotary_emb)
         else:  # precomputed (cos, sin): diffusers' own norm and rotation
             query = _wan_rotate(attn.norm_q(query).unflatten(2, (attn.heads, -1)), *rotary_emb)
             key = _wan_rotate(attn.norm_k(key).unflatten(2, (attn.heads, -1)), *rotary_emb)
         value = value.unflatten(2, (attn.heads, -1))
 
-        hidden_states = _attend(query, key, value, attention_mask, self.unrotated).flatten(2, 3)
+        hidden_states = _attend(query, key, value, attention_mask).flatten(2, 3)
         if image_context is not None:
             key_image, value_image = _get_added_kv_projections(attn, image_context)
             key_image = attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1))
-            hidden_states_image = _attend(query, key_image, value_image.unflatten(2, (attn.heads, -1)), None,
-                                          self.unrotated)
+            hidden_states_image = _attend(query, key_image, value_image.unflatten(2, (attn.heads, -1)), None)
             hidden_states = hidden_states + hidden_states_image.flatten(2, 3)
 
         hidden_states = attn.to_out[0](hidden_states)
