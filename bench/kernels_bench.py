@@ -10,8 +10,8 @@ On a GPU (full model shapes, bf16; median of ``triton.testing.do_bench``):
   separate rotate passes) in front of each attention kernel; flash-attn and xformers when importable.
 
 On a CPU (the scaled-down :data:`.cases.CPU_CASES`, float32; median wall time): the CPU paths —
-``baton-fast op, eager`` (the op's CPU path, i.e. the plain-PyTorch reference), ``reference,
-torch.compile`` (the same reference compiled by inductor), ``SDPA + RoPE pass`` and
+``baton-fast op, eager`` (the op's CPU path: RoPE from coordinates, then SDPA), ``reference,
+torch.compile`` (the explicit plain-PyTorch reference compiled by inductor), ``SDPA + RoPE pass`` and
 ``FlexAttention + RoPE pass`` (compiled; ``--full`` only).  The Triton interpreter is an emulator and
 is never timed.
 

@@ -237,8 +237,8 @@ def _kernels(results, plots: dict) -> str:
     if cpu:
         out.append("## Attention kernels, measured on a CPU (scaled-down shapes, float32)\n")
         out.append("CPU paths only (the Triton kernels need a GPU; the interpreter is an emulator and is not "
-                   "timed): the op's CPU path (the plain-PyTorch reference), that reference compiled by "
-                   "`torch.compile` (inductor), and the diffusers-style unfused path (materialised cos/sin, rotate "
+                   "timed): the op's CPU path (RoPE from coordinates, then PyTorch's SDPA), the plain-PyTorch "
+                   "reference (explicit scores) compiled by `torch.compile` (inductor), and the diffusers-style unfused path (materialised cos/sin, rotate "
                    "passes) in front of SDPA or compiled FlexAttention.  Throughputs divide the cost model's matrix "
                    "FLOPs and fused-path bytes by the measured median.  Errors are against a float64 reference; "
                    "allowed: twice the plain float32 reference's own error plus 1e-6 (DESIGN.md §5).\n")
