@@ -86,16 +86,29 @@ def _check_groups(name, groups, batch, tokens):
         raise ValueError(f"{name}: expected shape [1 or {batch}, {tokens}], got {tuple(groups.shape)}")
 
 
-def _check_values(coords_by_name, k_lens, n_k):
+# Angles the kernels' sin/cos reduce exactly (kernels/rope_math.py: |phi| < 2**16 * pi/2).
+MAX_ANGLE = 2 ** 16 * math.pi / 2
+
+
+def _check_values(rotations, k_lens, n_k):
     """Value checks, run inside the ops (they read tensor data), before any launch.
 
-    Skipped while a CUDA graph is being captured: reading values synchronises, which capture forbids
-    (the eager warm-up calls before the capture ran the checks on the same buffers)."""
+    ``rotations``: ``{coords name: (coords, freqs, axes)}`` for every side that is rotated: coordinates
+    must be finite and the angles ``|c[axis] * f|`` below :data:`MAX_ANGLE`.  Skipped while a CUDA graph
+    is being captured: reading values synchronises, which capture forbids (the eager warm-up calls
+    before the capture ran the checks on the same buffers)."""
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return
-    for name, c in coords_by_name.items():
-        if c.numel() and not bool(torch.isfinite(c).all()):
+    for name, (c, freqs, axes) in rotations.items():
+        if not c.numel():
+            continue
+        if not bool(torch.isfinite(c).all()):
             raise ValueError(f"{name}: expected finite coordinates, found NaN or inf")
+        reach = float((c.abs().amax(dim=(0, 1))[axes.long()] * freqs).max())
+        if reach >= MAX_ANGLE:
+            raise ValueError(f"{name}: rotation angles reach {reach:.4g} rad; the kernels' sin/cos are exact below "
+                             f"{MAX_ANGLE:.4g} rad (2^16 pi/2): map the coordinates affinely (e.g. 2c/max - 1) "
+                             f"or lower the table's frequencies")
     if k_lens is not None and k_lens.numel():
         lo, hi = int(k_lens.min()), int(k_lens.max())
         if lo < 0 or hi > n_k:
@@ -107,6 +120,22 @@ def _table_tensors(table: RopeTable, device):
 
 
 # ----------------------------------------------------------------- rope_attention op
+def _attention_on_triton(q: torch.Tensor) -> bool:
+    """Whether the fused kernel runs.  fp32 on a GPU takes the PyTorch path (RoPE, then SDPA in fp32)
+    unless ``BATON_FAST_BACKEND=triton`` forces the kernel: its shipped configurations are tuned and
+    machine-code checked for 16-bit inputs (fp32 tiles need twice the registers and shared memory)."""
+    if backend_for(q.device) != "triton":
+        return False
+    forced = os.environ.get("BATON_FAST_BACKEND") == "triton"
+    return forced or q.device.type != "cuda" or q.dtype != torch.float32
+
+
+def _rotations(q_coords, q_freqs, q_axes, rotate_q, k_coords, k_freqs, k_axes, rotate_k) -> dict:
+    """The ``rotations`` argument of :func:`_check_values` for the rotated sides of an attention."""
+    sides = {"q_coords": (q_coords, q_freqs, q_axes, rotate_q), "k_coords": (k_coords, k_freqs, k_axes, rotate_k)}
+    return {name: side[:3] for name, side in sides.items() if side[3]}
+
+
 @torch.library.custom_op("baton_fast::rope_attention", mutates_args=())
 def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords: torch.Tensor,
                        k_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor, k_freqs: torch.Tensor,
@@ -114,9 +143,10 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
                        k_lens: Optional[torch.Tensor], scale: float, return_lse: bool,
                        q_groups: Optional[torch.Tensor], k_groups: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
+    _check_values(_rotations(q_coords, q_freqs, q_axes, rotate_q, k_coords, k_freqs, k_axes, rotate_k), k_lens,
+                  k.shape[1])
     B, n_q, H, _ = q.shape
-    if backend_for(q.device) == "triton" and q.numel() and k.shape[1]:
+    if _attention_on_triton(q) and q.numel() and k.shape[1]:
         from .kernels.rope_attention import rope_attention_fwd
         out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
                                       rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale,
@@ -198,7 +228,9 @@ def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotat
     if not rotate_k and k_coords is None:
         k_coords = q.new_zeros((1, n_k, 1), dtype=torch.float32)
     if not (rotate_q or rotate_k) and table is None and k_table is None:
-        table = RopeTable.identity(D)
+        table = RopeTable.identity(D, q.device)
+    elif not rotate_q and table is None:
+        table = k_table  # only K is rotated: the query side's table is never read
     k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
     k_table = table if k_table is None else k_table
     for name, t, used in (("table", table, rotate_q), (k_table_name, k_table, rotate_k)):
@@ -258,7 +290,7 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
     _check_layout_groups(q, k, q_groups, k_groups)
     if q_groups is None:
         raise ValueError("q_groups, k_groups: layout_tile_stats needs the layout bitmasks")
-    _check_values({"q_coords": q_coords, "k_coords": k_coords}, k_lens, k.shape[1])
+    _check_values(_rotations(q_coords, qf, qa, rotate_q, k_coords, kf, ka, rotate_k), k_lens, k.shape[1])
     if q.device.type == "cuda":
         family = kernel_family(rotate_q, rotate_k, has_groups=True)
         config = shipped_configs(torch.cuda.get_device_capability(q.device)[0], q.shape[3], family)[0]
@@ -296,7 +328,7 @@ def _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps):
 @torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())
 def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor, axes: torch.Tensor,
                      interleaved: bool, weight: Optional[torch.Tensor], norm: int, eps: float) -> torch.Tensor:
-    _check_values({"coords": coords}, None, 0)
+    _check_values({"coords": (coords, freqs, axes)}, None, 0)
     return _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps)
 
 
@@ -311,7 +343,7 @@ def _qk_rmsnorm_rope_op(q: torch.Tensor, q_coords: torch.Tensor, q_freqs: torch.
                         q_interleaved: bool, q_weight: Optional[torch.Tensor], k: torch.Tensor, k_coords: torch.Tensor,
                         k_freqs: torch.Tensor, k_axes: torch.Tensor, k_interleaved: bool,
                         k_weight: Optional[torch.Tensor], norm: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values({"q_coords": q_coords, "k_coords": k_coords}, None, 0)
+    _check_values(_rotations(q_coords, q_freqs, q_axes, True, k_coords, k_freqs, k_axes, True), None, 0)
     return (_rmsnorm_rope_run(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight, norm, eps),
             _rmsnorm_rope_run(k, k_coords, k_freqs, k_axes, k_interleaved, k_weight, norm, eps))
 
@@ -361,11 +393,16 @@ def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTabl
     it is the RMSNorm alone (text cross-attention).
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
+    if not torch.compiler.is_compiling():  # under torch.compile eps may be symbolic: checked in eager runs
+        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
     if table is None and k_table is None and q_coords is None and k_coords is None:
         _check_tensor("q", q, 4, "[B, N, H, D]")
         _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
         _check_head_dim("q", q.shape[3])
-        table = RopeTable.identity(q.shape[3])
+        if k.shape[3] != q.shape[3]:
+            raise ValueError(f"k: expected head dim {q.shape[3]} (q's), got {k.shape[3]}")
+        table = RopeTable.identity(q.shape[3], q.device)
         q_coords = q.new_zeros((1, q.shape[1], 1), dtype=torch.float32)
         k_coords = k.new_zeros((1, k.shape[1], 1), dtype=torch.float32)
     k_table_name = "k_table" if k_table is not None else "table (used as k_table)"

@@ -122,12 +122,14 @@ class RopeTable:
         return cls(freqs.float()[None], axes[None], interleaved)
 
     @classmethod
-    def identity(cls, head_dim: int) -> "RopeTable":
-        """No rotation: every pair has frequency 0 (text tokens, already-rotated sides)."""
+    def identity(cls, head_dim: int, device=None) -> "RopeTable":
+        """No rotation: every pair has frequency 0 (text tokens, already-rotated sides).  Built on
+        ``device`` (no host-to-device copy per call, which CUDA-graph capture forbids)."""
         if head_dim % 2 or head_dim < 2:
             raise ValueError(f"head_dim: expected an even number >= 2, got {head_dim}")
         half = head_dim // 2  # built unchecked: nothing to check, and no tensor read under torch.compile
-        return cls.trusted(torch.zeros(1, half), torch.zeros(1, half, dtype=torch.int32), True, 1)
+        return cls.trusted(torch.zeros(1, half, device=device), torch.zeros(1, half, dtype=torch.int32, device=device),
+                           True, 1)
 
     @classmethod
     def wan(cls, head_dim: int = 128, theta: float = 10000.0) -> "RopeTable":

@@ -41,16 +41,18 @@ ATTENTION_HEAD_DIMS = {16: (32,), 32: (64,), 64: (128, 80), 128: (256,)}
 # used, and the combinations are the heaviest of the real paths (measured: ROTATE_K with interleaved
 # pairs needs more registers than with split pairs; HAS_GROUPS adds int64 bitmask tiles and, through
 # the tile-skip branch, turns off software pipelining, so it does not cover the pipelined paths):
-# everything on; Q and K rotated in the kernel with interleaved pairs (cross-attention to text /
-# audio / plan keys); Q and K pre-rotated by the QK-norm pre-pass (long self-attention); Q rotated in
-# the prologue, K pre-rotated, split pairs (cached plan K).
+# fused family (the launcher picks it when the kernel rotates or masks): everything on; Q and K rotated
+# in the kernel with interleaved pairs (cross-attention to audio / video keys); layout masks on Q and K
+# pre-rotated by the QK-norm pre-pass (SpA2V's masked self-attention); Q rotated in the prologue, K
+# pre-rotated, split pairs (cached plan K).  Plain family: Q and K pre-rotated (long self-attention),
+# with and without key lengths and LSE.  Only 16-bit inputs: fp32 on a GPU takes the PyTorch path.
 _ALL_OFF = dict(ROTATE_Q=False, ROTATE_K=False, INTERLEAVED=False, HAS_KLENS=False, RETURN_LSE=False,
                 HAS_GROUPS=False, COUNT_SKIPPED=False)
 ATTENTION_VARIANTS = {
     "fused": (
         ("float16", {name: True for name in _ALL_OFF}),
         ("bfloat16", dict(_ALL_OFF, ROTATE_Q=True, ROTATE_K=True, INTERLEAVED=True)),
-        ("bfloat16", dict(_ALL_OFF, INTERLEAVED=True)),
+        ("bfloat16", dict(_ALL_OFF, HAS_GROUPS=True, INTERLEAVED=True)),  # masked self-attention after the pre-pass
         ("float16", dict(_ALL_OFF, ROTATE_Q=True)),
     ),
     # the plain family: nothing rotated, no masks; key lengths and LSE on and off
@@ -63,6 +65,7 @@ ATTENTION_VARIANTS = {
 # (the models' dtype) with the launcher's own num_warps.
 NORM_CASES = (
     ("wan", 24, 128, 2, True, True),
+    ("wan-14b", 40, 128, 2, True, True),
     ("ltx2", 32, 128, 2, True, False),
     ("per_head", 24, 128, 1, True, True),
     ("apply_rope", 24, 128, 0, False, True),

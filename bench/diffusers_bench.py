@@ -5,8 +5,8 @@ Two kinds of figures, as records for the benchmark runner (``section="diffusers"
 - **measured** on this machine: time per forward (median of several runs after a warm-up) and peak
   tensor memory of one forward, same random-weight model and inputs, unpatched vs patched, at a
   mid-size configuration of LTX-2 and of Wan (:data:`MEASURED_CONFIGS`).  On a CPU the baton-fast
-  ops run their reference path (plain PyTorch, which materialises the score matrix) against
-  diffusers' SDPA, so the CPU ratio measures the integration's overhead on CPU, not the kernels.
+  ops run their PyTorch path (RoPE from coordinates, then SDPA) against diffusers' processors, so
+  the CPU ratio measures the integration's overhead on CPU, not the kernels.
   Peak memory: the torch profiler's allocation events of the CPU allocator (CUDA:
   ``torch.cuda.max_memory_allocated``), above what was allocated before the forward.  The two
   paths alternate forward by forward; on a loaded CPU, one torch thread (``--threads 1``) gives

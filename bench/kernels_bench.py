@@ -174,7 +174,7 @@ GPU_BACKENDS = (
     Backend("xformers + RoPE pass", _xformers, module="xformers"),
 )
 CPU_BACKENDS = (
-    Backend("baton-fast op, eager (reference path)", _baton_fast),
+    Backend("baton-fast op, eager (CPU path)", _baton_fast),
     Backend("reference, torch.compile", _reference_compiled),
     Backend("SDPA + RoPE pass", _sdpa),
     Backend("FlexAttention + RoPE pass", _flex, quick=False),  # compiles per shape; slower than SDPA on CPUs

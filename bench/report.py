@@ -24,7 +24,7 @@ GPU_COMMAND = "baton-fast bench --full --out bench/results/gpu"
 REPORT_COMMAND = ("python -m baton_fast.bench.report bench/results/cpu/results.json bench/results/gpu/results.json "
                   "--plots bench/results/plots > BENCHMARKS.md")
 HEADLINE_SELF_ATTENTION = "Ovi video self-attn"
-EAGER_CPU = "baton-fast op, eager (reference path)"
+EAGER_CPU = "baton-fast op, eager (CPU path)"
 FUSED_GPU = "baton-fast fused"
 UNFUSED_BASELINE = "SDPA + RoPE pass"
 END_TO_END_STEP_METRIC = "time per denoise step (median)"  # end-to-end records of the cost curve vs seconds
@@ -61,14 +61,16 @@ def load_results(paths: Iterable) -> list[dict]:
 
 
 def _deduplicated(results: list[dict]) -> list[dict]:
-    """Drop records that repeat an earlier one's (section, case, backend, metric, shape, device): merging a CPU
+    """Drop records that repeat an earlier one's identity (section, case, backend, metric, shape, device and,
+    for compiled records, kernel, arch, config, flags, dtype): merging a CPU
     and a GPU run keeps both runs' measurements but one copy of the modelled and compiled figures."""
     seen, out = set(), []
     for res in results:
         kept = []
         for r in res["records"]:
-            key = json.dumps([r.get(k) for k in ("section", "case", "backend", "metric", "shape", "device")],
-                             sort_keys=True, default=str)
+            fields = ("section", "case", "backend", "metric", "shape", "device", "config", "flags", "dtype",
+                      "kernel", "arch", "D", "extra")  # compiled records differ by config, flags, dtype
+            key = json.dumps([r.get(k) for k in fields], sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
                 kept.append(r)

@@ -82,6 +82,7 @@ def test_prerotated_keys_and_unrotated_queries(dtype, interleaved):
     B, Nq, Nk, H, D = 2, 33, 70, 2, 64
     q, k, v, qc, kc, _, _ = make_inputs("wan", dtype, B, Nq, Nk, H, H, D, seed=3)
     table = bf.RopeTable.ltx2(H * D, H, 3, interleaved=interleaved)
+    qc, kc = qc / 20, kc / 20  # LTX-2 coordinates live in [-1, 1]
     k_rot = reference.apply_rope(k.double(), kc, table)
     for rotate_q in (True, False):
         out = bf.rope_attention(q, k_rot.to(dtype), v, qc, kc, table, rotate_q=rotate_q, rotate_k=False)
@@ -140,3 +141,15 @@ def test_plain_attention_needs_no_table_or_coordinates(monkeypatch, backend):
     torch.testing.assert_close(out, sdpa, atol=2e-6, rtol=1e-5)
     with pytest.raises(TypeError, match="table"):
         bf.rope_attention(q, k, v, rotate_k=False)
+
+
+def test_angles_beyond_the_sin_cos_range_are_rejected():
+    """|c * f| >= 2^16 pi/2 would leave the kernels' range reduction: a clear error, not a wrong result."""
+    table = bf.RopeTable.ltx2(4 * 64, 4, 3)  # top frequency theta * pi/2 ~ 1.6e4
+    q = torch.randn(1, 5, 4, 64)
+    far = torch.full((1, 5, 3), 7.0)  # 7 * 1.6e4 > 1.03e5
+    with pytest.raises(ValueError, match="q_coords: rotation angles"):
+        bf.rope_attention(q, q, q, far, far / 10, table)
+    with pytest.raises(ValueError, match="coords: rotation angles"):
+        bf.apply_rope(q, far, table)
+    bf.rope_attention(q, q, q, far / 10, far / 10, table)  # 1.1e5 / 10: fine

@@ -10,6 +10,15 @@ def records():
     return static_check.check()
 
 
+def test_every_compiled_variant_is_a_path_the_launcher_takes():
+    """Each flag variant belongs to the family whose configurations it is compiled with."""
+    from baton_fast.kernels.rope_attention import kernel_family
+
+    for family, variants in static_check.ATTENTION_VARIANTS.items():
+        for _, flags in variants:
+            assert kernel_family(flags["ROTATE_Q"], flags["ROTATE_K"], flags["HAS_GROUPS"]) == family, flags
+
+
 def test_every_shipped_config_is_compiled(records):
     compiled = {(int(r["arch"][3:]) // 10, tuple(r["config"]), r["D"], r["dtype"], tuple(sorted(r["flags"].items())))
                 for r in records if r["kernel"] == "rope_attention"}

@@ -2,8 +2,7 @@
 
 Tensors are ``[B, N, dim]`` between modules and ``[B, N, H, D]`` inside them.  Queries and keys are
 RMS-normalised across the whole inner dim ``H*D`` (Wan's QK norm).  Coordinates are float32
-``[1 or B, N, A]``; a side that is not rotated still passes coordinates of the right length (the ops
-check shapes), e.g. zeros for text tokens.
+``[1 or B, N, A]``; a side that is not rotated needs none (the ops take None for it).
 """
 from __future__ import annotations
 

@@ -84,7 +84,6 @@ class BranchGeometry:
         table: self-attention table, also the RS-RoPE table of the plan cross-attention.
         temporal_table / other_temporal_table: this branch's and the other branch's side of the
             temporal RoPE aligned across modalities (both read axis 0 of their own coordinates).
-        text_coords: float32 zeros ``[1, L_text, 1]`` (text keys are not rotated).
         plan_coords: float32 ``[1, P, A]`` RS-RoPE coordinates of the planned tokens, or None.
     """
 
@@ -92,7 +91,6 @@ class BranchGeometry:
     table: RopeTable
     temporal_table: RopeTable
     other_temporal_table: RopeTable
-    text_coords: torch.Tensor
     plan_coords: Optional[torch.Tensor]
 
 
@@ -135,9 +133,8 @@ class TextAndCrossModalAttention(CrossAttention):
                 text_groups: AttentionGroups = UNMASKED) -> torch.Tensor:
         q = self.queries(x)
         k, v = self.kv(text)
-        out = baton_fast.rope_attention(q, k, v, geo.coords, geo.text_coords, geo.table, rotate_q=False,
-                                        rotate_k=False, k_lens=text_lens, q_groups=text_groups.q_groups,
-                                        k_groups=text_groups.k_groups)
+        out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=text_lens,
+                                        q_groups=text_groups.q_groups, k_groups=text_groups.k_groups)
         k, v = self.other_kv(self.norm_other(other))
         out = out + baton_fast.rope_attention(q, k, v, geo.coords, other_coords, geo.temporal_table,
                                               k_table=geo.other_temporal_table)
@@ -281,16 +278,14 @@ class DualBranchDiT(nn.Module):
         return self.video_io.patch_embed.weight.device
 
     # ---------------------------------------------------------------- per run
-    def geometry(self, shape: RunShape, text_tokens: int, plan: Optional[PlannedTokens], device) -> tuple:
+    def geometry(self, shape: RunShape, plan: Optional[PlannedTokens], device) -> tuple:
         """Coordinates and RoPE tables of both branches for one run: ``(video, audio)`` :class:`BranchGeometry`."""
         cfg, hv, ha = self.cfg, self.cfg.video.head_dim, self.cfg.audio.head_dim
-        text_coords = torch.zeros(1, text_tokens, 1, device=device)
         video = BranchGeometry(
             coords=video_grid_coords(*shape.video_grid, device=device)[None],
             table=table_on(RopeTable.wan(hv), device),
             temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=1.0), device),
             other_temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=cfg.audio_rope_scale), device),
-            text_coords=text_coords,
             plan_coords=plan.video_coords.to(device) if plan is not None else None)
         audio_table = table_on(RopeTable.ovi_temporal(ha, scale=cfg.audio_rope_scale), device)
         audio = BranchGeometry(
@@ -298,7 +293,6 @@ class DualBranchDiT(nn.Module):
             table=audio_table,
             temporal_table=audio_table,
             other_temporal_table=table_on(RopeTable.ovi_temporal(ha, scale=1.0), device),
-            text_coords=text_coords,
             plan_coords=plan.audio_coords.to(device) if plan is not None else None)
         return video, audio
 
@@ -316,7 +310,7 @@ class DualBranchDiT(nn.Module):
             raise ValueError(f"video_text, audio_text: expected [B, L, {self.cfg.text_dim}] each, got "
                              f"{tuple(video_text.shape)} and {tuple(audio_text.shape)}")
         dtype, device = self.dtype, self.device
-        gv, ga = self.geometry(shape, video_text.shape[1], plan, device)
+        gv, ga = self.geometry(shape, plan, device)
         kv_v = kv_a = None
         if plan is not None:
             pv = self.video_io.plan_embed(plan.video.to(device, dtype))
