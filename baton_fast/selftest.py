@@ -1,7 +1,7 @@
 """``baton-fast selftest``: every kernel against the float64 reference, or (``--static``) its machine code.
 
 Without ``--static`` each kernel runs through the Triton backend of this machine (the interpreter on
-CPU, ``TRITON_INTERPRET=1``) on fresh random inputs with odd sizes, in float32 and float16, and is
+CPU, ``TRITON_INTERPRET=1``, in float32 and float16; on a GPU in float16 and bfloat16) on fresh random inputs with odd sizes, and is
 held to DESIGN.md §5: its max error against the float64 reference must be at most twice the error of
 the plain PyTorch implementation in the same dtype, plus a small floor (:mod:`baton_fast.numerics`).
 With ``--static`` every shipped configuration is compiled for sm_90 and sm_80
@@ -23,7 +23,9 @@ import torch
 from . import numerics, reference, static_check
 from .rope import RopeTable
 
-DTYPES = (torch.float32, torch.float16)
+# CPU (interpreter): fp32 and fp16 (the interpreter mishandles bf16 dots); GPU: the kernels' 16-bit
+# dtypes (fp32 on a GPU takes the PyTorch path, see ops._attention_on_triton).
+DTYPES = {"cpu": (torch.float32, torch.float16), "cuda": (torch.float16, torch.bfloat16)}
 
 
 # --------------------------------------------------------------------------- cases
@@ -62,6 +64,7 @@ class RopeCase:
 
 ATTENTION_CASES = (
     AttentionCase("wan self-attention", "wan", 2, 33, 33, 2, 2, 64),
+    AttentionCase("plain: Q, K pre-rotated, no lse", "wan", 2, 40, 40, 4, 2, 128, rotate_q=False, rotate_k=False),
     AttentionCase("ltx2 cross, GQA, k_lens, lse", "ltx2_split", 2, 17, 45, 4, 2, 80, k_lens=(45, 20), return_lse=True),
     AttentionCase("ovi a->v, K pre-rotated, lse", "ovi_av", 1, 130, 17, 2, 1, 32, rotate_k=False, return_lse=True),
     AttentionCase("Q unrotated, empty key row", "wan", 2, 17, 9, 2, 2, 128, rotate_q=False, k_lens=(0, 9),
@@ -88,12 +91,17 @@ def _tables(family: str, D: int, H: int, Hk: int):
     return table, k_table, 1.0
 
 
+def _device() -> str:
+    """Where the kernels run natively: the GPU when there is one, else the CPU (interpreter)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _rand(g, *shape, dtype=torch.float32):
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=_device(), dtype=dtype)
 
 
 def _coords(g, B, N, span):
-    return ((torch.rand(B, N, 3, generator=g, dtype=torch.float64) * 2 - 1) * span).float()
+    return ((torch.rand(B, N, 3, generator=g, dtype=torch.float64) * 2 - 1) * span).to(_device(), torch.float32)
 
 
 def _attention_outputs(case: AttentionCase, dtype, g):
@@ -105,14 +113,16 @@ def _attention_outputs(case: AttentionCase, dtype, g):
     k = _rand(g, case.B, case.Nk, case.Hk, case.D, dtype=dtype)
     v = _rand(g, case.B, case.Nk, case.Hk, case.D, dtype=dtype)
     q_coords, k_coords = _coords(g, case.B, case.Nq, span), _coords(g, case.B, case.Nk, span)
-    kwargs = dict(k_table=k_table, rotate_q=case.rotate_q, rotate_k=case.rotate_k, return_lse=True,
-                  k_lens=torch.tensor(case.k_lens) if case.k_lens else None)
+    kwargs = dict(k_table=k_table, rotate_q=case.rotate_q, rotate_k=case.rotate_k,
+                  k_lens=torch.tensor(case.k_lens, device=_device()) if case.k_lens else None)
     if case.layout_groups:  # 3 groups; some tokens in none (their rows / columns are masked out)
-        kwargs["q_groups"] = torch.randint(0, 8, (case.B, case.Nq), generator=g)
-        kwargs["k_groups"] = torch.randint(0, 8, (case.B, case.Nk), generator=g)
-    out, lse = ops.rope_attention(q, k, v, q_coords, k_coords, table, **kwargs)
-    plain = reference.rope_attention(q, k, v, q_coords, k_coords, table, **kwargs)
-    ref64 = reference.rope_attention(q.double(), k.double(), v.double(), q_coords, k_coords, table, **kwargs)
+        kwargs["q_groups"] = torch.randint(0, 8, (case.B, case.Nq), generator=g).to(_device())
+        kwargs["k_groups"] = torch.randint(0, 8, (case.B, case.Nk), generator=g).to(_device())
+    result = ops.rope_attention(q, k, v, q_coords, k_coords, table, return_lse=case.return_lse, **kwargs)
+    out, lse = result if case.return_lse else (result, None)
+    plain = reference.rope_attention(q, k, v, q_coords, k_coords, table, return_lse=True, **kwargs)
+    ref64 = reference.rope_attention(q.double(), k.double(), v.double(), q_coords, k_coords, table, return_lse=True,
+                                     **kwargs)
     results = [("out", out, plain[0], ref64[0])]
     if case.return_lse:
         results.append(("lse", lse, plain[1], ref64[1]))
@@ -164,7 +174,7 @@ def case_records(index: int, seed: int) -> list[dict]:
     os.environ["BATON_FAST_BACKEND"] = "triton"
     try:
         records = []
-        for dtype in DTYPES:
+        for dtype in DTYPES[_device()]:
             for output, result, plain, ref64 in outputs(case, dtype, g):
                 err = numerics.check(result, plain, ref64, dtype)
                 records.append(dict(kernel=kernel, case=case.name, dtype=str(dtype).replace("torch.", ""),
