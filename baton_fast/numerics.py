@@ -41,6 +41,11 @@ def max_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 def check(result: torch.Tensor, plain: torch.Tensor, reference64: torch.Tensor, dtype: torch.dtype) -> ErrorCheck:
     """Compare ``result`` (the kernel's, in ``dtype``) and ``plain`` (plain PyTorch in ``dtype``) with ``reference64``."""
     base = max_error(plain, reference64)
+    return ErrorCheck(max_error(result, reference64), base, budget(base, reference64, dtype))
+
+
+def budget(baseline: float, reference64: torch.Tensor, dtype: torch.dtype) -> float:
+    """``2 * baseline + FLOOR[dtype] * max(1, max |reference|)``: the largest error a result in ``dtype`` may have."""
     finite = reference64[torch.isfinite(reference64)]
     magnitude = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    return ErrorCheck(max_error(result, reference64), base, 2 * base + FLOOR[dtype] * magnitude)
+    return 2 * baseline + FLOOR[dtype] * magnitude

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import baton_fast
-from baton_fast import reference
+from baton_fast import numerics, reference
 from baton_fast.rope import RopeTable
 
 from .cases import CPU_CASES, CPU_HEADS, FULL_CASES, Case, video_sweep
@@ -47,7 +47,6 @@ __all__ = ["AttentionInputs", "make_inputs", "backends_for", "measure_case", "be
 
 # Absolute floor added to the allowed error (DESIGN.md §5: twice the plain implementation's error in
 # the same dtype, plus a small floor for rounding).
-CHECK_FLOOR = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 # Video grids of the sweep besides the table's own (CPU_VIDEO_GRID, 512 tokens): quick and full.
 SWEEP_GRIDS_CPU = {True: ((1, 16, 16), (4, 16, 16)), False: ((1, 16, 16), (4, 16, 16), (8, 16, 16), (16, 16, 16))}
 # Ovi video self-attention for 1, 2 and 3 seconds of 720x720 video (1 + 24 s / 4 latent frames); the
@@ -228,7 +227,8 @@ def _time_ms(fn: Callable, device: torch.device, quick: bool) -> tuple[float, di
 
 def check_bound(inp: AttentionInputs, device: torch.device) -> tuple[torch.Tensor, float]:
     """``(expected, allowed)``: the output every backend is compared with and the largest max-abs error
-    accepted, twice the error of a plain PyTorch implementation in the inputs' dtype plus a floor.
+    accepted: DESIGN §5's budget (:func:`baton_fast.numerics.budget`), from the error of a plain PyTorch
+    implementation in the inputs' dtype.
 
     On a CPU: the float64 reference, and the plain reference in the inputs' dtype.  On a GPU, where a
     float64 (or score-materialising) reference does not fit at full size: the SDPA path in float32, and
@@ -241,8 +241,7 @@ def check_bound(inp: AttentionInputs, device: torch.device) -> tuple[torch.Tenso
         wide = inp.to(torch.float64)
         expected = reference.rope_attention(wide.q, wide.k, wide.v, wide.q_coords, wide.k_coords, **kwargs)
         plain = reference.rope_attention(inp.q, inp.k, inp.v, inp.q_coords, inp.k_coords, **kwargs)
-    plain_err = (plain.to(expected.dtype) - expected).abs().max().item()
-    return expected, 2 * plain_err + CHECK_FLOOR[inp.q.dtype]
+    return expected, numerics.budget(numerics.max_error(plain, expected), expected, inp.q.dtype)
 
 
 # --------------------------------------------------------------------------- records

@@ -243,7 +243,7 @@ def _kernels(results, plots: dict) -> str:
                    "reference (explicit scores) compiled by `torch.compile` (inductor), and the diffusers-style unfused path (materialised cos/sin, rotate "
                    "passes) in front of SDPA or compiled FlexAttention.  Throughputs divide the cost model's matrix "
                    "FLOPs and fused-path bytes by the measured median.  Errors are against a float64 reference; "
-                   "allowed: twice the plain float32 reference's own error plus 1e-6 (DESIGN.md §5).\n")
+                   "allowed: twice the plain float32 reference's own error plus a floor of 1e-6 x max(1, max |reference|) (DESIGN.md §5, `baton_fast.numerics.budget`).\n")
         out.append(cpu)
     sweep_rows = _kernel_table(results, "sweep", gpu=False) + _kernel_table(results, "sweep", gpu=True)
     if sweep_rows:

@@ -76,7 +76,7 @@ def test_cpu_timer_warms_up_then_times_at_least_min_reps():
 
 def test_backends_for_cpu():
     names = [b.name for b in kernels_bench.backends_for(torch.device("cpu"), TINY_CASES[0], quick=True)]
-    assert names == ["baton-fast op, eager (reference path)", "reference, torch.compile", "SDPA + RoPE pass"]
+    assert names == ["baton-fast op, eager (CPU path)", "reference, torch.compile", "SDPA + RoPE pass"]
     assert "FlexAttention + RoPE pass" in [b.name for b in kernels_bench.backends_for(torch.device("cpu"),
                                                                                       TINY_CASES[0], quick=False)]
 
