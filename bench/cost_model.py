@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from baton_fast.kernels.rope_attention import shipped_configs
+
 __all__ = ["AttentionShape", "Pass", "PathCost", "Device", "DEVICES", "PATHS", "attention_flops", "fused_cost",
            "fused_prerotated_k_cost", "unfused_cost", "roofline_seconds", "model_records",
            "SINCOS_OPS", "FUSED_PAIR_OPS", "UNFUSED_ELEMENT_OPS", "BLOCK_M", "FLOAT32_BYTES", "TABLE_ENTRY_BYTES"]
@@ -42,7 +44,7 @@ FUSED_PAIR_OPS = 1 + SINCOS_OPS + 6
 UNFUSED_ELEMENT_OPS = 3
 # Query rows per program of the fused attention kernel (the first sm_90 "fused" shipped configuration
 # for D=128, kernels/rope_attention.py SHIPPED_CONFIGS); sets how often K is rotated in the loop.
-BLOCK_M = 128
+BLOCK_M = shipped_configs(9, 128, "fused")[0][0]
 FLOAT32_BYTES = 4
 TABLE_ENTRY_BYTES = 8  # float32 frequency + int32 axis per pair
 
