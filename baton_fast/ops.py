@@ -99,18 +99,27 @@ def _check_values(rotations, k_lens, n_k):
     before the capture ran the checks on the same buffers)."""
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return
-    for name, (c, freqs, axes) in rotations.items():
-        if not c.numel():
-            continue
-        if not bool(torch.isfinite(c).all()):
+    # every statistic is reduced on the device and read back in one transfer (one sync per call)
+    names = [name for name, (c, _, _) in rotations.items() if c.numel()]
+    stats = []
+    for name in names:
+        c, freqs, axes = rotations[name]
+        stats += [torch.isfinite(c).all().double(), (c.abs().amax(dim=(0, 1))[axes.long()] * freqs).max().double()]
+    if k_lens is not None and k_lens.numel():
+        stats += [k_lens.min().double(), k_lens.max().double()]
+    if not stats:
+        return
+    values = torch.stack(stats).tolist()
+    for i, name in enumerate(names):
+        finite, reach = values[2 * i], values[2 * i + 1]
+        if not finite:
             raise ValueError(f"{name}: expected finite coordinates, found NaN or inf")
-        reach = float((c.abs().amax(dim=(0, 1))[axes.long()] * freqs).max())
         if reach >= MAX_ANGLE:
             raise ValueError(f"{name}: rotation angles reach {reach:.4g} rad; the kernels' sin/cos are exact below "
                              f"{MAX_ANGLE:.4g} rad (2^16 pi/2): map the coordinates affinely (e.g. 2c/max - 1) "
                              f"or lower the table's frequencies")
-    if k_lens is not None and k_lens.numel():
-        lo, hi = int(k_lens.min()), int(k_lens.max())
+    if len(values) > 2 * len(names):
+        lo, hi = int(values[-2]), int(values[-1])
         if lo < 0 or hi > n_k:
             raise ValueError(f"k_lens: expected values in [0, {n_k}] (number of keys), got range [{lo}, {hi}]")
 
