@@ -38,6 +38,20 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch
     return torch.cat([r1, r2], dim=-1)
 
 
+def _rotated(q, k, q_coords, k_coords, table, k_table, rotate_q, rotate_k):
+    """q and k rotated where asked (``k_table`` defaults to ``table``)."""
+    if rotate_q:
+        q = apply_rope(q, q_coords, table)
+    if rotate_k:
+        k = apply_rope(k, k_coords, table if k_table is None else k_table)
+    return q, k
+
+
+def _valid_keys(k_lens, n_k, device):
+    """bool ``[B, 1, 1, Nk]``: key ``j`` of batch ``b`` is valid when ``j < k_lens[b]``."""
+    return (torch.arange(n_k, device=device)[None, :] < k_lens.to(device)[:, None])[:, None, None, :]
+
+
 def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | None = None, *,
                    k_table: RopeTable | None = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False,
@@ -55,11 +69,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | Non
         ``out [B, Nq, H, D]`` in q's dtype; with ``return_lse`` also ``lse`` float32 ``[B, H, Nq]``
         (natural log; ``-inf`` and a zero output where every key is masked).
     """
-    k_table = table if k_table is None else k_table
-    if rotate_q:
-        q = apply_rope(q, q_coords, table)
-    if rotate_k:
-        k = apply_rope(k, k_coords, k_table)
+    q, k = _rotated(q, k, q_coords, k_coords, table, k_table, rotate_q, rotate_k)
     B, Nq, H, D = q.shape
     Nk, Hk = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -68,8 +78,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | Non
         v = v.repeat_interleave(H // Hk, dim=2)
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if k_lens is not None:
-        valid = torch.arange(Nk, device=q.device)[None, :] < k_lens.to(q.device)[:, None]  # [B, Nk]
-        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+        s = s.masked_fill(~_valid_keys(k_lens, Nk, q.device), float("-inf"))
     if q_groups is not None:
         allowed = (q_groups.to(q.device).long()[:, :, None] & k_groups.to(q.device).long()[:, None, :]) != 0
         s = s.masked_fill(~allowed[:, None], float("-inf"))
@@ -89,14 +98,8 @@ def sdpa_rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable 
                         k_lens=None, scale=None):
     """The CPU fallback: :func:`rope_attention` without LSE or layout masks, through PyTorch's
     ``scaled_dot_product_attention`` (no ``[Nq, Nk]`` score matrix kept per head).  Same arguments."""
-    k_table = table if k_table is None else k_table
-    if rotate_q:
-        q = apply_rope(q, q_coords, table)
-    if rotate_k:
-        k = apply_rope(k, k_coords, k_table)
-    mask = None
-    if k_lens is not None:
-        mask = (torch.arange(k.shape[1], device=q.device)[None, :] < k_lens.to(q.device)[:, None])[:, None, None, :]
+    q, k = _rotated(q, k, q_coords, k_coords, table, k_table, rotate_q, rotate_k)
+    mask = _valid_keys(k_lens, k.shape[1], q.device) if k_lens is not None else None
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
         enable_gqa=k.shape[2] != q.shape[2]).transpose(1, 2)
