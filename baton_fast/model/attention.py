@@ -12,17 +12,12 @@ from torch import nn
 import baton_fast
 from baton_fast.rope import RopeTable
 
-__all__ = ["split_heads", "table_on", "KeyValue", "SelfAttention", "CrossAttention", "FeedForward"]
+__all__ = ["split_heads", "KeyValue", "SelfAttention", "CrossAttention", "FeedForward"]
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``[B, N, H*D] -> [B, N, H, D]`` (a view)."""
     return x.unflatten(-1, (num_heads, -1))
-
-
-def table_on(table: RopeTable, device) -> RopeTable:
-    """``table`` moved to ``device`` once, so that no op copies it per call (CUDA-graph capture forbids that)."""
-    return table.to(device)
 
 
 class KeyValue(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 import baton_fast
 from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
 
-from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, table_on
+from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention
 from .config import BatonConfig, BranchConfig, RunShape
 from .layout import UNMASKED, AttentionGroups, LayoutGuidance
 from .planner import PlannedTokens
@@ -283,16 +283,16 @@ class DualBranchDiT(nn.Module):
         cfg, hv, ha = self.cfg, self.cfg.video.head_dim, self.cfg.audio.head_dim
         video = BranchGeometry(
             coords=video_grid_coords(*shape.video_grid, device=device)[None],
-            table=table_on(RopeTable.wan(hv), device),
-            temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=1.0), device),
-            other_temporal_table=table_on(RopeTable.ovi_temporal(hv, scale=cfg.audio_rope_scale), device),
+            table=RopeTable.wan(hv).to(device),
+            temporal_table=RopeTable.ovi_temporal(hv, scale=1.0).to(device),
+            other_temporal_table=RopeTable.ovi_temporal(hv, scale=cfg.audio_rope_scale).to(device),
             plan_coords=plan.video_coords.to(device) if plan is not None else None)
-        audio_table = table_on(RopeTable.ovi_temporal(ha, scale=cfg.audio_rope_scale), device)
+        audio_table = RopeTable.ovi_temporal(ha, scale=cfg.audio_rope_scale).to(device)
         audio = BranchGeometry(
             coords=audio_coords(shape.audio_latents // cfg.audio.patch[0], device=device)[None],
             table=audio_table,
             temporal_table=audio_table,
-            other_temporal_table=table_on(RopeTable.ovi_temporal(ha, scale=1.0), device),
+            other_temporal_table=RopeTable.ovi_temporal(ha, scale=1.0).to(device),
             plan_coords=plan.audio_coords.to(device) if plan is not None else None)
         return video, audio
 

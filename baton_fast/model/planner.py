@@ -27,7 +27,7 @@ from torch import nn
 
 from baton_fast.rope import RopeTable, plan_audio_coords, plan_video_coords
 
-from .attention import CrossAttention, FeedForward, table_on
+from .attention import CrossAttention, FeedForward
 from .config import BatonConfig, PlannerConfig, RunShape
 from .text_encoder import minilm_path
 
@@ -160,7 +160,7 @@ class SemanticAlignmentTowers(nn.Module):
         video = self.video_queries[:keyframes].flatten(0, 1).expand(B, -1, -1)
         audio = self.audio_queries[:chunks].flatten(0, 1).expand(B, -1, -1)
         ts_video, ts_audio = self.timestamps(keyframes, chunks, video.device)
-        table = table_on(RopeTable.ovi_temporal(self.cfg.tower_head_dim, scale=self.cfg.keyframe_fps), video.device)
+        table = RopeTable.ovi_temporal(self.cfg.tower_head_dim, scale=self.cfg.keyframe_fps).to(video.device)
         video_states, audio_states = video_states.to(dtype), audio_states.to(dtype)
         for lv, la in zip(self.video_layers, self.audio_layers):
             video = lv.attend_lm(video, video_states, ts_video, table)
