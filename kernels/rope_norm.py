@@ -65,13 +65,15 @@ def heads_pad(num_heads: int) -> int:
     return triton.next_power_of_2(num_heads)
 
 
-def half_pad(head_dim: int) -> int:
+def pairs_pad(head_dim: int) -> int:
+    """Rotary pairs padded to a power of two (no ``tl.dot`` here, so no minimum of 16 as in the attention
+    kernel's ``half_pad``)."""
     return triton.next_power_of_2(head_dim // 2)
 
 
 def num_warps_for(num_heads: int, head_dim: int) -> int:
     """Warps per token program: enough lanes for ``H*D`` elements without spilling."""
-    elems = heads_pad(num_heads) * 2 * half_pad(head_dim)
+    elems = heads_pad(num_heads) * 2 * pairs_pad(head_dim)
     return min(16, max(1, elems // 256))
 
 
@@ -90,6 +92,6 @@ def rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved: bool, *, norm: int = N
         coords.stride(0) if coords.shape[0] > 1 else 0, coords.stride(1), coords.stride(2),
         freqs.stride(0) if freqs.shape[0] > 1 else 0,
         N, H, eps,
-        HALF=D // 2, HALF_PAD=half_pad(D), HEADS_PAD=heads_pad(H), INTERLEAVED=interleaved,
+        HALF=D // 2, HALF_PAD=pairs_pad(D), HEADS_PAD=heads_pad(H), INTERLEAVED=interleaved,
         NORM=norm, HAS_WEIGHT=weight is not None, num_warps=num_warps_for(H, D))
     return out
