@@ -173,10 +173,14 @@ class BranchBlock(nn.Module):
         """``time_mod [B, 6, dim]`` -> shift/scale/gate of attention and FFN, each ``[B, 1, dim]``."""
         return (self.modulation + time_mod).chunk(6, dim=1)
 
+    def attention_input(self, x, mod):
+        """The timestep-modulated input of the self-attention, ``[B, N, dim]`` (TeaCache's indicator)."""
+        shift, scale = mod[0], mod[1]
+        return self.norm1(x) * (1 + scale) + shift
+
     def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED):
-        shift, scale, gate = mod[0], mod[1], mod[2]
-        return x + self.self_attn(self.norm1(x) * (1 + scale) + shift, geo.coords, geo.table,
-                                  q_groups=groups.q_groups, k_groups=groups.k_groups) * gate
+        return x + self.self_attn(self.attention_input(x, mod), geo.coords, geo.table,
+                                  q_groups=groups.q_groups, k_groups=groups.k_groups) * mod[2]
 
     def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED):
         return x + self.cross_attn(self.norm3(x), ctx.text, ctx.text_lens, other, ctx.geometry, other_coords,
@@ -325,14 +329,30 @@ class DualBranchDiT(nn.Module):
                                 audio_text_lens.to(device, torch.int32), ga, kv_a))
 
     # ---------------------------------------------------------------- per evaluation
+    def run_blocks(self, video, audio, video_mod, audio_mod, ctx: RunContext, layout: Optional[LayoutGuidance] = None,
+                   start: int = 0, stop: Optional[int] = None):
+        """Fusion blocks ``start:stop`` (all by default) on the tokens ``video [B, Nv, dv]``, ``audio [B, Na, da]``
+        with the timestep modulation ``*_mod [B, 6, d]``; returns both updated."""
+        for i in range(start, len(self.blocks) if stop is None else stop):
+            plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
+            video, audio = self.blocks[i](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout)
+        return video, audio
+
+    def first_block_inputs(self, video, audio, video_mod, audio_mod):
+        """Timestep-modulated inputs of fusion block 0's self-attentions: ``(video [B, Nv, dv], audio [B, Na, da])``."""
+        block = self.blocks[0]
+        return (block.video.attention_input(video, block.video.modulation_terms(video_mod)),
+                block.audio.attention_input(audio, block.audio.modulation_terms(audio_mod)))
+
     def forward(self, video_latents: torch.Tensor, audio_latents: torch.Tensor, timesteps: torch.Tensor,
-                ctx: RunContext, layout: Optional[LayoutGuidance] = None):
+                ctx: RunContext, layout: Optional[LayoutGuidance] = None, cache=None):
         """Velocity of both modalities.
 
         Args:
             video_latents: ``[B, C_v, F, H, W]``; audio_latents: ``[B, L, C_a]`` (ctx.shape's sizes).
             timesteps: ``[B]`` in ``[0, 1000]``.
             layout: SpA2V layout masks for this evaluation (see :mod:`baton_fast.model.layout`), or None.
+            cache: a :class:`~baton_fast.model.cache.StepCache` that runs (or skips) the fusion blocks, or None.
         Returns:
             ``(video [B, C_v, F, H, W], audio [B, L, C_a])`` in the model dtype.
         """
@@ -350,9 +370,10 @@ class DualBranchDiT(nn.Module):
         audio = self.audio_io.patch_embed(patchify_audio(audio_latents.to(dtype), cfg.audio.patch))
         video_emb, video_mod = self.video_io.time(timesteps, dtype)
         audio_emb, audio_mod = self.audio_io.time(timesteps, dtype)
-        for i, block in enumerate(self.blocks):
-            plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
-            video, audio = block(video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout)
+        if cache is None:
+            video, audio = self.run_blocks(video, audio, video_mod, audio_mod, ctx, layout)
+        else:
+            video, audio = cache(self, video, audio, video_mod, audio_mod, ctx, layout)
         video = unpatchify_video(self.video_io.head(video, video_emb), shape.video_grid, cfg.video.patch,
                                  cfg.video.latent_channels)
         audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)

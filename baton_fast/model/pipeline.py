@@ -21,6 +21,7 @@ from .checkpoint import load_checkpoint
 from .config import BatonConfig
 from .decode import Decoder
 from .dit import DualBranchDiT
+from .cache import StepCache
 from .layout import DEFAULT_LAYOUT_FRACTION
 from .planner import VAPlanner, load_language_model
 from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, sample
@@ -178,10 +179,12 @@ class BatonPipeline:
         video_noise = torch.randn((B, *shape.video_latent), generator=generator, device=device)
         audio_noise = torch.randn((B, shape.audio_latents, cfg.audio.latent_channels), generator=generator,
                                   device=device)
-        velocity = GuidedVelocity(self.dit, ctx, options.video_guidance, options.audio_guidance)
+        cache = StepCache.from_options(options)
+        velocity = GuidedVelocity(self.dit, ctx, options.video_guidance, options.audio_guidance, cache)
         step_seconds = []
         video_latents, audio_latents = sample(velocity, video_noise, audio_noise, options,
-                                              on_step=lambda i: step_seconds.append(clock.lap()), layout=guidance)
+                                              on_step=lambda i: step_seconds.append(clock.lap()), layout=guidance,
+                                              cache=cache)
         timings["steps"] = step_seconds
         timings["denoise"] = sum(step_seconds)
 
@@ -204,6 +207,7 @@ class BatonPipeline:
         }
         if guidance is not None:
             report["layout"] = _layout_report(layout, guidance, video_prompts, options.steps)
+        report["cache"] = cache.report() if cache is not None else {"policy": "none"}
         return Generation(video, audio, cfg.video_format.fps, cfg.audio_format.sample_rate, video_latents.cpu(),
                           audio_latents.cpu(), report)
 

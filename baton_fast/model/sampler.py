@@ -6,11 +6,13 @@ Flow matching: ``x_sigma = (1 - sigma) x_0 + sigma * noise``, the model predicts
 ``0``.  The shift ``s`` (Ovi/Wan: 5.0) spends more steps at high noise:
 ``sigma' = s * sigma / (1 + (s - 1) * sigma)``.
 
-Speed options (both off by default, and documented in ``docs/model.md``):
+Speed options (all off by default, and documented in ``docs/model.md``):
 - ``compile_backend``: regional ``torch.compile(fullgraph=True)`` of each fusion block (one graph,
   reused by every block); on CPU it only pays off for long runs.
 - ``cuda_graph``: CUDA only; one guided velocity evaluation is captured in a CUDA graph with static
   input/output buffers and replayed every step (no launch overhead).
+- ``cache``: step caching (:mod:`baton_fast.model.cache`): ``teacache`` or ``first-block`` skip the fusion
+  blocks on evaluations whose input changed by less than ``cache_threshold``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .cache import StepCache, check_cache_settings
 from .dit import DualBranchDiT, RunContext
 from .layout import LayoutGuidance
 
@@ -40,6 +43,11 @@ class SamplerOptions:
     audio_guidance: float = 3.0
     compile_backend: Optional[str] = None
     cuda_graph: bool = False
+    cache: str = "none"
+    cache_threshold: Optional[float] = None  # None: the policy's default (cache.DEFAULT_THRESHOLDS)
+    cache_first_steps: int = 1               # steps always computed at the start ...
+    cache_last_steps: int = 1                # ... and at the end
+    cache_rescale: Optional[tuple] = None    # teacache: polynomial on the input change (None: identity)
     progress: bool = True
 
     def __post_init__(self):
@@ -53,6 +61,11 @@ class SamplerOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        check_cache_settings(self.cache, self.cache_threshold, self.cache_first_steps, self.cache_last_steps,
+                             self.cache_rescale)
+        if self.cuda_graph and self.cache != "none":
+            raise ValueError(f"cache: {self.cache!r} decides per evaluation on the host; it cannot run inside a "
+                             f"CUDA-graph replay (cuda_graph=True)")
 
     @property
     def evaluations(self) -> int:
@@ -71,22 +84,24 @@ class GuidedVelocity:
 
     ``ctx`` was prepared for a batch of ``2B``: rows ``:B`` with the prompts (and their plan), rows
     ``B:`` with the negative prompts (and their plan).  ``__call__(video [B, ...], audio [B, ...],
-    sigma, layout=None)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.  A layout
+    sigma, layout=None)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.  With a
+    ``cache`` (:class:`~baton_fast.model.cache.StepCache`), the DiT runs its blocks through it.  A layout
     masks both passes alike (the layout is a constraint on the picture, not part of the prompt: masking
     only the conditional pass would make guidance amplify the masked-minus-unmasked difference).
     """
 
-    def __init__(self, dit: DualBranchDiT, ctx: RunContext, video_guidance: float, audio_guidance: float):
+    def __init__(self, dit: DualBranchDiT, ctx: RunContext, video_guidance: float, audio_guidance: float,
+                 cache: Optional[StepCache] = None):
         if ctx.batch % 2:
             raise ValueError(f"ctx: expected a batch of 2B (conditional then unconditional), got {ctx.batch}")
-        self.dit, self.ctx = dit, ctx
+        self.dit, self.ctx, self.cache = dit, ctx, cache
         self.video_guidance, self.audio_guidance = video_guidance, audio_guidance
 
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor,
                  layout: Optional[LayoutGuidance] = None):
         timesteps = (sigma * 1000.0).float().expand(2 * video.shape[0])
         vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx,
-                                        layout)
+                                        layout, cache=self.cache)
         return (_guide(vel_video.float(), self.video_guidance), _guide(vel_audio.float(), self.audio_guidance))
 
 
@@ -132,13 +147,17 @@ def compile_blocks(dit: DualBranchDiT, backend: str = "inductor") -> None:
 
 
 def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Tensor, options: SamplerOptions,
-           on_step: Optional[Callable[[int], None]] = None, layout: Optional[LayoutGuidance] = None):
+           on_step: Optional[Callable[[int], None]] = None, layout: Optional[LayoutGuidance] = None,
+           cache: Optional[StepCache] = None):
     """Integrate from noise (``sigma = 1``) to data with ``options.steps`` Euler or Heun steps.
 
     ``velocity(video, audio, sigma[, layout=...])`` returns float32 velocities; ``video_noise [B, C, F, H, W]``
     and ``audio_noise [B, L, C]`` are float32.  With a ``layout``, the first ``layout.masked_steps(steps)``
     steps (both evaluations of a Heun step) call ``velocity(..., layout=layout)``, the others run
-    unmasked.  ``on_step(i)`` runs after step ``i``.  Returns the denoised ``(video, audio)`` latents (float32).
+    unmasked.  ``on_step(i)`` runs after step ``i``.  ``cache``: the :class:`~baton_fast.model.cache.StepCache`
+    that ``velocity`` runs its DiT through (the same object); each evaluation is announced to it first (the
+    first unmasked step after masked ones is forced to compute).  Returns the denoised ``(video, audio)``
+    latents (float32).
     """
     from tqdm.auto import tqdm
 
@@ -154,8 +173,13 @@ def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Ten
     for i in tqdm(range(options.steps), desc="denoise", disable=not options.progress, leave=False):
         dt = float(sigmas[i + 1] - sigmas[i])
         step_velocity = masked if i < masked_steps else velocity
+        forced = "layout switch" if 0 < masked_steps == i else None
+        if cache is not None:
+            cache.begin(i, 0, sigmas[i], forced)
         d_video, d_audio = step_velocity(video, audio, levels[i])
         if options.solver == "heun" and i + 1 < options.steps:  # the last step ends at sigma = 0: Euler
+            if cache is not None:
+                cache.begin(i, 1, sigmas[i + 1], forced)
             e_video, e_audio = step_velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
             d_video, d_audio = (d_video + e_video) / 2, (d_audio + e_audio) / 2
         video, audio = video + dt * d_video, audio + dt * d_audio
