@@ -1,38 +1,19 @@
 """Media files: an mp4 (H.264 video + mono or stereo AAC audio, PyAV) and a 16-bit PCM mono wav; atomic writes.
 
 Writers write to a temporary file next to the destination and rename it into place only when the
-whole file is written, so a failure never leaves a half-written file at the destination.
+whole file is written (:func:`baton_fast.outputs.atomic_path`), so a failure never leaves a half-written
+file at the destination.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import wave
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..outputs import atomic_path
+
 __all__ = ["atomic_path", "write_mp4", "write_wav"]
-
-
-@contextlib.contextmanager
-def atomic_path(destination):
-    """Yield a temporary path in ``destination``'s folder; on success rename it to ``destination``,
-    on error delete it."""
-    destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=destination.suffix, dir=destination.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_media(frames, audio, fps, sample_rate, max_channels: int = 1):
