@@ -1,0 +1,227 @@
+"""Sequence-parallel ``rope_attention``: Ulysses (all-to-all over heads), ring (keys passed around), hybrid.
+
+Every rank holds a contiguous shard of the query sequence and of the key sequence (shard ``i`` on rank
+``i`` of the mesh's group; shards may differ in length by rank); the result is this rank's shard of the
+single-process ``rope_attention`` output (and LSE).
+
+- RoPE stays exact: each rank rotates its own queries and keys once, with its own coordinates
+  (``apply_rope``), before any transfer.  Rotated tokens carry their positions, so no coordinate moves and
+  no kernel rotates a key block once per ring step (DESIGN §3: rotate K once).
+- Ulysses (degree ``U``): ``all_to_all_single`` trades the sequence split for a head split (``H/U`` heads
+  of the whole ring block on each rank), padding stripped, so ``k_lens`` and layout groups (all-gathered in
+  the group: one integer per token) apply to the real sequence; a second all-to-all returns the output.
+- Ring (degree ``R``): the packed K/V block (and its key groups) goes to the next rank with
+  ``batch_isend_irecv`` while the current block is computed; partial outputs are merged with their
+  log-sum-exp in fp32.  Blocks are padded to the longest one and masked with per-block key lengths
+  (``clamp(k_lens - block offset, 0, block length)``): no token is dropped.
+- Hybrid: Ulysses inside each group of ``U`` consecutive shards, then the ring over the ``R`` blocks.
+
+Before any data moves, the ranks agree (:func:`~baton_fast.distributed.agreement.agree`): a bad argument
+on one rank, a head count the Ulysses degree does not divide, or ranks disagreeing on shapes raise on
+every rank.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import baton_fast
+from baton_fast.ops import SUPPORTED_DTYPES, _attention_args, _check_layout_groups
+from baton_fast.rope import RopeTable
+
+from .agreement import agree
+from .mesh import SequenceMesh
+
+__all__ = ["ulysses_attention", "ring_attention", "hybrid_attention", "merge_partials"]
+
+
+def ulysses_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                      group: Optional[dist.ProcessGroup] = None, **rope_attention_kwargs):
+    """``rope_attention`` over the ranks of ``group`` (default: the world), Ulysses style.
+
+    Args:
+        q: this rank's query shard ``[B, nq_r, H, D]``; k, v: its key shard ``[B, nk_r, Hk, D]``
+            (``nq_r``, ``nk_r`` may differ by rank).  The group size must divide ``H`` and ``Hk``.
+        q_coords, k_coords: float32 ``[B or 1, n_r, A]``, the coordinates of this rank's tokens.
+        table, rope_attention_kwargs: as :func:`baton_fast.rope_attention`; ``k_lens`` (``[B]``, the same
+            on every rank) counts keys of the whole sequence; ``q_groups`` / ``k_groups`` are this rank's
+            shards ``[B or 1, n_r]``.
+    Returns:
+        this rank's output shard ``[B, nq_r, H, D]`` in q's dtype (and ``lse`` float32 ``[B, H, nq_r]``
+        with ``return_lse=True``).
+    """
+    return hybrid_attention(q, k, v, q_coords, k_coords, table, mesh=SequenceMesh.ulysses_only(group),
+                            **rope_attention_kwargs)
+
+
+def ring_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                   group: Optional[dist.ProcessGroup] = None, **rope_attention_kwargs):
+    """``rope_attention`` over the ranks of ``group`` (default: the world), ring style: any head count.
+    Arguments and result as :func:`ulysses_attention`."""
+    return hybrid_attention(q, k, v, q_coords, k_coords, table, mesh=SequenceMesh.ring_only(group),
+                            **rope_attention_kwargs)
+
+
+def hybrid_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                     mesh: SequenceMesh, k_table: Optional[RopeTable] = None, rotate_q: bool = True,
+                     rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                     return_lse: bool = False, q_groups: Optional[torch.Tensor] = None,
+                     k_groups: Optional[torch.Tensor] = None):
+    """``rope_attention`` over a ``ring x ulysses`` :class:`SequenceMesh` (:func:`init_sequence_mesh`).
+    Arguments and result as :func:`ulysses_attention`; the Ulysses degree must divide ``H`` and ``Hk``."""
+    args = {}
+
+    def check():
+        args["checked"] = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens,
+                                          scale)
+        _check_layout_groups(q, k, q_groups, k_groups)
+        return _shared_fields(q, k, args["checked"][-1], k_lens, return_lse, q_groups, k_groups)
+
+    counts = agree(check, lambda: {"nq": q.shape[1], "nk": k.shape[1]}, mesh.group, q.device,
+                   "sequence-parallel attention")
+    (q, k, v, q_coords, k_coords, qf, qa, kf, ka, interleaved, rotate_q, rotate_k, k_lens, scale) = args["checked"]
+    H, Hk = q.shape[2], k.shape[2]
+    if H % mesh.ulysses_degree or Hk % mesh.ulysses_degree:
+        raise ValueError(f"mesh: the Ulysses degree {mesh.ulysses_degree} must divide the query heads H={H} and the "
+                         f"key heads Hk={Hk}; use ring attention (or a smaller Ulysses degree) for this head count")
+    if k_lens is not None:
+        lo, hi = (int(x) for x in torch.stack([k_lens.min(), k_lens.max()]).tolist())
+        if lo < 0 or hi > sum(counts["nk"]):
+            raise ValueError(f"k_lens: expected values in [0, {sum(counts['nk'])}] (keys over all ranks), "
+                             f"got range [{lo}, {hi}]")
+    if rotate_q:
+        q = baton_fast.apply_rope(q, q_coords, RopeTable.trusted(qf, qa, interleaved, q_coords.shape[2]))
+    if rotate_k:
+        k = baton_fast.apply_rope(k, k_coords, RopeTable.trusted(kf, ka, interleaved, k_coords.shape[2]))
+    U = mesh.ulysses_degree
+    first = mesh.ring_rank * U  # shard index of this Ulysses group's first member
+    nq_u, nk_u = counts["nq"][first:first + U], counts["nk"][first:first + U]
+    if U > 1:
+        q, k, v = (_sequence_to_heads(x, lens, mesh.ulysses) for x, lens in ((q, nq_u), (k, nk_u), (v, nk_u)))
+        if q_groups is not None:
+            q_groups, k_groups = _gather_tokens(q_groups, nq_u, mesh.ulysses), _gather_tokens(k_groups, nk_u, mesh.ulysses)
+    block_lens = [sum(counts["nk"][r * U:(r + 1) * U]) for r in range(mesh.ring_degree)]
+    out, lse = _ring(q, k, v, k_lens, q_groups, k_groups, scale, block_lens, mesh, return_lse)
+    if U > 1:
+        out = _heads_to_sequence(out, nq_u, mesh.ulysses_rank, mesh.ulysses)
+        if return_lse:
+            lse = _heads_to_sequence(lse.transpose(1, 2)[..., None], nq_u, mesh.ulysses_rank,
+                                     mesh.ulysses)[..., 0].transpose(1, 2)
+    return (out, lse.contiguous()) if return_lse else out
+
+
+def _shared_fields(q, k, scale, k_lens, return_lse, q_groups, k_groups) -> dict:
+    """The numbers every rank must pass alike (token counts excepted)."""
+    B, _, H, D = q.shape
+    fields = dict(batch=B, heads=H, head_dim=D, kv_heads=k.shape[2], dtype=SUPPORTED_DTYPES.index(q.dtype),
+                  scale=float(scale), return_lse=int(return_lse), k_lens=k_lens is not None,
+                  layout_groups=q_groups is not None,
+                  q_groups_batch=q_groups.shape[0] if q_groups is not None else 0,
+                  k_groups_batch=k_groups.shape[0] if k_groups is not None else 0, k_lens_sum=0, k_lens_weighted=0)
+    if k_lens is not None:  # a fingerprint of the values: equal on every rank when the lengths agree
+        weights = torch.arange(1, B + 1, dtype=torch.float64, device=k_lens.device)
+        fields["k_lens_sum"], fields["k_lens_weighted"] = torch.stack(
+            [k_lens.double().sum(), (k_lens.double() * weights).sum()]).tolist()
+    return fields
+
+
+# ------------------------------------------------------------------ Ulysses all-to-all
+def _pad_tokens(x: torch.Tensor, n: int, dim: int = 1) -> torch.Tensor:
+    """``x`` zero-padded along ``dim`` to ``n`` tokens."""
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, n - x.shape[dim]]
+    return F.pad(x, pad) if n > x.shape[dim] else x
+
+
+def _sequence_to_heads(x: torch.Tensor, lens: list, group) -> torch.Tensor:
+    """This rank's tokens of every head ``[B, lens[me], H, D]`` -> every rank's tokens of this rank's heads
+    ``[B, sum(lens), H/U, D]`` (rank order, padding stripped)."""
+    U, n_pad = len(lens), max(lens)
+    B, _, H, D = x.shape
+    send = _pad_tokens(x, n_pad).reshape(B, n_pad, U, H // U, D).permute(2, 0, 1, 3, 4).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)  # recv[j]: rank j's tokens, this rank's heads
+    return torch.cat([recv[j, :, :n] for j, n in enumerate(lens)], dim=1)
+
+
+def _heads_to_sequence(x: torch.Tensor, lens: list, rank: int, group) -> torch.Tensor:
+    """Inverse of :func:`_sequence_to_heads`: ``[B, sum(lens), H/U, D]`` -> ``[B, lens[rank], H, D]``."""
+    U, n_pad = len(lens), max(lens)
+    B, _, Hl, D = x.shape
+    send = torch.stack([_pad_tokens(piece, n_pad) for piece in x.split(lens, dim=1)]).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)  # recv[j]: this rank's tokens, rank j's heads
+    return recv.permute(1, 2, 0, 3, 4).reshape(B, n_pad, U * Hl, D)[:, :lens[rank]]
+
+
+def _gather_tokens(x: torch.Tensor, lens: list, group) -> torch.Tensor:
+    """Per-token data ``[G, lens[me]]`` of every rank of ``group``, concatenated: ``[G, sum(lens)]``."""
+    n_pad = max(lens)
+    gathered = [torch.empty((x.shape[0], n_pad), dtype=x.dtype, device=x.device) for _ in lens]
+    dist.all_gather(gathered, _pad_tokens(x, n_pad).contiguous(), group=group)
+    return torch.cat([g[:, :n] for g, n in zip(gathered, lens)], dim=1)
+
+
+# ------------------------------------------------------------------ ring
+def merge_partials(out: Optional[torch.Tensor], lse: Optional[torch.Tensor], part: torch.Tensor,
+                   part_lse: torch.Tensor):
+    """Merge two attentions of the same queries over disjoint key sets, by their log-sum-exp.
+
+    ``out``/``part`` ``[B, Nq, H, D]``, ``lse``/``part_lse`` float32 ``[B, H, Nq]`` (``out=None`` starts the
+    merge).  Returns ``(merged fp32 out, merged lse)``; rows with no key in either stay zero with ``-inf``."""
+    part = part.float()
+    if out is None:
+        return part, part_lse
+    merged = torch.logaddexp(lse, part_lse)
+    empty = torch.isneginf(merged)
+    safe = torch.where(empty, torch.zeros_like(merged), merged)
+    w_old = torch.where(empty, torch.zeros_like(merged), torch.exp(lse - safe)).transpose(1, 2)[..., None]
+    w_new = torch.where(empty, torch.zeros_like(merged), torch.exp(part_lse - safe)).transpose(1, 2)[..., None]
+    return out * w_old + part * w_new, merged
+
+
+def _ring(q, k, v, k_lens, q_groups, k_groups, scale, block_lens, mesh: SequenceMesh, need_lse: bool):
+    """Attention of this rank's (rotated) queries over every ring block's keys; ``k``, ``v`` are this rank's
+    block.  ``block_lens[r]``: keys of ring block ``r``.  Returns ``(out in q's dtype, lse or None)``."""
+    R, me = mesh.ring_degree, mesh.ring_rank
+    offsets = [0, *itertools.accumulate(block_lens)]
+    if R == 1:  # one block: the whole key sequence, real lengths
+        return _block_attention(q, k, v, k_lens, q_groups, k_groups, scale, need_lse)
+    n_pad = max(block_lens)
+    kv = torch.stack([_pad_tokens(k, n_pad), _pad_tokens(v, n_pad)]).contiguous()
+    groups = _pad_tokens(k_groups, n_pad).contiguous() if k_groups is not None else None
+    send_to, recv_from = mesh.ring_peer((me + 1) % R), mesh.ring_peer((me - 1) % R)
+    out = lse = None
+    for step in range(R):
+        source = (me - step) % R  # the ring block held at this step
+        pending = []
+        if step + 1 < R:  # start the next transfer, then compute on the current block
+            next_kv, next_groups = torch.empty_like(kv), torch.empty_like(groups) if groups is not None else None
+            ops = [dist.P2POp(dist.isend, kv, send_to), dist.P2POp(dist.irecv, next_kv, recv_from)]
+            if groups is not None:
+                ops += [dist.P2POp(dist.isend, groups, send_to), dist.P2POp(dist.irecv, next_groups, recv_from)]
+            pending = dist.batch_isend_irecv(ops)
+        lens = _block_key_lens(k_lens, offsets[source], block_lens[source], n_pad, q.shape[0], q.device)
+        part, part_lse = _block_attention(q, kv[0], kv[1], lens, q_groups, groups, scale, True)
+        out, lse = merge_partials(out, lse, part, part_lse)
+        for request in pending:
+            request.wait()
+        if pending:
+            kv, groups = next_kv, next_groups
+    return out.to(q.dtype), lse
+
+
+def _block_key_lens(k_lens, offset: int, length: int, padded: int, batch: int, device):
+    """Key lengths within one padded block that starts at global key ``offset``; None when none is masked."""
+    if k_lens is None:
+        return None if length == padded else torch.full((batch,), length, dtype=torch.int32, device=device)
+    return (k_lens - offset).clamp(0, length)
+
+
+def _block_attention(q, k, v, k_lens, q_groups, k_groups, scale, need_lse):
+    result = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=k_lens, scale=scale,
+                                       return_lse=need_lse, q_groups=q_groups, k_groups=k_groups)
+    return result if need_lse else (result, None)

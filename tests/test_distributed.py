@@ -1,0 +1,257 @@
+"""Sequence-parallel attention on CPU with gloo, 2 and 4 processes, against single-process ``rope_attention``.
+
+One group of worker processes per world size runs every case (:func:`worker`); each rank writes its results to a JSON file that the tests read.  Every collective has a
+timeout (``init_process_group(timeout=...)``) and the workers a wall-clock bound, so nothing can hang.
+Each rank builds the whole inputs from the case's seed, takes its shard, runs the distributed op and
+compares its output shard with the same shard of the single-process result (fp32, <= 1e-5 relative) and
+with a float64 reference under the DESIGN §5 budget.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+COLLECTIVE_TIMEOUT_S = 60
+WORKERS_TIMEOUT_S = 240
+REL_TOL = 1e-5
+
+# name, world size, scheme, shapes and options of each equality case.  q_split / k_split: tokens per rank
+# (default: as even as possible); k_split None with n_k None means self-attention (keys = queries' tokens).
+CASES = [
+    dict(name="self_ulysses_lse", world=2, scheme="ulysses", n_q=37, lse=True),
+    dict(name="self_ring_lse", world=2, scheme="ring", n_q=37, lse=True),
+    dict(name="self_ring_no_lse", world=2, scheme="ring", n_q=20),
+    dict(name="cross_ulysses_gqa_lens", world=2, scheme="ulysses", n_q=23, n_k=15, kv_heads=2, k_lens=True),
+    dict(name="cross_ring_gqa_lens_lse", world=2, scheme="ring", n_q=23, n_k=15, kv_heads=2, k_lens=True, lse=True),
+    dict(name="self_ulysses_groups_lse", world=2, scheme="ulysses", n_q=29, groups=True, lse=True),
+    dict(name="self_ring_groups_lens_lse", world=2, scheme="ring", n_q=29, groups=True, k_lens=True, lse=True),
+    dict(name="cross_ulysses_uneven", world=2, scheme="ulysses", n_q=33, n_k=21, q_split=[30, 3], k_split=[1, 20],
+         lse=True, k_lens=True),
+    dict(name="cross_ring_uneven", world=2, scheme="ring", n_q=33, n_k=21, q_split=[30, 3], k_split=[1, 20],
+         lse=True, k_lens=True, groups=True),
+    dict(name="ring_head_table_half_prerotated_k", world=2, scheme="ring", n_q=19, n_k=26, head_table=True,
+         interleaved=False, rotate_k=False, lse=True),
+    dict(name="ulysses_head_table_only_k_rotated", world=2, scheme="ulysses", n_q=19, n_k=26, head_table=True,
+         rotate_q=False, lse=True),
+    dict(name="self_ring4_lens_lse", world=4, scheme="ring", n_q=41, k_lens=True, lse=True),
+    dict(name="self_ulysses4_gqa_groups", world=4, scheme="ulysses", n_q=41, heads=8, kv_heads=4, groups=True,
+         lse=True),
+    dict(name="self_hybrid4_lens_groups_lse", world=4, scheme="hybrid", n_q=43, k_lens=True, groups=True, lse=True),
+    dict(name="cross_hybrid4_empty_shards", world=4, scheme="hybrid", n_q=20, n_k=17, q_split=[10, 0, 7, 3],
+         k_split=[0, 9, 8, 0], kv_heads=2, k_lens=True, lse=True),
+    dict(name="cross_ring4_empty_shard_gqa", world=4, scheme="ring", n_q=18, n_k=30, q_split=[5, 5, 0, 8],
+         kv_heads=1, lse=True),
+]
+
+# configurations that must raise on every rank: (name, world, expected message fragment per rank role)
+ERROR_CASES = [
+    dict(name="ulysses_heads_not_divisible", world=2, match="must divide the query heads"),
+    dict(name="ranks_disagree_on_head_dim", world=2, match="ranks disagree on head_dim"),
+    dict(name="ranks_disagree_on_k_lens", world=2, match="ranks disagree on k_lens"),
+    dict(name="one_rank_bad_argument", world=2, match={0: "q: expected [B, Nq, H, D]", 1: "rank(s) [0]"}),
+    dict(name="mesh_not_world_size", world=4, match="expected the world size 4"),
+    dict(name="hybrid_heads_not_divisible", world=4, match="Ulysses degree 2 must divide"),
+]
+
+
+# ====================================================================== worker side
+def _inputs(case: dict):
+    """The whole (unsharded) inputs of a case, the same on every rank (seeded by the case's name)."""
+    import baton_fast
+    from baton_fast import RopeTable
+    torch.manual_seed(sum(map(ord, case["name"])))
+    B, H, D = 2, case.get("heads", 4), 32
+    Hk = case.get("kv_heads", H)
+    n_q = case["n_q"]
+    self_attention = case.get("n_k") is None
+    n_k = n_q if self_attention else case["n_k"]
+    q, k, v = torch.randn(B, n_q, H, D), torch.randn(B, n_k, Hk, D), torch.randn(B, n_k, Hk, D)
+    q_coords = torch.rand(1, n_q, 3) * 12
+    k_coords = q_coords if self_attention else torch.rand(1, n_k, 3) * 12
+    if case.get("head_table"):
+        table = RopeTable(torch.rand(H, D // 2) * 0.8, torch.randint(0, 3, (H, D // 2)), case.get("interleaved", True))
+        k_table = RopeTable(table.freqs[::H // Hk].contiguous(), table.axes[::H // Hk].contiguous(), table.interleaved)
+    else:
+        table = k_table = RopeTable.wan(D)
+    kwargs = dict(k_table=k_table, rotate_q=case.get("rotate_q", True), rotate_k=case.get("rotate_k", True),
+                  return_lse=case.get("lse", False))
+    if not kwargs["rotate_k"]:
+        k = baton_fast.apply_rope(k, k_coords, k_table)
+    if case.get("k_lens"):
+        kwargs["k_lens"] = torch.tensor([n_k - 3, 0] if n_k > 3 else [n_k, 0], dtype=torch.int32)
+    if case.get("groups"):
+        q_groups = torch.randint(1, 8, (1, n_q))
+        q_groups[0, 1] = 0  # a query that may attend to no key: zeros and lse -inf
+        kwargs["q_groups"] = q_groups
+        kwargs["k_groups"] = q_groups if self_attention else torch.randint(1, 8, (1, n_k))
+    return q, k, v, q_coords, k_coords, table, kwargs
+
+
+def _splits(case: dict, n: int, key: str):
+    from baton_fast.distributed import shard_lengths
+    return case.get(key) or shard_lengths(n, case["world"])
+
+
+def _shard(x, start, stop, dim=1):
+    return x.narrow(dim, start, stop - start) if x is not None else None
+
+
+def _run_case(case: dict, rank: int, meshes: dict) -> dict:
+    import baton_fast
+    from baton_fast import reference
+    from baton_fast.distributed import hybrid_attention, ring_attention, ulysses_attention
+    from baton_fast.numerics import budget, max_error
+
+    q, k, v, q_coords, k_coords, table, kwargs = _inputs(case)
+    expected = baton_fast.rope_attention(q, k, v, q_coords, k_coords, table, **kwargs)
+    lse_kwargs = {**kwargs, "return_lse": True}
+    exact = reference.rope_attention(q.double(), k.double(), v.double(), q_coords, k_coords, table, **lse_kwargs)
+    plain = reference.rope_attention(q, k, v, q_coords, k_coords, table, **lse_kwargs)
+    q_split, k_split = _splits(case, q.shape[1], "q_split"), _splits(case, k.shape[1], "k_split")
+    q0, k0 = sum(q_split[:rank]), sum(k_split[:rank])
+    q1, k1 = q0 + q_split[rank], k0 + k_split[rank]
+    local = {n: _shard(kwargs.get(n), *r) for n, r in (("q_groups", (q0, q1)), ("k_groups", (k0, k1)))}
+    call = {**kwargs, **{n: t for n, t in local.items() if t is not None}}
+    fn = {"ulysses": ulysses_attention, "ring": ring_attention}.get(case["scheme"])
+    scheme = dict(mesh=meshes["hybrid"]) if fn is None else {}
+    result = (fn or hybrid_attention)(_shard(q, q0, q1), _shard(k, k0, k1), _shard(v, k0, k1),
+                                      _shard(q_coords, q0, q1), _shard(k_coords, k0, k1), table, **scheme, **call)
+    out, lse = result if kwargs["return_lse"] else (result, None)
+    expected_out, expected_lse = expected if kwargs["return_lse"] else (expected, None)
+    report = {}
+    pairs = [("out", out, _shard(expected_out, q0, q1), _shard(exact[0], q0, q1), _shard(plain[0], q0, q1))]
+    if lse is not None:
+        pairs.append(("lse", lse, _shard(expected_lse, q0, q1, 2), _shard(exact[1], q0, q1, 2),
+                      _shard(plain[1], q0, q1, 2)))
+    for name, got, single, ref64, baseline in pairs:
+        finite = single[torch.isfinite(single)]
+        scale = float(finite.abs().max()) if finite.numel() else 1.0
+        report[f"{name}_rel"] = max_error(got, single) / max(scale, 1e-30)
+        report[f"{name}_budget_ok"] = max_error(got, ref64) <= budget(max_error(baseline, ref64), ref64, torch.float32)
+        report[f"{name}_shape_ok"] = tuple(got.shape) == tuple(single.shape)
+    report["out_has_neg_inf_lse_rows"] = bool(lse is not None and torch.isneginf(lse).any())
+    return report
+
+
+def _run_error_case(case: dict, rank: int, meshes: dict) -> dict:
+    from baton_fast.distributed import hybrid_attention, init_sequence_mesh, ulysses_attention
+
+    torch.manual_seed(0)
+    name = case["name"]
+    q = torch.randn(1, 5, 3 if "heads" in name else 4, 16)
+    kwargs = {}
+    if name == "ranks_disagree_on_head_dim" and rank == 1:
+        q = torch.randn(1, 5, 4, 32)
+    if name == "ranks_disagree_on_k_lens":
+        kwargs["k_lens"] = torch.tensor([5 - rank])
+    call = q
+    if name == "one_rank_bad_argument" and rank == 0:
+        call = q[0]  # 3 dims
+    try:
+        if name == "mesh_not_world_size":
+            init_sequence_mesh(3, 1)
+        elif name == "hybrid_heads_not_divisible":
+            hybrid_attention(q, q, q, rotate_q=False, rotate_k=False, mesh=meshes["hybrid"])
+        else:
+            ulysses_attention(call, q, q, rotate_q=False, rotate_k=False, **kwargs)
+    except Exception as exc:  # recorded, checked by the test
+        return {"raised": type(exc).__name__, "message": str(exc)}
+    return {"raised": None, "message": ""}
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from baton_fast.distributed import init_sequence_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    meshes = {"hybrid": init_sequence_mesh(2, 2) if world == 4 else None}
+    results = {}
+    for case in CASES + ERROR_CASES:
+        if case["world"] != world:
+            continue
+        try:
+            run = _run_error_case if case in ERROR_CASES else _run_case
+            results[case["name"]] = run(case, rank, meshes)
+        except Exception:
+            results[case["name"]] = {"crashed": traceback.format_exc()}
+            break  # the ranks may be out of step now: stop rather than hang in the next collective
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+# ====================================================================== test side
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(world: int, out_dir: Path) -> list[dict]:
+    """Run :func:`worker` on ``world`` processes; return each rank's results (killed after the bound).
+
+    The processes fork from a server that imported torch and baton-fast once (``forkserver`` with
+    preloads), so the ranks do not each pay the imports on the CI's two cores."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch._dynamo", "baton_fast.distributed", "baton_fast.reference"])
+    port = _free_port()
+    procs = [context.Process(target=worker, args=(r, world, port, str(out_dir))) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + WORKERS_TIMEOUT_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for r in hung:
+        procs[r].kill()
+    assert not hung, f"ranks {hung} of {world} ran past {WORKERS_TIMEOUT_S} s"
+    for r, p in enumerate(procs):
+        assert p.exitcode == 0, f"rank {r} exited with {p.exitcode}"
+    return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cache = {}
+
+    def get(world: int) -> list[dict]:
+        if world not in cache:
+            cache[world] = run_workers(world, tmp_path_factory.mktemp(f"sp{world}"))
+        return cache[world]
+    return get
+
+
+def _case_result(results, case):
+    per_rank = [r.get(case["name"]) for r in results(case["world"])]
+    for rank, res in enumerate(per_rank):
+        assert res is not None, f"rank {rank} did not run {case['name']} (an earlier case crashed)"
+        assert "crashed" not in res, f"rank {rank}:\n{res['crashed']}"
+    return per_rank
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_sequence_parallel_equals_single_process(results, case):
+    for rank, res in enumerate(_case_result(results, case)):
+        for side in ("out", "lse") if case.get("lse") else ("out",):
+            assert res[f"{side}_shape_ok"], f"rank {rank}: {side} shape differs"
+            assert res[f"{side}_rel"] <= REL_TOL, f"rank {rank}: {side} rel error {res[f'{side}_rel']:.3g}"
+            assert res[f"{side}_budget_ok"], f"rank {rank}: {side} outside the float64 budget"
+    if case.get("groups") and case.get("lse"):  # the case has a query with no allowed key
+        assert any(r["out_has_neg_inf_lse_rows"] for r in _case_result(results, case))
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[c["name"] for c in ERROR_CASES])
+def test_bad_configuration_raises_on_every_rank(results, case):
+    for rank, res in enumerate(_case_result(results, case)):
+        match = case["match"] if isinstance(case["match"], str) else case["match"][rank]
+        assert res["raised"] is not None, f"rank {rank} did not raise"
+        assert match in res["message"], f"rank {rank}: {res['raised']}: {res['message']}"
