@@ -6,6 +6,17 @@ kept that way: ``q . k = q1 . k1 + q2 . k2``, so the score is two dots over the
 half-width and rotated Q never has to be re-interleaved.  K is rotated in the loop
 (``ROTATE_K``) or read already rotated (cached plan K, or the QK-norm pre-pass).
 Softmax runs in base 2 with fp32 statistics and accumulator.
+
+Addresses: batch, head and tile-start offsets are computed in 64 bits (program ids cast to int64, as in
+Triton's fused-attention tutorial): ``b * stride_b`` passes 2^31 elements at real sizes (K of Wan-14B at
+720p from batch 6), and a 32-bit product would wrap.  Offsets inside a tile stay 32-bit (at most
+``BLOCK * stride``).
+
+Interpreter work-around: under ``TRITON_INTERPRET=1`` the CPU emulation of ``tl.dot`` multiplies the raw
+bit patterns of bf16 operands, so with ``UPCAST_DOTS`` (set only when interpreting bf16, see
+:func:`upcast_dots`) the dot operands are widened to fp32 first: exact, since every bf16 value is an fp32
+value and bf16 x bf16 products fit fp32's mantissa; the accumulation is fp32 either way.  Compiled
+kernels never take that branch.
 """
 import math
 
@@ -22,13 +33,24 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n, mask_j, offs_d, mask_d,
+def dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """``acc + a @ b`` with an fp32 accumulator (``acc`` None: ``a @ b``); see the module docstring for
+    ``UPCAST_DOTS``."""
+    if UPCAST_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_tile, v_tile, cols_n, offs_n, mask_n, mask_j, offs_d, mask_d,
                  j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
                  stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
-    """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``."""
+                 DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``.  ``k_tile`` /
+    ``v_tile`` point at the tile's first key row, ``cols_n`` are in-tile rows, ``offs_n`` key indices."""
     # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
-    k_cols = k_base + offs_n[None, :] * stride_kn
+    k_cols = k_tile + cols_n[None, :] * stride_kn
     mask_k = mask_j[:, None] & mask_n[None, :]
     k1 = tl.load(k_cols + j1[:, None] * stride_kd, mask=mask_k, other=0.0)
     k2 = tl.load(k_cols + j2[:, None] * stride_kd, mask=mask_k, other=0.0)
@@ -39,8 +61,8 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n
                               k_axis[:, None] * stride_kc_a, k_freq[:, None], mask_k)
         k1 = k1.to(K.dtype.element_ty)
         k2 = k2.to(K.dtype.element_ty)
-    qk = tl.dot(q1, k1, input_precision=DOT_PRECISION)
-    qk = tl.dot(q2, k2, qk, input_precision=DOT_PRECISION)
+    qk = dot(q1, k1, None, DOT_PRECISION, UPCAST_DOTS)
+    qk = dot(q2, k2, qk, DOT_PRECISION, UPCAST_DOTS)
     allowed = mask_n[None, :]
     if HAS_GROUPS:
         allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
@@ -53,10 +75,10 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n
     p = tl.math.exp2(qk - m_shift[:, None])
     alpha = tl.math.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(v_tile + cols_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(V.dtype.element_ty), v, acc, input_precision=DOT_PRECISION)
+    acc = dot(p.to(V.dtype.element_ty), v, acc, DOT_PRECISION, UPCAST_DOTS)
     return m_new, l_i, acc
 
 
@@ -76,15 +98,17 @@ def _rope_attention_fwd(
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, RETURN_LSE: tl.constexpr,
     HAS_GROUPS: tl.constexpr, COUNT_SKIPPED: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit batch / head offsets (module docstring)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     hk = h // group
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = pid_m * BLOCK_M
+    rows_m = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows_m  # query indices (masks, coordinates); pointers add start_m in 64 bits
     offs_j = tl.arange(0, HALF_PAD)
     offs_d = tl.arange(0, 2 * HALF_PAD)
     mask_m = offs_m < n_q
@@ -93,7 +117,7 @@ def _rope_attention_fwd(
     j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
 
     # ---- prologue: load Q as pair halves and rotate once
-    q_rows = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+    q_rows = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qn + rows_m[:, None] * stride_qn
     mask_q = mask_m[:, None] & mask_j[None, :]
     q1 = tl.load(q_rows + j1[None, :] * stride_qd, mask=mask_q, other=0.0)
     q2 = tl.load(q_rows + j2[None, :] * stride_qd, mask=mask_q, other=0.0)
@@ -126,8 +150,9 @@ def _rope_attention_fwd(
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
+    cols_n = tl.arange(0, BLOCK_N)
     for start_n in range(0, k_len, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_n = start_n + cols_n
         mask_n = offs_n < k_len
         visit = True
         if HAS_GROUPS:
@@ -136,14 +161,17 @@ def _rope_attention_fwd(
             n_skipped += 1 - visit.to(tl.int32)
         if visit:
             m_i, l_i, acc = _attend_tile(
-                q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, offs_n, mask_n, mask_j, offs_d, mask_d,
-                j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
-                stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K, HAS_GROUPS, DOT_PRECISION)
+                q1, q2, m_i, l_i, acc, K, V, KC, k_base + tl.cast(start_n, tl.int64) * stride_kn,
+                v_base + tl.cast(start_n, tl.int64) * stride_vn, cols_n,
+                offs_n, mask_n, mask_j, offs_d, mask_d, j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn,
+                stride_vd, stride_kc_b, stride_kc_n, stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K,
+                HAS_GROUPS, DOT_PRECISION, UPCAST_DOTS)
 
     # ---- epilogue: rows with no key (k_len == 0) give zeros and lse = -inf
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
+    o_ptrs = (Out + b * stride_ob + h * stride_oh + start_m.to(tl.int64) * stride_on + rows_m[:, None] * stride_on
+              + offs_d[None, :] * stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     if COUNT_SKIPPED:
         tl.store(Skipped + pid_bh * tl.num_programs(0) + pid_m, n_skipped)
@@ -186,8 +214,6 @@ SHIPPED_CONFIGS = {
 # Pinned under the interpreter (and by tests): small tiles keep CPU emulation fast.
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
-_tuned: dict = {}
-
 
 def half_pad(head_dim: int) -> int:
     """Padded half head dim: a power of two >= 16 (``tl.dot`` needs K >= 16)."""
@@ -208,18 +234,20 @@ def _interpreting() -> bool:
     return triton.knobs.runtime.interpret if hasattr(triton, "knobs") else False
 
 
-def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
-                       rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
-                       q_groups=None, k_groups=None, skipped=None, config=None):
-    """Launch the fused kernel on validated inputs.
+def upcast_dots(dtype: torch.dtype) -> bool:
+    """The ``UPCAST_DOTS`` constexpr: bf16 under the interpreter (module docstring), never when compiled."""
+    return _interpreting() and dtype == torch.bfloat16
 
-    q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides); coords float32 ``[B or 1, N, A]``;
-    freqs float32 / axes int32 ``[1 or H(k), D/2]`` contiguous; k_lens int ``[B]`` or None;
-    q_groups / k_groups int32/int64 ``[B or 1, N]`` layout bitmasks (both or neither).
-    ``skipped``: optional int32 tensor with one slot per program (``B*H*cdiv(Nq, BLOCK_M)``) that
-    receives the number of key tiles each program skipped because no pair shared a group bit.
-    Returns ``(out [B, Nq, H, D] like q, lse float32 [B, H, Nq] or None)``.
-    """
+
+# kernel flags that change the best tile (the tuning key); COUNT_SKIPPED only instruments a launch
+TUNED_FLAGS = ("INTERLEAVED", "ROTATE_Q", "ROTATE_K", "HAS_KLENS", "RETURN_LSE", "HAS_GROUPS")
+
+
+def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
+              rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
+              q_groups=None, k_groups=None, skipped=None):
+    """``(out, lse, flags, launch)``: the outputs, the kernel's flags and ``launch(config)`` for
+    :func:`rope_attention_fwd`'s arguments."""
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     out = torch.empty((B, n_q, H, D), device=q.device, dtype=q.dtype)
@@ -229,7 +257,7 @@ def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_
                  HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse, HAS_GROUPS=has_groups,
                  COUNT_SKIPPED=skipped is not None,
                  # fp32 inputs: three TF32 products per dot (~fp32 accuracy on tensor cores; plain TF32 would not meet §5)
-                 DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32")
+                 DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast_dots(q.dtype))
 
     def batch_stride(x):  # broadcast a batch of 1 with stride 0
         return x.stride(0) if x.shape[0] > 1 else 0
@@ -252,20 +280,53 @@ def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_
             n_q, n_k, H, H // Hk, scale * math.log2(math.e),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **flags)
 
-    if config is None:
-        config = _pick_config(q, n_q, n_k, D, flags, launch)
-    launch(config)
+    return out, lse, flags, launch
+
+
+def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
+                       rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
+                       q_groups=None, k_groups=None, skipped=None, config=None):
+    """Launch the fused kernel on validated inputs.
+
+    q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides); coords float32 ``[B or 1, N, A]``;
+    freqs float32 / axes int32 ``[1 or H(k), D/2]`` contiguous; k_lens int ``[B]`` or None;
+    q_groups / k_groups int32/int64 ``[B or 1, N]`` layout bitmasks (both or neither).
+    ``skipped``: optional int32 tensor with one slot per program (``B*H*cdiv(Nq, BLOCK_M)``) that
+    receives the number of key tiles each program skipped because no pair shared a group bit.
+    ``config``: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, default :func:`launch_config`'s choice.
+    Returns ``(out [B, Nq, H, D] like q, lse float32 [B, H, Nq] or None)``.
+    """
+    out, lse, flags, launch = _launcher(
+        q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q=rotate_q,
+        rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=return_lse, q_groups=q_groups,
+        k_groups=k_groups, skipped=skipped)
+    launch(config or _pick_config(q, k, flags, launch))
     return out, (lse if return_lse else None)
 
 
-def _pick_config(q, n_q, n_k, D, flags, launch):
-    """The pinned config under the interpreter; on a GPU, the fastest shipped config per shape bucket."""
+def launch_config(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
+                  rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
+                  q_groups=None, k_groups=None) -> tuple:
+    """The ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` that :func:`rope_attention_fwd` launches for these
+    arguments: :data:`INTERPRETER_CONFIG` under the interpreter; on a GPU the tuned choice
+    (:mod:`baton_fast.tuning`: timed on first use outside CUDA-graph capture, cached)."""
+    _, _, flags, launch = _launcher(
+        q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q=rotate_q,
+        rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=return_lse, q_groups=q_groups,
+        k_groups=k_groups)
+    return _pick_config(q, k, flags, launch)
+
+
+def _pick_config(q, k, flags, launch):
+    """The pinned config under the interpreter; on a GPU, the tuned choice among the shipped configs."""
     if _interpreting() or q.device.type != "cuda":
         return INTERPRETER_CONFIG
-    major = torch.cuda.get_device_capability(q.device)[0]
+    from .. import tuning
+
+    B, n_q, H, D = q.shape
+    n_k, Hk = k.shape[1], k.shape[2]
+    major, minor = torch.cuda.get_device_capability(q.device)
+    key = tuning.attention_key(f"sm_{major}{minor}", n_q, n_k, D, q.dtype, {n: flags[n] for n in TUNED_FLAGS},
+                               B * H, H // Hk)
     candidates = shipped_configs(major, D, kernel_family(flags["ROTATE_Q"], flags["ROTATE_K"], flags["HAS_GROUPS"]))
-    key = (major, triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), D, q.dtype, tuple(flags.values()))
-    if key not in _tuned:
-        from triton.testing import do_bench
-        _tuned[key] = min(candidates, key=lambda cfg: do_bench(lambda: launch(cfg), warmup=5, rep=20))
-    return _tuned[key]
+    return tuning.choose(key, candidates, lambda cfg: tuning.benchmark(lambda: launch(cfg)))

@@ -22,7 +22,7 @@ def _rmsnorm_rope(
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit token offsets: b * stride_xb passes 2^31 elements at real sizes
     b = pid // n_tokens
     n = pid % n_tokens
     offs_h = tl.arange(0, HEADS_PAD)
