@@ -207,7 +207,9 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
     """
     args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale)
     _check_layout_groups(q, k, q_groups, k_groups)
-    out, lse = _rope_attention_op(*args, return_lse, q_groups, k_groups)
+    # the backward (baton_fast/autograd.py) recomputes scores from the LSE: compute it when a gradient is wanted
+    need_lse = return_lse or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    out, lse = _rope_attention_op(*args, need_lse, q_groups, k_groups)
     return (out, lse) if return_lse else out
 
 
