@@ -34,7 +34,8 @@ from baton_fast.kernels.rope_attention import shipped_configs
 
 __all__ = ["AttentionShape", "Pass", "PathCost", "Device", "DEVICES", "PATHS", "attention_flops", "fused_cost",
            "fused_prerotated_k_cost", "unfused_cost", "roofline_seconds", "model_records",
-           "SINCOS_OPS", "FUSED_PAIR_OPS", "UNFUSED_ELEMENT_OPS", "BLOCK_M", "FLOAT32_BYTES", "TABLE_ENTRY_BYTES"]
+           "SINCOS_OPS", "FUSED_PAIR_OPS", "UNFUSED_ELEMENT_OPS", "BLOCK_M", "FLOAT32_BYTES", "TABLE_ENTRY_BYTES",
+           "Link", "LINKS", "SP_DEGREES", "SP_SCHEMES", "sp_traffic", "sp_records"]
 
 # Vector operations per rotary pair in the fused kernels (kernels/rope_math.py, counted by hand):
 # angle c * f (1), sincos (SINCOS_OPS), rotation x1 cos - x2 sin, x1 sin + x2 cos (6).
@@ -258,4 +259,94 @@ def model_records(s: AttentionShape, dtype: str = "bfloat16") -> list[dict]:
     for device in DEVICES.values():
         ratio = roofline_seconds(costs["unfused"], device) / roofline_seconds(costs["fused"], device)
         out.append(record("unfused / fused", f"roofline time ratio {device.name}", ratio, "x", ceilings=device.source))
+    return out
+
+
+# --------------------------------------------------------------------------- sequence parallelism
+# Communication of one DiT evaluation (one Euler step: the CFG batch [cond; uncond]) with the video tokens and
+# the video plan tokens split over ``degree`` ranks (baton_fast.distributed, docs/distributed.md); audio and
+# text replicated.  Bytes are what each rank sends; a link moves them at its per-direction bandwidth (an ideal
+# switch: all-to-all and ring traffic never share a link).  Compute is the DiT forward's FLOPs split over the
+# ranks at the dense BF16 peak (a lower bound: real kernels reach a fraction of it; the replicated audio
+# branch, ~1% of the FLOPs, is counted as split too).
+
+
+@dataclass(frozen=True)
+class Link:
+    """A GPU-to-GPU link: bytes/s in one direction, with its source."""
+
+    name: str
+    bytes_per_s: float
+    source: str
+
+
+LINKS = {
+    "NVLink 4": Link("NVLink 4", 450e9, "NVIDIA H100/H200 SXM datasheet: NVLink 900 GB/s bidirectional, "
+                                        "450 GB/s per direction"),
+    "PCIe 5.0 x16": Link("PCIe 5.0 x16", 64e9, "PCIe 5.0 x16: 128 GB/s bidirectional, 64 GB/s per direction"),
+}
+SP_DEGREES = (1, 2, 4, 8)
+SP_SCHEMES = ("ulysses", "ring")
+
+
+def sp_traffic(cfg, seconds: float, degree: int, scheme: str, batch: int = 2, dtype_bytes: int = 2) -> dict:
+    """Bytes one rank sends per DiT evaluation, by collective, for ``scheme`` (``"ulysses"`` or ``"ring"``).
+
+    Per block: the video self-attention (Ulysses: all-to-all of q, k, v in and o out; ring: the K/V block
+    sent ``degree - 1`` times), the plan cross-attention (Ulysses: q in, o out, the plan K/V cached split by
+    heads; ring: the plan K/V block passed around every step), the audio queries' attention to the video
+    keys (each rank's partial output and LSE all-gathered); once per evaluation the video output tokens are
+    all-gathered.  ``batch`` rows (2: classifier-free guidance), ``dtype_bytes`` per element.
+    """
+    if scheme not in SP_SCHEMES:
+        raise ValueError(f"scheme: expected one of {SP_SCHEMES}, got {scheme!r}")
+    if degree < 1 or (scheme == "ulysses" and cfg.video.num_heads % degree):
+        raise ValueError(f"degree: expected a positive integer (dividing {cfg.video.num_heads} heads for Ulysses), "
+                         f"got {degree}")
+    shape, P, dim, layers = cfg.shape(seconds), degree, cfg.video.dim, cfg.video.num_layers
+    plan_tokens = shape.keyframes * cfg.planner.grid ** 2 if cfg.planner is not None else 0
+    audio_tokens = shape.audio_latents // cfg.audio.patch[0]
+    video_shard, plan_shard = math.ceil(shape.video_tokens / P), math.ceil(plan_tokens / P)
+
+    def tokens(n):  # bytes of n tokens of the full width, all rows
+        return batch * n * dim * dtype_bytes
+
+    others = (P - 1) / P  # share of a shard an all-to-all sends away
+    if scheme == "ulysses":
+        self_attn, plan_attn = 4 * others * tokens(video_shard), 2 * others * tokens(video_shard)
+    else:
+        self_attn, plan_attn = 2 * (P - 1) * tokens(video_shard), 2 * (P - 1) * tokens(plan_shard)
+    audio_partials = (P - 1) * (tokens(audio_tokens) + batch * cfg.audio.num_heads * audio_tokens * FLOAT32_BYTES)
+    patch_values = cfg.video.latent_channels * cfg.video.patch_volume
+    return {"video self-attention": layers * self_attn,
+            "plan cross-attention": layers * plan_attn if plan_tokens else 0.0,
+            "audio -> video cross-attention": layers * audio_partials,
+            "video output gather": (P - 1) * batch * video_shard * patch_values * dtype_bytes}
+
+
+def sp_records(cfg, seconds: float, forward_flops: float, device: Device = DEVICES["H200 SXM"]) -> list[dict]:
+    """Modelled records of every scheme and degree of :data:`SP_DEGREES`: bytes sent per rank per step,
+    communication time per link, compute time (``forward_flops / degree`` at ``device``'s peak) and the step
+    time without and with ideal overlap of communication and compute."""
+    out = []
+    for scheme in SP_SCHEMES:
+        for degree in SP_DEGREES:
+            traffic = sp_traffic(cfg, seconds, degree, scheme)
+            sent = sum(traffic.values())
+            compute = forward_flops / degree / device.matrix_flops_per_s
+
+            def record(metric, value, unit, **extra):
+                return dict(section="sp_model", case=f"{cfg.name} {seconds:g} s", backend=f"{scheme} x{degree}",
+                            device="modelled", kind="modelled", metric=metric, value=value, unit=unit,
+                            shape=dict(degree=degree, video_tokens=cfg.shape(seconds).video_tokens),
+                            dtype="bfloat16", extra=extra)
+
+            out.append(record("bytes sent per rank per step", sent, "B", by_collective=traffic))
+            out.append(record(f"compute per step at {device.name} peak", compute * 1e3, "ms", ceilings=device.source))
+            for link in LINKS.values():
+                comm = sent / link.bytes_per_s
+                out.append(record(f"communication per step, {link.name}", comm * 1e3, "ms", link=link.source))
+                out.append(record(f"step, {link.name}, no overlap", (compute + comm) * 1e3, "ms", link=link.source))
+                out.append(record(f"step, {link.name}, ideal overlap", max(compute, comm) * 1e3, "ms",
+                                  link=link.source))
     return out

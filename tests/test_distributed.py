@@ -1,23 +1,22 @@
 """Sequence-parallel attention on CPU with gloo, 2 and 4 processes, against single-process ``rope_attention``.
 
-One group of worker processes per world size runs every case (:func:`worker`); each rank writes its results to a JSON file that the tests read.  Every collective has a
-timeout (``init_process_group(timeout=...)``) and the workers a wall-clock bound, so nothing can hang.
+One local process group per world size runs every case (:func:`worker`, through
+:func:`~baton_fast.distributed.launch.run_local_group`) and returns each rank's results to the tests.
+Every collective has a timeout (``init_process_group(timeout=...)``) and the group a wall-clock bound,
+so nothing can hang.
 Each rank builds the whole inputs from the case's seed, takes its shard, runs the distributed op and
 compares its output shard with the same shard of the single-process result (fp32, <= 1e-5 relative) and
 with a float64 reference under the DESIGN §5 budget.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import multiprocessing
-import socket
 import time
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
+
+from baton_fast.distributed.launch import run_local_group
 
 COLLECTIVE_TIMEOUT_S = 60
 WORKERS_TIMEOUT_S = 240
@@ -167,13 +166,12 @@ def _run_error_case(case: dict, rank: int, meshes: dict) -> dict:
     return {"raised": None, "message": ""}
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def worker(world: int) -> dict:
+    """Every case of ``world`` on this rank (run by :func:`run_local_group`): ``{case name: result}``."""
     import torch.distributed as dist
     from baton_fast.distributed import init_sequence_mesh
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    rank = dist.get_rank()
     meshes = {"hybrid": init_sequence_mesh(2, 2) if world == 4 else None}
     results = {}
     for case in CASES + ERROR_CASES:
@@ -184,48 +182,18 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
             results[case["name"]] = run(case, rank, meshes)
         except Exception:
             results[case["name"]] = {"crashed": traceback.format_exc()}
-            break  # the ranks may be out of step now: stop rather than hang in the next collective
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
-    dist.destroy_process_group()
-
-
-# ====================================================================== test side
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_workers(world: int, out_dir: Path) -> list[dict]:
-    """Run :func:`worker` on ``world`` processes; return each rank's results (killed after the bound).
-
-    The processes fork from a server that imported torch and baton-fast once (``forkserver`` with
-    preloads), so the ranks do not each pay the imports on the CI's two cores."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torch._dynamo", "baton_fast.distributed", "baton_fast.reference"])
-    port = _free_port()
-    procs = [context.Process(target=worker, args=(r, world, port, str(out_dir))) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + WORKERS_TIMEOUT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for r in hung:
-        procs[r].kill()
-    assert not hung, f"ranks {hung} of {world} ran past {WORKERS_TIMEOUT_S} s"
-    for r, p in enumerate(procs):
-        assert p.exitcode == 0, f"rank {r} exited with {p.exitcode}"
-    return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+            break  # the ranks may be out of step now: stop rather than wait in the next collective
+    return results
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results():
     cache = {}
 
     def get(world: int) -> list[dict]:
         if world not in cache:
-            cache[world] = run_workers(world, tmp_path_factory.mktemp(f"sp{world}"))
+            cache[world] = run_local_group(worker, world, world, timeout_s=WORKERS_TIMEOUT_S,
+                                           collective_timeout_s=COLLECTIVE_TIMEOUT_S)
         return cache[world]
     return get
 
@@ -255,3 +223,17 @@ def test_bad_configuration_raises_on_every_rank(results, case):
         match = case["match"] if isinstance(case["match"], str) else case["match"][rank]
         assert res["raised"] is not None, f"rank {rank} did not raise"
         assert match in res["message"], f"rank {rank}: {res['raised']}: {res['message']}"
+
+
+def _rank_one_fails():
+    import torch.distributed as dist
+    if dist.get_rank() == 1:
+        raise ValueError("deliberate failure on rank 1")
+    dist.barrier()  # rank 0 waits for a rank that is gone: the launcher must not wait with it
+
+
+def test_failing_rank_ends_the_run_with_its_error():
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="rank 1 of 2 failed(.|\n)*deliberate failure on rank 1"):
+        run_local_group(_rank_one_fails, 2, timeout_s=60, collective_timeout_s=30)
+    assert time.monotonic() - started < 30
