@@ -5,3 +5,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a longer case (still run in CI); deselect with -m 'not slow'")
