@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "selftest": ("baton_fast.selftest", "check every kernel against the float64 reference (and --static machine code)"),
     "generate": ("baton_fast.generate", "prompts -> mp4 with its sound track, wav and JSON timing report (Baton pipeline)"),
     "plan-layout": ("baton_fast.spatial.cli", "plan a video scene layout (boxes per keyframe) from a stereo recording"),
+    "gpu-check": ("baton_fast.gpu_check.command", "on a CUDA GPU: native numerics of every kernel and shipped tile, "
+                  "CUDA-graph replay, attention timings; results JSON for bench.report"),
 }
 
 USAGE_ERROR, INTERRUPTED = 2, 130  # exit statuses

@@ -17,10 +17,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["load_results", "render_markdown", "render_summary", "write_plots", "main", "GPU_COMMAND", "REPORT_COMMAND"]
+__all__ = ["load_results", "render_markdown", "render_summary", "render_gpu_check", "write_plots", "main", "GPU_COMMAND",
+           "REPORT_COMMAND"]
 
 RESULTS_SCHEMA = "baton-fast-bench/1"
-GPU_COMMAND = "baton-fast bench --full --out bench/results/gpu"
+# `baton-fast gpu-check` (baton_fast/gpu_check) writes a results file of this schema with this mode and sections
+GPU_CHECK_MODE = "gpu-check"
+GPU_NUMERICS_SECTION, GPU_GRAPH_SECTION, GPU_MEMORY_SECTION = "gpu_numerics", "cuda_graph", "gpu_memory"
+GPU_COMMAND = "python3 -m baton_fast.cli gpu-check --out bench/results/gpu"
 REPORT_COMMAND = ("python -m baton_fast.bench.report bench/results/cpu/results.json bench/results/gpu/results.json "
                   "--plots bench/results/plots > BENCHMARKS.md")
 HEADLINE_SELF_ATTENTION = "Ovi video self-attn"
@@ -277,6 +281,118 @@ def _static(results) -> str:
                       "smem B", "MMA", "ok"], rows))
 
 
+def _gpu_check_docs(results) -> list[dict]:
+    return [res for res in results if res.get("mode") == GPU_CHECK_MODE]
+
+
+def _ratio(error: Optional[float], budget: Optional[float]) -> float:
+    if error is None or budget is None or error != error:
+        return float("inf")  # NaN error: a failure
+    return error / budget if budget else (0.0 if error == 0 else float("inf"))
+
+
+def _gpu_numerics(recs: list[dict]) -> str:
+    checks = [r for r in recs if r["metric"] == "max abs error"]
+    groups = defaultdict(list)
+    for r in checks:
+        groups[(r["extra"]["kernel"], r["backend"], r["dtype"])].append(r)
+    rows = []
+    for (kernel, backend, dtype), rs in groups.items():
+        worst = max(rs, key=lambda r: _ratio(r["value"], r["extra"]["budget"]))
+        rows.append([kernel, backend, dtype, len(rs), sum(r["extra"]["ok"] for r in rs),
+                     f"{_num(_ratio(worst['value'], worst['extra']['budget']), 2)} ({worst['case']}, {worst['extra']['output']})"])
+    text = ("### Native numerics: every kernel against float64 (DESIGN.md §5 budget)\n\n"
+            + (_table(["kernel", "how launched", "dtype", "checks", "passed", "worst error / budget"], rows)
+               if rows else "No numerics records.\n"))
+    failed = [r for r in checks if not r["extra"]["ok"]]
+    text += "\n" * bool(failed) + "".join(f"- **FAILED** {r['case']} {r['dtype']} {r['extra']['output']}: error {_num(r['value'])}, "
+                    f"budget {_num(r['extra']['budget'])}\n" for r in failed)
+    per_config = defaultdict(dict)
+    for r in checks:
+        if r["extra"].get("config"):
+            per_config[(r["case"], r["dtype"])][r["extra"]["output"]] = r
+    if per_config:
+        text += "\nShipped configurations (BLOCK_M x BLOCK_N x warps x stages), launched directly:\n\n" + _table(
+            ["case", "dtype", "out error (budget)", "lse error (budget)", "result"],
+            [[case, dtype, *(f"{_num(outs[o]['value'])} ({_num(outs[o]['extra']['budget'])})" if o in outs else "–"
+                             for o in ("out", "lse")), "pass" if all(r["extra"]["ok"] for r in outs.values()) else "FAIL"]
+             for (case, dtype), outs in per_config.items()])
+    return text
+
+
+def _gpu_graph(recs: list[dict]) -> str:
+    rows = []
+    for r in recs:
+        e = r["extra"]
+        verdict = "" if "ok" not in e else ("pass" if e["ok"] else "FAIL")
+        detail = (f"bitwise equal: {e['bitwise_equal']}, relative {e['relative_diff']:.1e} (tolerance "
+                  f"{e['relative_tolerance']:.1e})" if "bitwise_equal" in e else e.get("timer", ""))
+        rows.append([r["case"], r["backend"], r["metric"], f"{_num(r['value'])} {r['unit']}".strip(), r["dtype"],
+                     detail, verdict])
+    shape = next((r["shape"] for r in recs if r.get("shape")), {})
+    return ("### CUDA graph of a denoise step (tiny preset, random weights)\n\n" + _shape_text(shape) + "\n\n"
+            + _table(["case", "path", "metric", "value", "dtype", "detail", "result"], rows))
+
+
+def _gpu_memory(results, doc_recs: list[dict]) -> str:
+    rows = []
+    for r in doc_recs:
+        if r["section"] != GPU_MEMORY_SECTION:
+            continue
+        match = dict(section="kernels", case=r["case"], backend=r["backend"], device=r["device"])
+        times = _records(results, metric="time", **match)
+        headline = times[0]["extra"].get("headline") if times else None
+        metric = {"TFLOP/s": "matrix throughput", "GB/s": "effective bandwidth"}.get(headline)
+        figure = _records(results, metric=metric, **match) if metric else []
+        rows.append([r["case"], _shape(r["shape"]), r["backend"], f"{_num(times[0]['value'])}" if times else "–",
+                     f"{_num(figure[0]['value'])} {figure[0]['unit']}" if figure else "–",
+                     _num(r["value"] / 2**20)])
+    if not rows:
+        return ""
+    return ("### Headline figure and peak memory per attention (bf16, full model shapes)\n\n"
+            "TFLOP/s (cost-model matrix FLOPs / median time) for self-attention and long-key cross-attention, GB/s "
+            "(the fused path's minimal bytes / median time) where one side is short; peak memory: the CUDA "
+            "allocator's peak during one call above what was allocated before it.  All timings: the GPU table "
+            "of the attention kernels below.\n\n"
+            + _table(["attention", "Nq x Nk, H x D", "backend", "median ms", "headline figure", "peak MiB"], rows))
+
+
+def render_gpu_check(results) -> str:
+    """The GPU check section: per ``gpu-check`` results document the GPU (named), versions, parts and
+    telemetry, native numerics, the CUDA-graph check and the headline figures with peak memory."""
+    docs = _gpu_check_docs(results)
+    if not docs:
+        return (f"## GPU check\n\nNo `gpu-check` results here: no GPU was available when they were taken.  On a "
+                f"machine with an NVIDIA GPU run `{GPU_COMMAND}` (docs/gpu_check.md).\n")
+    out = []
+    for doc in docs:
+        gpu, v = doc["gpu"], doc["versions"]
+        drivers = ", ".join(sorted({str(g.get("driver")) for g in doc["machine"].get("gpus", [])})) or "?"
+        parts = "; ".join(f"{name} {p['status']} ({p['items_done']}/{p['items']} items, {_num(p['wall_s'])} s of "
+                          f"{_num(p['budget_s'])} s)" + (f", {p['failure']}" if p.get("failure") else "")
+                          for name, p in doc["parts"].items())
+        telemetry = "; ".join(
+            f"{name} {t['when']}: " + ", ".join(f"SM {g['sm_clock_mhz']} MHz, {g['temperature_c']} C, "
+                                                f"{_num(g['power_draw_w'])} W" for g in t["gpus"])
+            for name, p in doc["parts"].items() for t in p.get("telemetry", []) if t.get("gpus"))
+        recs = doc["records"]
+        skipped = [f"{r['case']}: {r['extra']['reason']}" for r in recs
+                   if r["metric"] in ("skipped", "failed") and r["section"] != "kernels"]
+        out.append(
+            f"## GPU check on {gpu['name']} (measured by `baton-fast gpu-check`)\n\n"
+            f"- GPU: {gpu['name']}, compute capability {'.'.join(map(str, gpu['capability']))}, "
+            f"{gpu['multiprocessors']} SMs, {_gib(gpu['memory_bytes'])}, driver {drivers}\n"
+            f"- Software: Python {v['python']}, torch {v['torch']} (CUDA {v['torch_cuda']}), triton {v['triton']}\n"
+            f"- Run: {doc['created_utc']}, {_num(doc['wall_s'])} s; parts: {parts}\n"
+            + (f"- Telemetry (nvidia-ml-py): {telemetry}\n" if telemetry else "- Telemetry: nvidia-ml-py gave none\n")
+            + "".join(f"- Not run: {s}\n" for s in skipped) + "\n"
+            + _gpu_numerics([r for r in recs if r["section"] == GPU_NUMERICS_SECTION]) + "\n"
+            + (_gpu_graph([r for r in recs if r["section"] == GPU_GRAPH_SECTION and r["metric"] not in ("skipped", "failed")])
+               + "\n" if any(r["section"] == GPU_GRAPH_SECTION for r in recs) else "")
+            + _gpu_memory(results, recs))
+    return "\n".join(out)
+
+
 def _shape_text(shape) -> str:
     """``Nq x Nk, HxD`` for an attention shape; ``key=value`` pairs (nested shapes named) otherwise."""
     if not isinstance(shape, dict) or not shape:
@@ -344,7 +460,8 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
         f"Generated from results JSON by `{command}`; do not edit by hand.  `baton-fast bench` writes the results file (`--quick`, the default, in under 3 "
         "minutes on 2 cores; `--full` runs everything).  Every figure is labelled **measured** (timed on the "
         "machine below), **modelled** (cost model) or **compiled** (machine code of an ahead-of-time compile).\n",
-        _machines(results), _headline(results), cost, _kernels(results, plots), _static(results),
+        _machines(results), _headline(results), cost, render_gpu_check(results), _kernels(results, plots),
+        _static(results),
         _generic(results, "diffusers", "diffusers drop-in (LTX-2 / Wan transformers)",
                  "Not in these results (`bench/diffusers_bench.py` was not available when they were taken)."),
         _end_to_end(results, plots),
