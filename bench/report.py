@@ -446,6 +446,31 @@ def _end_to_end(results, plots: dict) -> str:
     return text
 
 
+CACHE_METRICS = ("evaluations computed", "fewer evaluations", "denoise wall time", "denoise speed-up",
+                 "final-latent rel. L2 (video)", "final-latent rel. L2 (audio)")  # bench/cache_bench.py
+
+
+def _cache(results, plots: dict) -> str:
+    """The step-caching sweep: one row per device, case and setting, one column per metric; the plot."""
+    head = "## Step caching (threshold sweep, measured, random weights)\n\n"
+    recs = [r for r in _records(results, section="cache") if r.get("value") is not None]
+    if not recs:
+        skipped = [r for r in _records(results, section="cache") if r.get("value") is None]
+        return head + ("".join(f"- Skipped: {r['extra']['reason']}\n" for r in skipped)
+                       or "Not in these results (`baton-fast bench --sections cache`).\n")
+    cells, shapes = {}, {}
+    for r in recs:
+        cells.setdefault((r["device"], r["case"], r["backend"]), {})[r["metric"]] = f"{_num(r['value'])} {r['unit']}".strip()
+        shapes.setdefault(r["case"], r["shape"])
+    text = head + _table(["device", "case", "setting", *CACHE_METRICS],
+                         [[*key, *(row.get(m, "–") for m in CACHE_METRICS)] for key, row in cells.items()])
+    text += "".join(f"- {note}\n" for note in dict.fromkeys(r.get("notes") for r in recs if r.get("notes")))
+    text += "".join(f"- {case}: {_shape_text(shape)}\n" for case, shape in shapes.items())
+    if "cache_sweep" in plots:
+        text += f"\n![step-caching sweep]({plots['cache_sweep']})\n"
+    return text
+
+
 def render_markdown(results: list[dict], plots: Optional[dict] = None, command: Optional[str] = None) -> str:
     """The whole report; ``plots`` maps plot names to the links to use (from :func:`write_plots`);
     ``command`` is the command that regenerates it (shown at the top)."""
@@ -465,6 +490,7 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
         _generic(results, "diffusers", "diffusers drop-in (LTX-2 / Wan transformers)",
                  "Not in these results (`bench/diffusers_bench.py` was not available when they were taken)."),
         _end_to_end(results, plots),
+        _cache(results, plots),
         SPEED_REGRESSION,
     ]
     return "\n".join(p for p in parts if p)
@@ -541,6 +567,37 @@ def write_plots(results: list[dict], out_dir, link_base=None) -> dict:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, "end_to_end_step_vs_seconds")
+
+    sweep = [r for r in _records(results, section="cache") if r.get("value") is not None]
+    if sweep:
+        cases = list(dict.fromkeys((r["device"], r["case"]) for r in sweep))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        for device, case in cases:
+            for policy in dict.fromkeys(r["extra"]["policy"] for r in sweep if r["extra"]["policy"] != "none"):
+                points = defaultdict(dict)
+                for r in sweep:
+                    if (r["device"], r["case"], r["extra"]["policy"]) == (device, case, policy):
+                        points[r["metric"]][r["extra"]["threshold"]] = r["value"]
+                xs = sorted(points["fewer evaluations"])
+                label = f"{case.split(',')[0]}, {policy}"
+                line, = axes[0].plot(xs, [points["fewer evaluations"][x] for x in xs], marker="o",
+                                     label=f"{label}: fewer evaluations")
+                axes[0].plot(xs, [points["denoise speed-up"][x] for x in xs], marker="x", linestyle="--",
+                             color=line.get_color(), label=f"{label}: wall-time speed-up")
+                axes[1].plot(xs, [points["final-latent rel. L2 (video)"][x] for x in xs], marker="o",
+                             color=line.get_color(), label=f"{label}: video")
+                axes[1].plot(xs, [points["final-latent rel. L2 (audio)"][x] for x in xs], marker="x",
+                             linestyle="--", color=line.get_color(), label=f"{label}: audio")
+        axes[0].set(xlabel="cache threshold", ylabel="x vs uncached", title="Evaluations and denoise wall time")
+        axes[0].axhline(1.0, color="grey", linewidth=0.8)
+        axes[1].set(xlabel="cache threshold", ylabel="relative L2 vs uncached", yscale="log",
+                    title="Final-latent difference (random weights: a mechanism check)")
+        for ax in axes:
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.suptitle(f"Measured on {', '.join(sorted({d for d, _ in cases}))}: step caching, "
+                     f"{sweep[0]['shape']['steps']} Euler steps, random weights")
+        save(fig, "cache_sweep")
 
     cost = _records(results, section="cost_model", metric="HBM bytes")
     if cost:

@@ -16,7 +16,8 @@ Sections (all by default):
 - ``diffusers`` (measured): ``baton_fast.bench.diffusers_bench.run(quick)`` when that module exists;
 - ``end_to_end`` (measured): ``baton_fast.model.benchmark_end_to_end(quick)`` when the model layer
   provides it.  Extension point: that function returns a list of records of the form below
-  (``section="end_to_end"``); nothing else needs to change.
+  (``section="end_to_end"``); nothing else needs to change;
+- ``cache`` (measured): the step-caching threshold sweep, ``baton_fast.bench.cache_bench.run(quick)``.
 
 Output in ``--out`` (default ``out/bench``): ``results.json`` (``schema``, ``mode``, ``device``,
 ``machine`` from :func:`.machine.machine_info`, ``wall_s`` and ``records``), ``report.md`` and
@@ -48,7 +49,7 @@ from .machine import machine_info
 
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
 
-SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end")
+SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache")
 END_TO_END_FUNCTION = "benchmark_end_to_end"
 QUICK_STATIC_HEAD_DIM = 128
 
@@ -157,6 +158,9 @@ def _tasks(device, quick: bool, sections) -> list:
     if "end_to_end" in sections:
         tasks.append(("end_to_end", "end to end",
                       lambda: _optional_records("end_to_end", "baton_fast.model", END_TO_END_FUNCTION, quick)))
+    if "cache" in sections:
+        tasks.append(("cache", "step-caching sweep",
+                      lambda: _optional_records("cache", "baton_fast.bench.cache_bench", "run", quick)))
     return tasks
 
 
