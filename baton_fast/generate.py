@@ -36,6 +36,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser) -> None:
     """Arguments of the ``generate`` subcommand (defaults: the tiny preset, Ovi's guidance)."""
+    from .model.cache import DEFAULT_THRESHOLDS, POLICIES
+
     parser.add_argument("--video-prompt", help="what the video shows (default with a layout: its caption)")
     parser.add_argument("--audio-prompt", help="what the sound track sounds like (default with a layout: its caption)")
     parser.add_argument("--video-negative-prompt", default="", help="steers the unconditional video pass")
@@ -58,6 +60,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="torch.compile each fusion block (regional; default backend inductor)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay each denoise step from a CUDA graph (CUDA)")
+    parser.add_argument("--cache", default="none", choices=POLICIES,
+                        help="step caching: skip the fusion blocks on evaluations whose input changed little "
+                             "(docs/model.md)")
+    parser.add_argument("--cache-threshold", type=float, default=None,
+                        help=f"--cache: skip while the change stays below this (default "
+                             f"{', '.join(f'{p} {t:g}' for p, t in DEFAULT_THRESHOLDS.items())})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     spatial = parser.add_argument_group("SpA2V layout grounding")
     spatial.add_argument("--audio", help="recording (stereo for positions): plans the layout and is muxed into the mp4")
@@ -216,7 +224,8 @@ def run(args) -> int:
     cfg.shape(seconds)  # validate the duration before loading anything
     options = SamplerOptions(steps=args.steps, solver=args.solver, shift=args.shift,
                              video_guidance=args.video_guidance, audio_guidance=args.audio_guidance,
-                             compile_backend=args.compile, cuda_graph=args.cuda_graph, progress=not args.no_progress)
+                             compile_backend=args.compile, cuda_graph=args.cuda_graph, cache=args.cache,
+                             cache_threshold=args.cache_threshold, progress=not args.no_progress)
     layout_start = time.perf_counter()
     layout, layout_source, layout_fraction = _layout(args, sound)
     layout_seconds = time.perf_counter() - layout_start
