@@ -2,10 +2,11 @@
 video+audio diffusion transformers (Baton, SpA2V, Ovi, Wan, LTX-2)."""
 from .ops import apply_rope, backend_for, layout_tile_stats, qk_rmsnorm_rope, rope_attention
 from .autograd import deterministic  # also registers the backward of every op
+from .tuning import tune
 from .rope import (RopeTable, audio_coords, ltx2_audio_coords, ltx2_video_coords, plan_audio_coords,
                    plan_video_coords, video_grid_coords)
 
 __version__ = "0.1.0"
 
-__all__ = ["RopeTable", "rope_attention", "deterministic", "apply_rope", "qk_rmsnorm_rope", "layout_tile_stats", "backend_for", "video_grid_coords",
+__all__ = ["RopeTable", "rope_attention", "deterministic", "tune", "apply_rope", "qk_rmsnorm_rope", "layout_tile_stats", "backend_for", "video_grid_coords",
            "audio_coords", "ltx2_video_coords", "ltx2_audio_coords", "plan_video_coords", "plan_audio_coords"]

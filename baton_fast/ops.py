@@ -291,8 +291,7 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
     ``TRITON_INTERPRET=1``.  Returns ``{"skipped": int, "visited": int, "block_m": int, "block_n": int}``,
     counted by the kernel itself (one counter per program).
     """
-    from .kernels.rope_attention import (INTERPRETER_CONFIG, _interpreting, kernel_family, rope_attention_fwd,
-                                         shipped_configs)
+    from .kernels.rope_attention import _interpreting, launch_config, rope_attention_fwd
 
     (q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale) = _attention_args(
         q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, None)
@@ -300,13 +299,11 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
     if q_groups is None:
         raise ValueError("q_groups, k_groups: layout_tile_stats needs the layout bitmasks")
     _check_values(_rotations(q_coords, qf, qa, rotate_q, k_coords, kf, ka, rotate_k), k_lens, k.shape[1])
-    if q.device.type == "cuda":
-        family = kernel_family(rotate_q, rotate_k, has_groups=True)
-        config = shipped_configs(torch.cuda.get_device_capability(q.device)[0], q.shape[3], family)[0]
-    elif _interpreting():
-        config = INTERPRETER_CONFIG
-    else:
+    if q.device.type != "cuda" and not _interpreting():
         raise RuntimeError("layout_tile_stats runs the Triton kernel: needs a CUDA device or TRITON_INTERPRET=1")
+    # the configuration the real call (no tile counter) launches: tuned on first use outside capture
+    config = launch_config(q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q=rotate_q, rotate_k=rotate_k,
+                           k_lens=k_lens, scale=scale, return_lse=False, q_groups=q_groups, k_groups=k_groups)
     B, n_q, H, _ = q.shape
     block_m, block_n = config[:2]
     programs_m = -(-n_q // block_m)
