@@ -1,6 +1,7 @@
 """baton-fast: Triton kernels with coordinate RoPE fused into attention, for joint
 video+audio diffusion transformers (Baton, SpA2V, Ovi, Wan, LTX-2)."""
-from .ops import apply_rope, backend_for, layout_tile_stats, qk_rmsnorm_rope, rope_attention
+from .ops import (apply_rope, backend_for, check_coords, check_key_lengths, layout_tile_stats, qk_rmsnorm_rope,
+                  rmsnorm_rope, rope_attention)
 from .autograd import deterministic  # also registers the backward of every op
 from .tuning import tune
 from .rope import (RopeTable, audio_coords, ltx2_audio_coords, ltx2_video_coords, plan_audio_coords,

@@ -1,9 +1,15 @@
 """Public ops: argument checking, backend dispatch and ``torch.library`` registration.
 
 Each op is a ``torch.library.custom_op`` with a fake (meta) implementation, so
-``torch.compile(fullgraph=True)`` traces through it.  Shape and dtype checks run in
-the Python wrapper (traceable); checks that read tensor values (finite coordinates,
-key lengths in range) run inside the op, before any kernel launch.
+``torch.compile(fullgraph=True)`` traces through it.  Shape, dtype, device and scalar checks
+run in the Python wrapper on host metadata (traceable, no device sync).  Checks that read
+tensor values (finite coordinates, angles in the sin/cos range, key lengths in range) run
+before the op when ``check_values=True`` (the default for direct calls): in eager mode in the
+wrapper, with one read-back per call; under ``torch.compile`` inside the op
+``baton_fast::check_values``, whose outputs (copies of the checked coordinates and key lengths)
+feed the op, so that the compiled graph keeps it.  Callers that checked the values of a run once
+(:func:`check_coords`, :func:`check_key_lengths`: the model's ``prepare``, the diffusers rope
+modules) pass ``check_values=False``: the call then reads nothing back from the device.
 
 Backend: CUDA tensors run the Triton kernels, CPU tensors the reference path;
 ``BATON_FAST_BACKEND=triton`` forces Triton (with ``TRITON_INTERPRET=1`` the kernels run
@@ -12,6 +18,7 @@ on CPU) and ``BATON_FAST_BACKEND=reference`` forces the reference.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Optional
 
@@ -20,7 +27,8 @@ import torch
 from . import reference
 from .rope import RopeTable
 
-__all__ = ["rope_attention", "apply_rope", "qk_rmsnorm_rope", "layout_tile_stats", "backend_for"]
+__all__ = ["rope_attention", "apply_rope", "rmsnorm_rope", "qk_rmsnorm_rope", "layout_tile_stats", "backend_for",
+           "check_coords", "check_key_lengths"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -71,6 +79,37 @@ def _check_table(name, table, heads, head_dim, coords):
     table.check(name, heads, head_dim, coords.shape[2])
 
 
+def _check_number(name, value, doc):
+    """Raise TypeError unless ``value`` is a real number (bool and tensors refused: their conversion would read
+    a device value or hide a mistake), ValueError unless it is finite.  Returns it as a float.  Under
+    torch.compile the number may be symbolic: its type is checked, its value in eager runs."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (pass float(x) for a one-element tensor)" if isinstance(value, torch.Tensor) else ""
+        raise TypeError(f"{name}: expected a number ({doc}), got {type(value).__name__}{hint}")
+    if torch.compiler.is_compiling():
+        return value
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number ({doc}), got {value}")
+    return value
+
+
+def _check_scale(scale, head_dim):
+    """The softmax scale to use: ``1/sqrt(D)`` for None, else a checked number."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)  # a SymFloat under torch.compile(dynamic=True)
+    return _check_number("scale", scale, "the softmax scale")
+
+
+def _check_eps(eps):
+    eps = _check_number("eps", eps, "the RMSNorm epsilon, >= 0")
+    if not torch.compiler.is_compiling() and eps < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    return eps
+
+
 def _check_devices(**tensors):
     devices = {n: t.device for n, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
@@ -91,7 +130,7 @@ MAX_ANGLE = 2 ** 16 * math.pi / 2
 
 
 def _check_values(rotations, k_lens, n_k):
-    """Value checks, run inside the ops (they read tensor data), before any launch.
+    """Value checks (they read tensor data, one transfer), before any launch.
 
     ``rotations``: ``{coords name: (coords, freqs, axes)}`` for every side that is rotated: coordinates
     must be finite and the angles ``|c[axis] * f|`` below :data:`MAX_ANGLE`.  Skipped while a CUDA graph
@@ -124,8 +163,82 @@ def _check_values(rotations, k_lens, n_k):
             raise ValueError(f"k_lens: expected values in [0, {n_k}] (number of keys), got range [{lo}, {hi}]")
 
 
-def _table_tensors(table: RopeTable, device):
+@torch.library.custom_op("baton_fast::check_values", mutates_args=())
+def _check_values_op(coords: list[torch.Tensor], freqs: list[torch.Tensor], axes: list[torch.Tensor], names: str,
+                     k_lens: Optional[torch.Tensor], n_k: int) -> list[torch.Tensor]:
+    """:func:`_check_values` as an op, for ``torch.compile``: returns copies of ``coords`` (then of ``k_lens``),
+    which the caller passes on to the checked op, so that the graph cannot drop the check."""
+    _check_values(dict(zip(names.split(",") if names else [], zip(coords, freqs, axes))), k_lens, n_k)
+    return [c.clone() for c in coords] + ([k_lens.clone()] if k_lens is not None else [])
+
+
+@_check_values_op.register_fake
+def _(coords, freqs, axes, names, k_lens, n_k):
+    return [torch.empty_like(c) for c in coords] + ([torch.empty_like(k_lens)] if k_lens is not None else [])
+
+
+def _values_checked(rotations: dict, k_lens, n_k):
+    """Check the values of one call before its op; returns ``(coords by name, k_lens)`` to pass to the op (under
+    torch.compile, the check op's copies; else the inputs themselves)."""
+    coords = {name: side[0] for name, side in rotations.items()}
+    if not torch.compiler.is_compiling():
+        _check_values(rotations, k_lens, n_k)
+        return coords, k_lens
+    if not rotations and k_lens is None:
+        return coords, k_lens
+    sides = list(rotations.values())
+    checked = _check_values_op([c for c, _, _ in sides], [f for _, f, _ in sides], [a for _, _, a in sides],
+                               ",".join(rotations), k_lens, n_k)
+    return dict(zip(rotations, checked)), (checked[-1] if k_lens is not None else None)
+
+
+def check_coords(coords: torch.Tensor, table: RopeTable, name: str = "coords") -> None:
+    """The value checks of a rotated side, once: ``coords`` float32 ``[B or 1, N, A]`` must be finite and their
+    angles under ``table`` below :data:`MAX_ANGLE`.  Reads one value pair back from the device.  Run it where a
+    run is prepared, then call the ops with ``check_values=False`` on these coordinates."""
+    _check_coords(name, coords, coords.shape[0], coords.shape[1], table)
+    freqs, axes = _table_tensors("table", table, coords.device)
+    _check_values({name: (coords, freqs, axes)}, None, 0)
+
+
+def check_key_lengths(k_lens: torch.Tensor, n_keys: int) -> None:
+    """The value check of key lengths, once: integer ``[B]`` values in ``[0, n_keys]`` (one read-back)."""
+    _check_tensor("k_lens", k_lens, 1, "[B]")
+    if k_lens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"k_lens: expected int32/int64 key lengths, got {k_lens.dtype}")
+    _check_values({}, k_lens, n_keys)
+
+
+def _table_tensors(name, table: RopeTable, device):
+    """``(freqs, axes)`` of a checked table on ``device`` (no copy when it is there already: move tables once)."""
+    if table.freqs.device.type == "meta" and device.type != "meta":
+        raise ValueError(f"{name}: the RopeTable is on the meta device (shapes only, no values); build it on "
+                         f"{device} or move it there with .to(device)")
     return table.freqs.to(device).contiguous(), table.axes.to(device).contiguous()
+
+
+# Placeholders of the sides that are not rotated, cached per device so that no call allocates them.  Under
+# torch.compile they are built in the graph instead (the compiled graph owns its constants).
+_PLACEHOLDERS: dict = {}
+
+
+def _cached(key, build):
+    if torch.compiler.is_compiling():
+        return build()
+    value = _PLACEHOLDERS.get(key)
+    if value is None:
+        value = _PLACEHOLDERS[key] = build()
+    return value
+
+
+def _zero_coords(tokens: int, device) -> torch.Tensor:
+    """float32 ``[1, tokens, 1]`` zeros (a token that is not rotated): a zero-stride view of one cached zero."""
+    return _cached(("zero", device), lambda: torch.zeros((1, 1, 1), device=device)).expand(1, tokens, 1)
+
+
+def _identity_table(head_dim: int, device) -> RopeTable:
+    """:meth:`RopeTable.identity` for ``head_dim``, cached per ``(head_dim, device)``."""
+    return _cached(("identity", head_dim, device), lambda: RopeTable.identity(head_dim, device))
 
 
 # ----------------------------------------------------------------- rope_attention op
@@ -150,8 +263,6 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
                        k_lens: Optional[torch.Tensor], scale: float, return_lse: bool,
                        q_groups: Optional[torch.Tensor], k_groups: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values(_rotations(q_coords, q_freqs, q_axes, rotate_q, k_coords, k_freqs, k_axes, rotate_k), k_lens,
-                  k.shape[1])
     B, n_q, H, _ = q.shape
     if _attention_on_triton(q) and q.numel() and k.shape[1]:
         from .kernels.rope_attention import rope_attention_fwd
@@ -186,7 +297,8 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
                    k_table: Optional[RopeTable] = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None, return_lse: bool = False,
-                   q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None):
+                   q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None,
+                   check_values: bool = True):
     """Attention with coordinate RoPE fused into the kernel.
 
     Args:
@@ -202,15 +314,29 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
         q_groups, k_groups: optional int32/int64 ``[B or 1, Nq]`` / ``[B or 1, Nk]`` group bitmasks (SpA2V
             layout attention): query ``i`` attends to key ``j`` only when ``q_groups[i] & k_groups[j] != 0``.
             Key tiles with no allowed pair are skipped by the kernel, not computed.
+        check_values: read the coordinates and key lengths back to check their values (finite, angles in range,
+            lengths in ``[0, Nk]``; one device sync).  Pass False for values checked once per run
+            (:func:`check_coords`, :func:`check_key_lengths`): the call then never synchronises.
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype, or ``(out, lse)``.  Rows with no key give zeros and ``lse = -inf``.
     """
     args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale)
     _check_layout_groups(q, k, q_groups, k_groups)
+    if check_values:
+        args = _attention_values_checked(args)
     # the backward (baton_fast/autograd.py) recomputes scores from the LSE: compute it when a gradient is wanted
     need_lse = return_lse or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     out, lse = _rope_attention_op(*args, need_lse, q_groups, k_groups)
     return (out, lse) if return_lse else out
+
+
+def _attention_values_checked(args: tuple) -> tuple:
+    """The value checks of one attention call (see :func:`_values_checked`); returns the op's leading arguments."""
+    q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale = args
+    coords, k_lens = _values_checked(_rotations(q_coords, qf, qa, rotate_q, k_coords, kf, ka, rotate_k), k_lens,
+                                     k.shape[1])
+    q_coords, k_coords = coords.get("q_coords", q_coords), coords.get("k_coords", k_coords)
+    return q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale
 
 
 def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale):
@@ -233,11 +359,11 @@ def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotat
         raise ValueError(f"k: expected a number of heads Hk dividing H={H} (grouped-query), got Hk={Hk}")
     # a side that is not rotated needs neither coordinates nor a table: pass identity placeholders
     if not rotate_q and q_coords is None:
-        q_coords = q.new_zeros((1, n_q, 1), dtype=torch.float32)
+        q_coords = _zero_coords(n_q, q.device)
     if not rotate_k and k_coords is None:
-        k_coords = q.new_zeros((1, n_k, 1), dtype=torch.float32)
+        k_coords = _zero_coords(n_k, q.device)
     if not (rotate_q or rotate_k) and table is None and k_table is None:
-        table = RopeTable.identity(D, q.device)
+        table = _identity_table(D, q.device)
     elif not rotate_q and table is None:
         table = k_table  # only K is rotated: the query side's table is never read
     k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
@@ -260,15 +386,10 @@ def _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotat
             raise ValueError(f"k_lens: expected int32/int64 [B={B}], got {k_lens.dtype} {tuple(k_lens.shape)}")
         k_lens = k_lens.contiguous()  # the kernel reads k_lens[b] at unit stride
     _check_devices(q=q, k=k, v=v, q_coords=q_coords, k_coords=k_coords, k_lens=k_lens)
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)  # a SymFloat under torch.compile(dynamic=True): no Python check on it
-    elif not math.isfinite(float(scale)):
-        raise ValueError(f"scale: expected a finite number, got {scale}")
-    else:
-        scale = float(scale)
+    scale = _check_scale(scale, D)
     layout = table.interleaved if rotate_q else k_table.interleaved
-    qf, qa = _table_tensors(table, q.device)
-    kf, ka = _table_tensors(k_table, q.device)
+    qf, qa = _table_tensors("table", table, q.device)
+    kf, ka = _table_tensors(k_table_name, k_table, q.device)
     return q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale
 
 
@@ -321,21 +442,38 @@ def layout_tile_stats(q, k, v, q_coords=None, k_coords=None, table: Optional[Rop
 NORM_MODES = {"none": 0, "head": 1, "across_heads": 2}
 
 
-def _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps):
-    """RMSNorm (mode ``norm``) then RoPE on checked inputs, on the selected backend."""
-    if backend_for(x.device) == "triton" and x.numel():
-        from .kernels.rope_norm import rmsnorm_rope_fwd
-        return rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
-    if norm:
-        x = reference.rms_norm(x, weight, eps, across_heads=norm == 2)
-    return reference.apply_rope(x, coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])).contiguous()
+def _rmsnorm_rope_run(sides, norm, eps):
+    """RMSNorm (mode ``norm``) then RoPE of each checked side ``(x, coords, freqs, axes, interleaved, weight)``, on
+    the selected backend.  The reference path computes cos/sin once for sides that share coordinates and table
+    (self-attention q and k) and skips the rotation by the cached identity table (RMSNorm alone)."""
+    outs, cos_sin = [], {}
+    for x, coords, freqs, axes, interleaved, weight in sides:
+        if backend_for(x.device) == "triton" and x.numel():
+            from .kernels.rope_norm import rmsnorm_rope_fwd
+            outs.append(rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps))
+            continue
+        if norm:
+            x = reference.rms_norm(x, weight, eps, across_heads=norm == 2)
+        if not _is_identity(freqs):
+            key = (id(coords), id(freqs), id(axes), x.dtype)
+            if key not in cos_sin:
+                table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
+                cos_sin[key] = reference.rope_cos_sin(coords, table, x.dtype)
+            x = reference.rotate(x, *cos_sin[key], interleaved)
+        outs.append(x.contiguous())
+    return outs
+
+
+def _is_identity(freqs: torch.Tensor) -> bool:
+    """Whether ``freqs`` are those of the cached identity table (checked by identity: no value read)."""
+    identity = _PLACEHOLDERS.get(("identity", 2 * freqs.shape[1], freqs.device))
+    return identity is not None and freqs is identity.freqs
 
 
 @torch.library.custom_op("baton_fast::rmsnorm_rope", mutates_args=())
 def _rmsnorm_rope_op(x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor, axes: torch.Tensor,
                      interleaved: bool, weight: Optional[torch.Tensor], norm: int, eps: float) -> torch.Tensor:
-    _check_values({"coords": (coords, freqs, axes)}, None, 0)
-    return _rmsnorm_rope_run(x, coords, freqs, axes, interleaved, weight, norm, eps)
+    return _rmsnorm_rope_run([(x, coords, freqs, axes, interleaved, weight)], norm, eps)[0]
 
 
 @_rmsnorm_rope_op.register_fake
@@ -343,15 +481,15 @@ def _(x, coords, freqs, axes, interleaved, weight, norm, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-# q and k in one op, so that both sides' values are checked before either launch
+# q and k in one op: one dispatch, and the reference path shares cos/sin between them
 @torch.library.custom_op("baton_fast::qk_rmsnorm_rope", mutates_args=())
 def _qk_rmsnorm_rope_op(q: torch.Tensor, q_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor,
                         q_interleaved: bool, q_weight: Optional[torch.Tensor], k: torch.Tensor, k_coords: torch.Tensor,
                         k_freqs: torch.Tensor, k_axes: torch.Tensor, k_interleaved: bool,
                         k_weight: Optional[torch.Tensor], norm: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values(_rotations(q_coords, q_freqs, q_axes, True, k_coords, k_freqs, k_axes, True), None, 0)
-    return (_rmsnorm_rope_run(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight, norm, eps),
-            _rmsnorm_rope_run(k, k_coords, k_freqs, k_axes, k_interleaved, k_weight, norm, eps))
+    q, k = _rmsnorm_rope_run([(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight),
+                              (k, k_coords, k_freqs, k_axes, k_interleaved, k_weight)], norm, eps)
+    return q, k
 
 
 @_qk_rmsnorm_rope_op.register_fake
@@ -377,43 +515,78 @@ def _rmsnorm_rope_args(name, x, coords, table, norm, weight, coords_name, weight
         _check_float(weight_name, weight)
         weight = weight.contiguous()  # the kernel indexes the weight at unit stride
     _check_devices(**{name: x, coords_name: coords, weight_name: weight})
-    freqs, axes = _table_tensors(table, x.device)
+    freqs, axes = _table_tensors(table_name, table, x.device)
     return x, coords, freqs, axes, table.interleaved, weight
 
 
-def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+def _norm_only_placeholders(name, x, coords, table):
+    """``(coords, table)`` of a side: the given ones, or, when neither is given (RMSNorm alone), a zero coordinate
+    and the identity table; the third value says whether the side is rotated."""
+    if coords is not None or table is not None:
+        return coords, table, True
+    _check_tensor(name, x, 4, "[B, N, H, D]")
+    _check_head_dim(name, x.shape[3])
+    return _zero_coords(x.shape[1], x.device), _identity_table(x.shape[3], x.device), False
+
+
+def _sides_values_checked(named_sides, check_values):
+    """The value checks of the rotated sides of a norm/rope call; returns the sides with their checked coords.
+    ``named_sides``: ``(coords name, side args, rotated)`` per side."""
+    if not check_values:
+        return [side for _, side, _ in named_sides]
+    rotations = {name: (side[1], side[2], side[3]) for name, side, rotated in named_sides if rotated}
+    coords, _ = _values_checked(rotations, None, 0)
+    return [side[:1] + (coords.get(name, side[1]),) + side[2:] for name, side, _ in named_sides]
+
+
+def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable, *, check_values: bool = True
+               ) -> torch.Tensor:
     """Rotate ``x [B, N, H, D]`` (fp16/bf16/fp32) by float32 coordinates ``[B or 1, N, A]``.
 
-    Returns a contiguous tensor of x's shape and dtype."""
+    Returns a contiguous tensor of x's shape and dtype.  ``check_values`` as in :func:`rope_attention`."""
     args = _rmsnorm_rope_args("x", x, coords, table, 0, None, "coords", "weight", "table")
+    (args,) = _sides_values_checked([("coords", args, True)], check_values)
     return _rmsnorm_rope_op(*args, NORM_MODES["none"], 0.0)
 
 
+def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: Optional[RopeTable] = None, *,
+                 weight: Optional[torch.Tensor] = None, eps: float = 1e-6, across_heads: bool = True,
+                 check_values: bool = True) -> torch.Tensor:
+    """RMSNorm then RoPE of one tensor ``x [B, N, H, D]`` in one pass (a query whose keys were rotated once and
+    cached, e.g. the plan cross-attention).  ``weight``: ``[H*D]`` (``across_heads``) or ``[D]``; coordinates and
+    table as :func:`apply_rope`, or neither (RMSNorm alone).  Returns a contiguous tensor of x's shape and dtype."""
+    norm = NORM_MODES["across_heads" if across_heads else "head"]
+    eps = _check_eps(eps)
+    coords, table, rotated = _norm_only_placeholders("x", x, coords, table)
+    args = _rmsnorm_rope_args("x", x, coords, table, norm, weight, "coords", "weight", "table")
+    (args,) = _sides_values_checked([("coords", args, rotated)], check_values)
+    return _rmsnorm_rope_op(*args, norm, eps)
+
+
 def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *, q_weight=None,
-                    k_weight=None, k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True):
+                    k_weight=None, k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True,
+                    check_values: bool = True):
     """RMSNorm then RoPE for q ``[B, N, H, D]`` and k ``[B, Nk, Hk, D]``, one pass each.
 
     ``across_heads=True`` normalises over the whole inner dim ``H*D`` (Wan, LTX-2; weights ``[H*D]``),
     ``False`` per head (weights ``[D]``).  Returns ``(q_rot, k_rot)``, contiguous, in the inputs' dtypes;
     pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.  With no table (and no coordinates)
-    it is the RMSNorm alone (text cross-attention).
+    it is the RMSNorm alone (text cross-attention).  ``check_values`` as in :func:`rope_attention`.
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
-    if not torch.compiler.is_compiling():  # under torch.compile eps may be symbolic: checked in eager runs
-        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    eps = _check_eps(eps)
+    rotated = True
     if table is None and k_table is None and q_coords is None and k_coords is None:
-        _check_tensor("q", q, 4, "[B, N, H, D]")
+        q_coords, table, rotated = _norm_only_placeholders("q", q, None, None)
         _check_tensor("k", k, 4, "[B, Nk, Hk, D]")
-        _check_head_dim("q", q.shape[3])
         if k.shape[3] != q.shape[3]:
             raise ValueError(f"k: expected head dim {q.shape[3]} (q's), got {k.shape[3]}")
-        table = RopeTable.identity(q.shape[3], q.device)
-        q_coords = q.new_zeros((1, q.shape[1], 1), dtype=torch.float32)
-        k_coords = k.new_zeros((1, k.shape[1], 1), dtype=torch.float32)
+        k_coords = _zero_coords(k.shape[1], k.device)
     k_table_name = "k_table" if k_table is not None else "table (used as k_table)"
     k_table = table if k_table is None else k_table
     q_args = _rmsnorm_rope_args("q", q, q_coords, table, norm, q_weight, "q_coords", "q_weight", "table")
     k_args = _rmsnorm_rope_args("k", k, k_coords, k_table, norm, k_weight, "k_coords", "k_weight", k_table_name)
     _check_devices(q=q, k=k)
-    return _qk_rmsnorm_rope_op(*q_args, *k_args, norm, float(eps))
+    q_args, k_args = _sides_values_checked([("q_coords", q_args, rotated), ("k_coords", k_args, rotated)],
+                                           check_values)
+    return _qk_rmsnorm_rope_op(*q_args, *k_args, norm, eps)

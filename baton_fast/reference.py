@@ -12,7 +12,8 @@ import torch
 
 from .rope import RopeTable
 
-__all__ = ["rope_angles", "apply_rope", "rope_attention", "sdpa_rope_attention", "rms_norm", "qk_rmsnorm_rope"]
+__all__ = ["rope_angles", "rope_cos_sin", "rotate", "apply_rope", "rope_attention", "sdpa_rope_attention", "rms_norm",
+           "rmsnorm_rope", "qk_rmsnorm_rope"]
 
 
 def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> torch.Tensor:
@@ -22,20 +23,29 @@ def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> 
     return c * table.freqs.to(device=coords.device, dtype=dtype)
 
 
-def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
-    """Rotate ``x [B, N, H, D]`` by coordinates ``[B or 1, N, A]`` (float32); returns ``x``'s dtype and shape."""
-    angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+def rope_cos_sin(coords: torch.Tensor, table: RopeTable, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos phi, sin phi)`` ``[B, N, Ht, D/2]`` in ``dtype``, the angles computed in float32 (float64 for float64)."""
+    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     phi = rope_angles(coords, table, angle_dtype)
-    cos, sin = phi.cos().to(x.dtype), phi.sin().to(x.dtype)
-    if table.interleaved:
+    return phi.cos().to(dtype), phi.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Turn the pairs of ``x [B, N, H, D]`` by the angles whose ``cos, sin`` (``[B or 1, N, 1 or H, D/2]``) are given."""
+    if interleaved:
         x1, x2 = x[..., 0::2], x[..., 1::2]
     else:
         x1, x2 = x.chunk(2, dim=-1)
     r1 = x1 * cos - x2 * sin
     r2 = x1 * sin + x2 * cos
-    if table.interleaved:
+    if interleaved:
         return torch.stack([r1, r2], dim=-1).flatten(-2)
     return torch.cat([r1, r2], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+    """Rotate ``x [B, N, H, D]`` by coordinates ``[B or 1, N, A]`` (float32); returns ``x``'s dtype and shape."""
+    return rotate(x, *rope_cos_sin(coords, table, x.dtype), table.interleaved)
 
 
 def _rotated(q, k, q_coords, k_coords, table, k_table, rotate_q, rotate_k):
@@ -118,10 +128,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_he
     return y.reshape(B, N, H, D)
 
 
-def qk_rmsnorm_rope(q, k, q_coords, k_coords, table: RopeTable, *, q_weight=None, k_weight=None, k_table=None,
-                    eps: float = 1e-6, across_heads: bool = True):
-    """RMSNorm then RoPE on q ``[B, N, H, D]`` and k ``[B, N, Hk, D]``; returns ``(q_rot, k_rot)`` in their dtypes."""
+def rmsnorm_rope(x: torch.Tensor, coords=None, table: RopeTable | None = None, *, weight=None, eps: float = 1e-6,
+                 across_heads: bool = True) -> torch.Tensor:
+    """RMSNorm of ``x [B, N, H, D]`` then RoPE (none without a table); returns ``x``'s dtype and shape."""
+    x = rms_norm(x, weight, eps, across_heads)
+    return x if table is None else apply_rope(x, coords, table)
+
+
+def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: RopeTable | None = None, *, q_weight=None,
+                    k_weight=None, k_table=None, eps: float = 1e-6, across_heads: bool = True):
+    """RMSNorm then RoPE on q ``[B, N, H, D]`` and k ``[B, N, Hk, D]`` (RMSNorm alone without tables); returns
+    ``(q_rot, k_rot)`` in their dtypes."""
     k_table = table if k_table is None else k_table
-    qn = rms_norm(q, q_weight, eps, across_heads)
-    kn = rms_norm(k, k_weight, eps, across_heads)
-    return apply_rope(qn, q_coords, table), apply_rope(kn, k_coords, k_table)
+    return (rmsnorm_rope(q, q_coords, table, weight=q_weight, eps=eps, across_heads=across_heads),
+            rmsnorm_rope(k, k_coords, k_table, weight=k_weight, eps=eps, across_heads=across_heads))

@@ -25,7 +25,8 @@ def no_launch(request, monkeypatch):
 
     for module, name in ((baton_fast.kernels.rope_attention, "rope_attention_fwd"),
                          (baton_fast.kernels.rope_norm, "rmsnorm_rope_fwd"),
-                         (reference, "rope_attention"), (reference, "apply_rope"), (reference, "rms_norm")):
+                         (reference, "rope_attention"), (reference, "sdpa_rope_attention"), (reference, "apply_rope"),
+                         (reference, "rotate"), (reference, "rms_norm")):
         monkeypatch.setattr(module, name, launched)
     return request.param
 

@@ -3,6 +3,9 @@
 Tensors are ``[B, N, dim]`` between modules and ``[B, N, H, D]`` inside them.  Queries and keys are
 RMS-normalised across the whole inner dim ``H*D`` (Wan's QK norm).  Coordinates are float32
 ``[1 or B, N, A]``; a side that is not rotated needs none (the ops take None for it).
+
+:class:`SelfAttention` and :meth:`CrossAttention.rotated_queries` call the ops with ``check_values=False``:
+their coordinates are those of a prepared run, checked once by ``DualBranchDiT.prepare``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ class KeyValue(nn.Module):
         self.v = nn.Linear(context_dim, dim)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+    def projections(self, context: torch.Tensor):
+        """Keys before their RMSNorm and values, ``[B, M, H, D]`` each (for a fused norm + RoPE pre-pass)."""
+        return split_heads(self.k(context), self.num_heads), split_heads(self.v(context), self.num_heads)
+
     def forward(self, context: torch.Tensor):
         return (split_heads(self.norm_k(self.k(context)), self.num_heads),
                 split_heads(self.v(context), self.num_heads))
@@ -56,7 +63,8 @@ class SelfAttention(nn.Module):
         bitmasks ``[1, N]`` (the same tensor for queries and keys) are passed to ``rope_attention``."""
         h = self.num_heads
         q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
-                                          q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps)
+                                          q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps,
+                                          check_values=False)
         v = split_heads(self.v(x), h)
         if q_groups is None:
             out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
@@ -96,6 +104,12 @@ class CrossAttention(nn.Module):
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(self.norm_q(self.q(x)), self.num_heads)
+
+    def rotated_queries(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
+        """:meth:`queries` rotated by ``coords`` in one fused RMSNorm + RoPE pass, ``[B, N, H, D]``: the attention
+        then reads both sides already rotated (``rope_attention``'s fast ``plain`` tiles)."""
+        return baton_fast.rmsnorm_rope(split_heads(self.q(x), self.num_heads), coords, table,
+                                       weight=self.norm_q.weight, eps=self.norm_q.eps, check_values=False)
 
     def forward(self, x, k, v, q_coords, k_coords, table: RopeTable, **rope) -> torch.Tensor:
         """x ``[B, N, dim]``; k, v ``[B, M, H, D]``; returns ``[B, N, dim]``."""

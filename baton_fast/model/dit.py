@@ -30,13 +30,13 @@ from torch import nn
 import baton_fast
 from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
 
-from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention
+from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, split_heads
 from .config import BatonConfig, BranchConfig, RunShape
 from .layout import UNMASKED, AttentionGroups, LayoutGuidance
 from .planner import PlannedTokens
 
 __all__ = ["BranchGeometry", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video", "unpatchify_video",
-           "patchify_audio", "unpatchify_audio", "timestep_embedding"]
+           "patchify_audio", "unpatchify_audio", "timestep_embedding", "check_run_values"]
 
 
 # ------------------------------------------------------------------ patchify
@@ -85,6 +85,8 @@ class BranchGeometry:
         temporal_table / other_temporal_table: this branch's and the other branch's side of the
             temporal RoPE aligned across modalities (both read axis 0 of their own coordinates).
         plan_coords: float32 ``[1, P, A]`` RS-RoPE coordinates of the planned tokens, or None.
+        shard: under sequence parallelism, the :class:`~baton_fast.distributed.dit.SequenceSharding` of this
+            branch (coordinates and plan coordinates are then this rank's part); None when one rank holds all.
     """
 
     coords: torch.Tensor
@@ -92,6 +94,7 @@ class BranchGeometry:
     temporal_table: RopeTable
     other_temporal_table: RopeTable
     plan_coords: Optional[torch.Tensor]
+    shard: Optional[object] = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,19 @@ class RunContext:
         return self.video.text.shape[0]
 
 
+def check_run_values(video: BranchGeometry, audio: BranchGeometry, text_lens, text_tokens: int) -> None:
+    """The value checks of a run, once (a denoise step then reads nothing back from the device): every coordinate
+    set against every table that rotates it (self-attention and the plan queries; both sides of the cross-modal
+    attention), and the text key lengths.  The plan keys are checked where they are rotated
+    (:meth:`PlanCrossAttention.keys_values`)."""
+    for own, other in ((video, audio), (audio, video)):
+        baton_fast.check_coords(own.coords, own.table)
+        baton_fast.check_coords(own.coords, own.temporal_table)
+        baton_fast.check_coords(other.coords, own.other_temporal_table)
+    for lens in text_lens:
+        baton_fast.check_key_lengths(lens, text_tokens)
+
+
 # ------------------------------------------------------------------ blocks
 class TextAndCrossModalAttention(CrossAttention):
     """Ovi's fused cross-attention: one query projection; text keys (``self.kv``: no RoPE, ``k_lens``) and
@@ -130,14 +146,22 @@ class TextAndCrossModalAttention(CrossAttention):
         self.other_kv = KeyValue(other_dim, dim, num_heads, eps)
 
     def forward(self, x, text, text_lens, other, geo: BranchGeometry, other_coords,
-                text_groups: AttentionGroups = UNMASKED) -> torch.Tensor:
-        q = self.queries(x)
-        k, v = self.kv(text)
-        out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=text_lens,
-                                        q_groups=text_groups.q_groups, k_groups=text_groups.k_groups)
-        k, v = self.other_kv(self.norm_other(other))
-        out = out + baton_fast.rope_attention(q, k, v, geo.coords, other_coords, geo.temporal_table,
-                                              k_table=geo.other_temporal_table)
+                text_groups: AttentionGroups = UNMASKED, other_shard=None) -> torch.Tensor:
+        """Both attentions read Q and K already normalised (and rotated) by the fused pre-pass, so they run the
+        kernel's fast ``plain`` tiles; the values were checked by :meth:`DualBranchDiT.prepare`."""
+        q = split_heads(self.q(x), self.num_heads)
+        norm = dict(q_weight=self.norm_q.weight, eps=self.norm_q.eps, check_values=False)
+        k, v = self.kv.projections(text)
+        q_text, k = baton_fast.qk_rmsnorm_rope(q, k, k_weight=self.kv.norm_k.weight, **norm)
+        out = baton_fast.rope_attention(q_text, k, v, rotate_q=False, rotate_k=False, k_lens=text_lens,
+                                        q_groups=text_groups.q_groups, k_groups=text_groups.k_groups,
+                                        check_values=False)
+        k, v = self.other_kv.projections(self.norm_other(other))
+        q_other, k = baton_fast.qk_rmsnorm_rope(q, k, geo.coords, other_coords, geo.temporal_table,
+                                                k_table=geo.other_temporal_table, k_weight=self.other_kv.norm_k.weight,
+                                                **norm)
+        other_attention = baton_fast.rope_attention if other_shard is None else other_shard.keys_attention
+        out = out + other_attention(q_other, k, v, rotate_q=False, rotate_k=False)
         return self.o(out.flatten(2))
 
 
@@ -150,7 +174,10 @@ class PlanCrossAttention(CrossAttention):
         return baton_fast.apply_rope(k, geo.plan_coords, geo.table), v
 
     def forward(self, x, kv, geo: BranchGeometry) -> torch.Tensor:
-        return super().forward(x, *kv, geo.coords, geo.plan_coords, geo.table, rotate_k=False)
+        """Q rotated by the fused pre-pass, K cached rotated: the largest attention of Baton on the ``plain`` tiles."""
+        q = self.rotated_queries(x, geo.coords, geo.table)
+        attention = baton_fast.rope_attention if geo.shard is None else geo.shard.attention
+        return self.o(attention(q, *kv, rotate_q=False, rotate_k=False).flatten(2))
 
 
 class BranchBlock(nn.Module):
@@ -179,12 +206,15 @@ class BranchBlock(nn.Module):
         return self.norm1(x) * (1 + scale) + shift
 
     def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED):
-        return x + self.self_attn(self.attention_input(x, mod), geo.coords, geo.table,
-                                  q_groups=groups.q_groups, k_groups=groups.k_groups) * mod[2]
+        attention = self.self_attn if geo.shard is None else geo.shard.self_attention(self.self_attn)
+        return x + attention(self.attention_input(x, mod), geo.coords, geo.table,
+                             q_groups=groups.q_groups, k_groups=groups.k_groups) * mod[2]
 
-    def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED):
+    def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED,
+                        other_shard=None):
+        """``other_shard``: the other branch's sharding when ``other`` is this rank's part of its tokens."""
         return x + self.cross_attn(self.norm3(x), ctx.text, ctx.text_lens, other, ctx.geometry, other_coords,
-                                   text_groups)
+                                   text_groups, other_shard)
 
     def plan_and_ffn(self, x, mod, plan_kv, geo: BranchGeometry):
         if self.plan_attn is not None:
@@ -214,7 +244,7 @@ class FusionBlock(nn.Module):
         video = self.video.self_attention(video, mv, gv, self_groups)
         audio = self.audio.self_attention(audio, ma, ga)
         video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords, text_groups),
-                        self.audio.cross_attention(audio, audio_ctx, video, gv.coords))
+                        self.audio.cross_attention(audio, audio_ctx, video, gv.coords, other_shard=gv.shard))
         return (self.video.plan_and_ffn(video, mv, video_plan_kv, gv),
                 self.audio.plan_and_ffn(audio, ma, audio_plan_kv, ga))
 
@@ -301,11 +331,13 @@ class DualBranchDiT(nn.Module):
         return video, audio
 
     def prepare(self, shape: RunShape, video_text, video_text_lens, audio_text, audio_text_lens,
-                plan: Optional[PlannedTokens] = None) -> RunContext:
+                plan: Optional[PlannedTokens] = None, mesh=None) -> RunContext:
         """Build the :class:`RunContext`: geometry, embedded text and the plan keys/values of every block.
 
         ``*_text``: text-encoder states ``[B, L, text_dim]`` (same ``L`` for both), ``*_text_lens`` int ``[B]``;
-        ``plan``: the planner's output for the same batch (required iff the config has a planner).
+        ``plan``: the planner's output for the same batch (required iff the config has a planner);
+        ``mesh``: a :class:`~baton_fast.distributed.SequenceMesh` to shard the video and video plan tokens over
+        (every rank calls with the same inputs; see :mod:`baton_fast.distributed.dit`), or None.
         """
         if (plan is None) != (self.cfg.planner is None):
             raise ValueError(f"plan: preset {self.cfg.name!r} " + ("needs planned tokens" if plan is None
@@ -315,9 +347,15 @@ class DualBranchDiT(nn.Module):
                              f"{tuple(video_text.shape)} and {tuple(audio_text.shape)}")
         dtype, device = self.dtype, self.device
         gv, ga = self.geometry(shape, plan, device)
+        check_run_values(gv, ga, (video_text_lens, audio_text_lens), video_text.shape[1])
+        video_plan = plan.video if plan is not None else None
+        if mesh is not None:
+            from baton_fast.distributed.dit import SequenceSharding
+            sharding = SequenceSharding.for_run(mesh, shape.video_tokens, None if plan is None else plan.video.shape[1])
+            gv, video_plan = sharding.geometry(gv), sharding.plan.take(video_plan) if plan is not None else None
         kv_v = kv_a = None
         if plan is not None:
-            pv = self.video_io.plan_embed(plan.video.to(device, dtype))
+            pv = self.video_io.plan_embed(video_plan.to(device, dtype))
             pa = self.audio_io.plan_embed(plan.audio.to(device, dtype))
             kv_v = [blk.video.plan_attn.keys_values(pv, gv) for blk in self.blocks]
             kv_a = [blk.audio.plan_attn.keys_values(pa, ga) for blk in self.blocks]
@@ -365,8 +403,14 @@ class DualBranchDiT(nn.Module):
                              f"{tuple(video_latents.shape)} and {tuple(audio_latents.shape)}")
         if layout is not None:
             layout.check(shape.video_tokens, ctx.video.text.shape[:2])
-        dtype = self.dtype
-        video = self.video_io.patch_embed(patchify_video(video_latents.to(dtype), cfg.video.patch))
+        dtype, shard = self.dtype, ctx.video.geometry.shard
+        video = patchify_video(video_latents.to(dtype), cfg.video.patch)
+        if shard is not None:  # this rank's video tokens, and their layout masks
+            if cache is not None:
+                raise ValueError("cache: step caching is not supported with a sequence-parallel run context (each "
+                                 "rank would decide on its own tokens whether to skip)")
+            video, layout = shard.video.take(video), shard.layout(layout)
+        video = self.video_io.patch_embed(video)
         audio = self.audio_io.patch_embed(patchify_audio(audio_latents.to(dtype), cfg.audio.patch))
         video_emb, video_mod = self.video_io.time(timesteps, dtype)
         audio_emb, audio_mod = self.audio_io.time(timesteps, dtype)
@@ -374,8 +418,10 @@ class DualBranchDiT(nn.Module):
             video, audio = self.run_blocks(video, audio, video_mod, audio_mod, ctx, layout)
         else:
             video, audio = cache(self, video, audio, video_mod, audio_mod, ctx, layout)
-        video = unpatchify_video(self.video_io.head(video, video_emb), shape.video_grid, cfg.video.patch,
-                                 cfg.video.latent_channels)
+        video = self.video_io.head(video, video_emb)
+        if shard is not None:
+            video = shard.video.gather(video)
+        video = unpatchify_video(video, shape.video_grid, cfg.video.patch, cfg.video.latent_channels)
         audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)
         return video, audio
 
