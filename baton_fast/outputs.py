@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_outputs", "atomic_paths", "atomic_path"]
+__all__ = ["check_outputs", "check_output_folder", "atomic_paths", "atomic_path"]
 
 
 def check_outputs(flag: str, paths) -> list[Path]:
@@ -27,6 +27,18 @@ def check_outputs(flag: str, paths) -> list[Path]:
             raise ValueError(f"{flag}: {str(path)!r} exists and is not a file"
                              + (" (it is a directory)" if path.is_dir() else ""))
     return paths
+
+
+def check_output_folder(flag: str, folder) -> Path:
+    """``folder`` as a :class:`Path`; ``ValueError`` naming ``flag`` unless it is a writable folder or can be
+    created (its nearest existing ancestor is a writable folder).  Nothing is created here."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: {str(existing)!r} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: folder {str(existing)!r} is not writable")
+    return folder
 
 
 @contextlib.contextmanager

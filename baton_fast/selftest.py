@@ -284,3 +284,6 @@ def run(args) -> int:
     failed = sum(not r["ok"] for r in records)
     print(f"\n{len(records) - failed}/{len(records)} passed" + (f", {failed} FAILED" if failed else ""))
     return 1 if failed else 0
+    if args.json:  # before the work, not after it
+        from .outputs import check_outputs
+        check_outputs("--json", [args.json])

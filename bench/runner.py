@@ -41,11 +41,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from baton_fast.cli import positive_int
+from baton_fast.outputs import check_output_folder
+
 from . import kernels_bench, report
 from .cases import FULL_CASES
 from .cost_model import model_records
 from .kernels_bench import error_summary
 from .machine import machine_info
+from .stderr_filter import filtered_stderr
 
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
 
@@ -66,7 +70,7 @@ def add_arguments(parser) -> None:
                         help="device of the measured sections (default: cuda when available)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {', '.join(SECTIONS)}")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads for the measured sections (default 1: CPU timings stay reproducible "
                              "on a shared machine, where multi-threaded timings swing by 10x)")
     parser.add_argument("--report-only", nargs="+", metavar="RESULTS_JSON",
@@ -105,7 +109,7 @@ def _quick_static_jobs(jobs) -> list:
     return chosen
 
 
-def _static_records(quick: bool) -> list:
+def _static_records(quick: bool, progress: bool = False) -> list:
     try:
         from baton_fast import static_check
     except ImportError as err:
@@ -114,7 +118,7 @@ def _static_records(quick: bool) -> list:
     if quick:
         jobs = _quick_static_jobs(jobs)
     try:
-        compiled = static_check.check(jobs)
+        compiled = static_check.check(jobs, progress=progress)  # its own bar: one step per compiled kernel
     except Exception as exc:  # a compile failure is reported in its section, not fatal to the run
         return _skipped("static", "baton_fast.static_check", error_summary(exc))
     out = []
@@ -143,7 +147,7 @@ def _optional_records(section: str, module: str, function: str, quick: bool) -> 
     return [dict(r, section=r.get("section", section)) for r in records if isinstance(r, dict)]
 
 
-def _tasks(device, quick: bool, sections) -> list:
+def _tasks(device, quick: bool, sections, progress: bool = False) -> list:
     """``(section, label, task)`` triples in run order."""
     tasks = []
     if "cost_model" in sections:
@@ -151,7 +155,7 @@ def _tasks(device, quick: bool, sections) -> list:
     if {"kernels", "sweep"} & set(sections):
         tasks += [t for t in kernels_bench.benchmark_plan(device, quick) if t[0] in sections]
     if "static" in sections:
-        tasks.append(("static", "static compile sm_90/sm_80", lambda: _static_records(quick)))
+        tasks.append(("static", "static compile sm_90/sm_80", lambda: _static_records(quick, progress)))
     if "diffusers" in sections:
         tasks.append(("diffusers", "diffusers drop-in",
                       lambda: _optional_records("diffusers", "baton_fast.bench.diffusers_bench", "run", quick)))
@@ -176,11 +180,12 @@ def collect(device: str = "auto", quick: bool = True, sections=SECTIONS, progres
     start = time.perf_counter()
     machine = machine_info()
     records = []
-    tasks = _tasks(device, quick, sections)
-    bar = tqdm(tasks, desc="bench", unit="task", disable=not progress, file=sys.stderr)
-    for _, label, task in bar:
-        bar.set_postfix_str(label)
-        records += task()
+    tasks = _tasks(device, quick, sections, progress)
+    with filtered_stderr():  # without the torch profiler's USDT lines (the memory measurements profile)
+        bar = tqdm(tasks, desc="bench", unit="task", disable=not progress, file=sys.stderr)
+        for _, label, task in bar:
+            bar.set_postfix_str(label)
+            records += task()
     return dict(schema=report.RESULTS_SCHEMA, created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 mode="quick" if quick else "full", device=device, sections=list(sections), argv=sys.argv,
                 wall_s=round(time.perf_counter() - start, 1), machine=machine, records=records)
@@ -199,13 +204,14 @@ def write_outputs(results: list, out_dir, sources: list) -> Path:
 
 
 def run(args) -> int:
-    out_dir = Path(args.out)
+    out_dir = check_output_folder("--out", args.out)
     if args.report_only:
-        results = report.load_results(args.report_only)
+        try:
+            results = report.load_results(args.report_only)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--report-only: {err}") from None
         print(f"wrote {write_outputs(results, out_dir, args.report_only)}")
         return 0
-    if args.threads < 1:
-        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -37,11 +37,13 @@ def result(pipeline):
 # ---------------------------------------------------------------------- pipeline
 def test_generation_shapes_dtypes_and_report(result):
     shape = CFG.shape(2.0)
-    assert result.video.shape == (1, 17, 64, 64, 3) and result.video.dtype == torch.uint8
+    assert result.video.shape == (1, 16, 64, 64, 3) and result.video.dtype == torch.uint8
     assert result.audio.shape == (1, 32000) and result.audio.dtype == torch.float32
     assert result.audio.abs().max() <= 1
     assert result.video_latents.shape == (1, *shape.video_latent) and result.video_latents.dtype == torch.float32
     assert result.audio_latents.shape == (1, 16, CFG.audio.latent_channels)
+    outputs = result.report["outputs"]
+    assert outputs["video_seconds"] == outputs["audio_seconds"] == 2.0  # 16 frames at 8 fps, 32000 samples at 16 kHz
     assert (result.fps, result.sample_rate) == (8.0, 16000)
     report = json.loads(json.dumps(result.report))  # JSON-serialisable
     t = report["timings_s"]
@@ -79,6 +81,23 @@ def test_compiled_pipeline_matches_eager(result):
         pipe.generate("a", "b", seconds=1.0, options=dataclasses.replace(FAST, compile_backend="eager"))
 
 
+@pytest.mark.parametrize("preset", ["tiny", "ovi-720p-5s"])
+def test_video_and_audio_durations_agree(preset):
+    """The clip is floor(seconds * fps) frames (at least one) and its sound track as long to the sample; the
+    latents cover both (the decoded media are trimmed to them)."""
+    cfg = get_preset(preset)
+    vf, af, rng = cfg.video_format, cfg.audio_format, torch.Generator().manual_seed(0)
+    for seconds in [1 / vf.fps / 3, 1.0, cfg.max_seconds, *(torch.rand(20, generator=rng) * cfg.max_seconds).tolist()]:
+        shape = cfg.shape(seconds)
+        assert shape.seconds == shape.frames / vf.fps and seconds < shape.seconds + 1 / vf.fps  # whole frames,
+        assert shape.frames == 1 or shape.seconds <= seconds + 1e-9                             # rounded down
+        assert abs(shape.audio_samples / af.sample_rate - shape.seconds) <= 0.5 / af.sample_rate
+        assert 1 + vf.temporal_compression * (shape.video_latent[1] - 1) >= shape.frames >= 1
+        assert shape.audio_latents * af.samples_per_latent >= shape.audio_samples
+        assert shape.audio_latents % cfg.audio.patch[0] == 0
+        assert cfg.shape(shape.seconds) == shape  # the duration used gives the same shapes again
+
+
 def test_pipeline_rejects_bad_input(pipeline):
     with pytest.raises(ValueError, match="seconds"):
         pipeline.generate("a", "b", seconds=-1.0, options=FAST)
@@ -96,7 +115,7 @@ def test_pipeline_without_planner_and_batch_of_two():
     pipe = BatonPipeline.build(cfg)
     assert all(b.video.plan_attn is None for b in pipe.dit.blocks) and pipe.planner is None
     out = pipe.generate(["a", "b"], ["c", "d"], seconds=1.0, options=SamplerOptions(steps=2, progress=False))
-    assert out.video.shape == (2, 9, 64, 64, 3) and out.report["tokens"]["video_plan"] == 0
+    assert out.video.shape == (2, 8, 64, 64, 3) and out.report["tokens"]["video_plan"] == 0
 
 
 # ---------------------------------------------------------------------- decode and media
@@ -154,7 +173,7 @@ def test_mp4_and_wav_read_back(result, tmp_path):
         assert sound.rate == 16000
         audio_samples = sound.duration * sound.time_base * 16000  # exact (Fraction)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == 17
+    assert len(frames) == 16
     assert 32000 <= audio_samples <= 32000 + 1024  # AAC adds one frame (1024 samples) of encoder priming
     decoded = torch.from_numpy(frames[8]).float()
     assert (decoded - result.video[0, 8].float()).abs().mean() < 12  # lossy H.264, same picture
@@ -226,7 +245,7 @@ def test_cli_generate_writes_mp4_wav_and_report(tmp_path, capsys):
         assert timings[key] >= 0, key
     assert len(timings["steps"]) == 2 and report["peak_memory_bytes"] > 0
     with av.open(str(out)) as container:
-        assert container.streams.video[0].frames == 17 and container.streams.audio[0].rate == 16000
+        assert container.streams.video[0].frames == 16 and container.streams.audio[0].rate == 16000
     assert "wrote" in capsys.readouterr().out
 
 

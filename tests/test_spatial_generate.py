@@ -366,12 +366,13 @@ def test_cli_generate_with_audio_and_auto_layout(tmp_path, generate, capsys):
                     "--out", out_dir / "clip.mp4") == 0
     printed = capsys.readouterr().out
     print(printed)
-    assert "input audio (2 ch, 1.00 s) muxed" in printed
+    assert "input audio (2 ch, 0.00-1.00 s of the 1.00 s recording) muxed" in printed
     assert sorted(p.name for p in out_dir.iterdir()) == ["clip.boxes.png", "clip.json", "clip.mp4", "clip.vsl.json",
                                                          "clip.wav"]
     report = json.loads((out_dir / "clip.json").read_text())
     assert report["mp4_audio"] == {"source": "input", "path": str(audio), "channels": 2, "sample_rate": 22050,
-                                   "input_sample_rate": 20000, "seconds": 1.0, "wav": "the generated sound track"}
+                                   "input_sample_rate": 20000, "offset": 0.0, "seconds": 1.0, "recording_seconds": 1.0,
+                                   "wav": "the generated sound track"}
     assert report["layout"]["source"] == "auto" and report["layout"]["masked_steps"] == 1
     assert report["seconds"] == 1.0 and report["timings_s"]["layout_plan"] > 0
     vsl = VSL.load(out_dir / "clip.vsl.json")
@@ -387,6 +388,37 @@ def test_cli_generate_with_audio_and_auto_layout(tmp_path, generate, capsys):
     assert early[0] > 4 * early[1] and late[1] > 4 * late[0]  # the input's pan, not the generated mono track
     with av.open(str(out_dir / "clip.mp4")) as container:
         assert container.streams.video[0].frames == CFG.shape(1.0).frames
+
+
+def test_recording_span_defaults_to_the_preset_cap(tmp_path):
+    """--audio without --seconds: the recording from --offset on, cut at the preset's cap (and said so)."""
+    from baton_fast.generate import _recording
+
+    long = write_wav(tmp_path / "long.wav", stereo_pan(5.0, 16000, 0.2, 0.8), 16000)
+    used = _recording(str(long), CFG, 0.0, None)
+    assert (used.offset, used.seconds, used.total, used.capped) == (0.0, CFG.max_seconds, 5.0, True)
+    assert used.waveform.shape == (2, 4 * 16000)
+    assert used.describe(CFG) == ("0.00-4.00 s of the 5.00 s recording (preset 'tiny' generates at most 4 s; "
+                                  "pick the span with --offset and --seconds)")
+    late = _recording(str(long), CFG, 3.3, None)  # 1.7 s left: 13 frames at 8 fps = 1.625 s
+    assert (late.seconds, late.capped) == (1.625, False) and late.waveform.shape == (2, 26000)
+    np.testing.assert_array_equal(late.waveform[:, :11200], used.waveform[:, 52800:])  # 3.3-4.0 s in both
+
+
+def test_cli_generate_with_a_span_of_a_long_recording(tmp_path, generate, capsys):
+    """--offset 1.5 --seconds 2 of a 5 s pan: a 2 s clip (16 frames) muxed with exactly that span of the input."""
+    audio = write_wav(tmp_path / "pan.wav", stereo_pan(5.0, 16000, 0.05, 0.95), 16000)
+    out = tmp_path / "out" / "clip.mp4"
+    out.parent.mkdir()
+    assert generate("--audio", audio, "--offset", "1.5", "--seconds", "2", "--names", "dog", "--out", out) == 0
+    assert "input audio (2 ch, 1.50-3.50 s of the 5.00 s recording) muxed" in capsys.readouterr().out
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["mp4_audio"]["offset"] == 1.5 and report["mp4_audio"]["seconds"] == 2.0
+    assert report["outputs"]["frames"] == 16 and report["outputs"]["video_seconds"] == 2.0
+    samples, rate, _ = decoded_audio(out)
+    assert abs(samples.shape[1] / rate - 2.0) < 2048 / rate  # the span's length, up to AAC padding
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames == 16
 
 
 def test_cli_generate_with_a_vsl_file(tmp_path, generate):
@@ -410,8 +442,8 @@ def test_cli_generate_with_a_vsl_file(tmp_path, generate):
     ("invalid vsl", "x1 (0.6) must be < x2 (0.4)"),
     ("unparsable vsl", "does not parse"),
     ("missing vsl", "--layout: '"),
-    ("seconds with audio", "--seconds: the duration follows --audio"),
-    ("audio too long", "generates at most 4 s"),
+    ("seconds beyond the recording", "--seconds: the recording has 1.00 s from --offset 0 s on, got 1.5"),
+    ("offset beyond the recording", "--offset: expected a start in [0, 1.00) s (the recording's length), got 1"),
     ("names without layout", "--names: only used with --layout"),
     ("no prompt", "--video-prompt: required"),
     ("bad fraction", "--layout-fraction: expected a number in [0, 1]"),
@@ -430,8 +462,8 @@ def test_cli_generate_bad_layout_inputs(tmp_path, generate, capsys, case, messag
             "invalid vsl": ["--audio", wav, "--layout", inputs / "bad.json"],
             "unparsable vsl": ["--layout", inputs / "broken.json"],
             "missing vsl": ["--layout", inputs / "missing.json"],
-            "seconds with audio": ["--audio", wav, "--seconds", "1"],
-            "audio too long": ["--audio", write_wav(inputs / "long.wav", stereo_pan(5.0, 16000, 0.2, 0.8), 16000)],
+            "seconds beyond the recording": ["--audio", wav, "--seconds", "1.5"],
+            "offset beyond the recording": ["--audio", wav, "--offset", "1"],
             "names without layout": ["--names", "dog", "--video-prompt", "a", "--audio-prompt", "b"],
             "no prompt": ["--audio-prompt", "b"],
             "bad fraction": ["--audio", wav, "--layout-fraction", "1.5"]}[case]

@@ -102,12 +102,12 @@ class PlannerConfig:
 class RunShape:
     """Every size that follows from a preset and a duration (batch not included)."""
 
-    seconds: float
-    frames: int                    # decoded video frames
+    seconds: float                 # the clip's duration: frames / fps
+    frames: int                    # video frames of the clip (the decoder makes 1 + tc * (F - 1) >= frames)
     video_latent: tuple            # (C, F, H, W)
     video_grid: tuple              # token grid (f, h, w) after patchify
     audio_latents: int             # L
-    audio_samples: int             # decoded samples, L * samples_per_latent
+    audio_samples: int             # samples of the clip's sound track, round(seconds * sample_rate) <= L * spl
     keyframes: int                 # K (0 without a planner)
     chunks: int                    # M (0 without a planner)
 
@@ -158,26 +158,36 @@ class BatonConfig:
         return int(math.floor(seconds * self.planner.keyframe_fps + 1e-9)) + 1 if self.planner else 0
 
     def shape(self, seconds: float) -> RunShape:
-        """Shapes for a clip of ``seconds`` (``0 < seconds <= max_seconds``)."""
+        """Shapes for a clip of ``seconds`` (``0 < seconds <= max_seconds``).
+
+        The clip is ``frames = floor(seconds * fps)`` video frames (at least one), and its sound track
+        exactly as long, to the nearest sample: ``audio_samples = round(frames / fps * sample_rate)``.
+        The latents cover at least that much (``1 + tc * (F - 1) >= frames`` decoded frames, at least two
+        latent frames; ``L * samples_per_latent >= audio_samples``, ``L`` a multiple of the audio patch);
+        the pipeline trims the decoded media to ``frames`` and ``audio_samples``.
+        """
         is_number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
         if not is_number or not math.isfinite(seconds) or not 0 < seconds <= self.max_seconds:
             raise ValueError(f"seconds: expected a duration in (0, {self.max_seconds:g}] for preset {self.name!r}, "
                              f"got {seconds!r}")
         vf, af = self.video_format, self.audio_format
         _, ph, pw = self.video.patch
-        latent_frames = 1 + max(1, math.ceil(seconds * vf.fps / vf.temporal_compression - 1e-9))
+        frames = max(1, math.floor(seconds * vf.fps + 1e-6))
+        duration = frames / vf.fps
+        latent_frames = 1 + max(1, math.ceil((frames - 1) / vf.temporal_compression))
         lat_h, lat_w = vf.height // vf.spatial_compression, vf.width // vf.spatial_compression
         pa = self.audio.patch[0]
-        audio_latents = pa * math.ceil(math.ceil(seconds * af.latents_per_s - 1e-9) / pa)
+        audio_samples = round(duration * af.sample_rate)
+        audio_latents = pa * math.ceil(math.ceil(audio_samples / af.samples_per_latent) / pa)
         return RunShape(
-            seconds=float(seconds),
-            frames=1 + vf.temporal_compression * (latent_frames - 1),
+            seconds=duration,
+            frames=frames,
             video_latent=(self.video.latent_channels, latent_frames, lat_h, lat_w),
             video_grid=(latent_frames, lat_h // ph, lat_w // pw),
             audio_latents=audio_latents,
-            audio_samples=audio_latents * af.samples_per_latent,
-            keyframes=self.keyframes(seconds),
-            chunks=math.ceil(seconds - 1e-9) if self.planner else 0,
+            audio_samples=audio_samples,
+            keyframes=self.keyframes(duration),
+            chunks=math.ceil(duration - 1e-9) if self.planner else 0,
         )
 
 

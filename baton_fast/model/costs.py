@@ -5,11 +5,12 @@ layers and the LM's attention, plus ``4 * B * H * Nq * Nk * D`` for every ``bato
 call (QK^T and PV; key lengths ignored, i.e. padded text counts in full).  Elementwise work (norms,
 RoPE, activations) is not counted.  Classifier-free guidance doubles the batch.
 
-    python -m baton_fast.model.costs            # Markdown table of every preset
+    python -m baton_fast.model.costs [--steps N] [--presets a,b]   # Markdown table (every preset: about a minute)
 """
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -119,13 +120,14 @@ def _si(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}".strip()
 
 
-def _table(steps: int = 50) -> str:
-    """Markdown table of every preset: parameters, and FLOPs of ``steps`` Euler steps at the preset's length."""
+def _table(steps: int = 50, presets=tuple(PRESETS)) -> str:
+    """Markdown table of ``presets``: parameters, and FLOPs of ``steps`` Euler steps at the preset's length."""
     header = ["preset", "seconds", "DiT params", "planner LM params", "tower params", "DiT forward, CFG batch 2",
               "planner", "run preparation (text embed, plan K/V)", f"{steps} Euler steps, total",
               "plan K/V cache, bf16"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for name, cfg in PRESETS.items():
+    for name in presets:
+        cfg = PRESETS[name]
         seconds = 2.0 if name == "tiny" else cfg.max_seconds
         p, f = parameter_counts(cfg), flop_counts(cfg, seconds, evaluations=steps)
         lines.append(" | ".join([
@@ -135,5 +137,26 @@ def _table(steps: int = 50) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> int:
+    """``python -m baton_fast.model.costs``: print the table; bad arguments end in one line and exit 2."""
+    from baton_fast.cli import DefaultsHelpFormatter, Parser, UsageError, positive_int
+
+    parser = Parser(prog="python -m baton_fast.model.costs", formatter_class=DefaultsHelpFormatter,
+                    description="Parameter and FLOP counts of the presets, on the meta device (Markdown table).")
+    parser.add_argument("--steps", type=positive_int, default=50, help="Euler steps counted per run")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets to count")
+    try:
+        args = parser.parse_args(argv)
+        presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+        unknown = [name for name in presets if name not in PRESETS]
+        if unknown or not presets:
+            parser.error(f"argument --presets: expected some of {', '.join(PRESETS)}, got {args.presets!r}")
+    except UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(_table(args.steps, presets))
+    return 0
+
+
 if __name__ == "__main__":
-    print(_table())
+    sys.exit(main())

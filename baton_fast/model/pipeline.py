@@ -123,11 +123,14 @@ class BatonPipeline:
     def generate(self, video_prompts, audio_prompts, *, seconds: float, seed: int = 0,
                  options: SamplerOptions = SamplerOptions(), video_negative_prompt: str = "",
                  audio_negative_prompt: str = "", layout=None,
-                 layout_fraction: float = DEFAULT_LAYOUT_FRACTION) -> Generation:
-        """Generate ``len(video_prompts)`` clips of ``seconds`` with their sound tracks.
+                 layout_fraction: float = DEFAULT_LAYOUT_FRACTION, on_phase=None) -> Generation:
+        """Generate ``len(video_prompts)`` clips of ``seconds`` (rounded down to whole video frames) with
+        their sound tracks, as long as the video to the sample.
 
         ``layout``: an optional VSL that every clip follows, applied as layout masks during the first
         ``layout_fraction`` of the steps.  The same ``seed`` (and the same weights) gives the same output.
+        ``on_phase(name)``, when given, is called as each phase starts: ``"planner"``, ``"text encoder"``,
+        ``"prepare"``, ``"denoise"``, ``"decode"`` (a progress display).
         """
         cfg, device = self.cfg, self.device
         video_prompts, audio_prompts = _prompts("video_prompts", video_prompts), _prompts("audio_prompts", audio_prompts)
@@ -148,17 +151,21 @@ class BatonPipeline:
         clock = _Stopwatch(device)
         timings = {"build": self.build_seconds}
 
+        on_phase = on_phase or (lambda name: None)
+        on_phase("planner")
         plan = None
         if self.planner is not None:
             plan = self.planner(video_prompts + [video_negative_prompt] * B, audio_prompts + [audio_negative_prompt] * B,
                                 shape)
         timings["planner"] = clock.lap()
+        on_phase("text encoder")
 
         texts = video_prompts + audio_prompts + [video_negative_prompt] * B + [audio_negative_prompt] * B
         hidden, lens = (x.unflatten(0, (4, B)) for x in self.text_encoder(texts))  # video, audio, their negatives
         video_text, audio_text = torch.cat([hidden[0], hidden[2]]), torch.cat([hidden[1], hidden[3]])
         video_lens, audio_lens = torch.cat([lens[0], lens[2]]), torch.cat([lens[1], lens[3]])
         timings["text_encoder"] = clock.lap()
+        on_phase("prepare")
 
         ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)
         guidance = None
@@ -174,6 +181,7 @@ class BatonPipeline:
             compile_blocks(self.dit, options.compile_backend)
             self.compiled_backend = options.compile_backend
         timings["prepare"] = clock.lap()
+        on_phase("denoise")
 
         generator = torch.Generator(device).manual_seed(seed)
         video_noise = torch.randn((B, *shape.video_latent), generator=generator, device=device)
@@ -188,7 +196,11 @@ class BatonPipeline:
         timings["steps"] = step_seconds
         timings["denoise"] = sum(step_seconds)
 
-        video, audio = self.decoder.video(video_latents), self.decoder.audio(audio_latents)
+        on_phase("decode")
+        # the decoders cover the latents (1 + tc * (F - 1) frames, L * samples_per_latent samples); the clip
+        # is shape.frames long and its sound track as long, to the sample (BatonConfig.shape)
+        video = self.decoder.video(video_latents)[:, :shape.frames].contiguous()
+        audio = self.decoder.audio(audio_latents)[:, :shape.audio_samples].contiguous()
         timings["decode"] = clock.lap()
         timings["total"] = timings["build"] + (clock.last - clock.start)
 
@@ -202,7 +214,9 @@ class BatonPipeline:
                        "audio_plan": 0 if plan is None else plan.audio.shape[1]},
             "outputs": {"frames": video.shape[1], "height": video.shape[2], "width": video.shape[3],
                         "fps": cfg.video_format.fps, "audio_samples": audio.shape[1],
-                        "sample_rate": cfg.audio_format.sample_rate},
+                        "sample_rate": cfg.audio_format.sample_rate,
+                        "video_seconds": video.shape[1] / cfg.video_format.fps,
+                        "audio_seconds": audio.shape[1] / cfg.audio_format.sample_rate},
             "timings_s": timings, **peak_memory(device),
         }
         if guidance is not None:
