@@ -192,13 +192,15 @@ def _values_checked(rotations: dict, k_lens, n_k):
     return dict(zip(rotations, checked)), (checked[-1] if k_lens is not None else None)
 
 
-def check_coords(coords: torch.Tensor, table: RopeTable, name: str = "coords") -> None:
+def check_coords(coords: torch.Tensor, table: RopeTable, name: str = "coords") -> torch.Tensor:
     """The value checks of a rotated side, once: ``coords`` float32 ``[B or 1, N, A]`` must be finite and their
     angles under ``table`` below :data:`MAX_ANGLE`.  Reads one value pair back from the device.  Run it where a
-    run is prepared, then call the ops with ``check_values=False`` on these coordinates."""
+    run is prepared, then call the ops with ``check_values=False`` on these coordinates.  Returns the
+    coordinates to use (under torch.compile a copy made by the check op, which keeps the check in the graph)."""
     _check_coords(name, coords, coords.shape[0], coords.shape[1], table)
     freqs, axes = _table_tensors("table", table, coords.device)
-    _check_values({name: (coords, freqs, axes)}, None, 0)
+    checked, _ = _values_checked({name: (coords, freqs, axes)}, None, 0)
+    return checked[name]
 
 
 def check_key_lengths(k_lens: torch.Tensor, n_keys: int) -> None:

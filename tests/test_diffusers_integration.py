@@ -345,3 +345,40 @@ def test_modelled_bytes_of_wan_self_attention_by_hand():
     records = bench.modelled_records()
     assert {r["kind"] for r in records} == {"modelled"} and not any(r["measured"] for r in records)
     assert {"name", "backend", "shape", "dtype", "metric", "value", "unit", "notes"} <= set(records[0])
+
+
+# ------------------------------------------------------------------- processor swaps, host reads
+@pytest.mark.parametrize("family", ["ltx2", "wan"])
+def test_setting_another_processor_while_applied_is_refused(family):
+    """diffusers' own processors would get coordinates instead of (cos, sin): the swap is refused, clearly, and
+    leaves the patched model working; after remove() it is allowed."""
+    if family == "ltx2":
+        model, inputs, foreign = tiny_ltx2(num_layers=1), ltx2_inputs(mask=PADDED), LTX2AudioVideoAttnProcessor
+    else:
+        model, inputs, foreign = tiny_wan(num_layers=1), wan_inputs(), WanAttnProcessor
+    expected = run(model, inputs)
+    handle = baton_diffusers.apply(model)
+    with pytest.raises(RuntimeError, match=rf"set_processor: .*{foreign.__name__}.*call remove\(\)"):
+        model.set_attn_processor(foreign())
+    assert_rel_close(run(model, inputs), expected)
+    handle.remove()
+    model.set_attn_processor(foreign())
+    assert all(isinstance(p, foreign) for p in model.attn_processors.values())
+    for after, before in zip(run(model, inputs), expected):
+        assert torch.equal(after, before)
+
+
+def test_layers_read_nothing_back_coordinates_checked_once_per_forward():
+    """The layers call the ops without value checks: LTX-2 reads back once per rope module and forward (its
+    coordinate check), Wan nothing after the first forward at a grid size (checked coordinates are cached)."""
+    from test_host_sync import HostReads
+
+    ltx2, wan = tiny_ltx2(num_layers=2), tiny_wan(num_layers=2)
+    with baton_diffusers.apply(ltx2), baton_diffusers.apply(wan):
+        run(wan, wan_inputs())
+        with HostReads() as reads:
+            run(ltx2, ltx2_inputs(mask=PADDED.bool()))
+        assert len(reads.reads) == len(LTX2_ROPES), reads.reads
+        with HostReads() as reads:
+            run(wan, wan_inputs())
+        assert reads.reads == []

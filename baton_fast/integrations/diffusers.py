@@ -5,7 +5,9 @@
     ...
     handle.remove()                               # diffusers' processors and rope modules are back
 
-``apply`` changes three things, all undone by ``remove()``; the state dict never changes:
+``apply`` changes three things, all undone by ``remove()``; the state dict never changes.  While it is
+in effect, setting another attention processor (``model.set_attn_processor(...)``) raises an error that
+says to call ``remove()`` first:
 
 1. every attention module gets a baton-fast processor (:mod:`.diffusers_processors`);
 2. the model's rope modules return :class:`RotaryCoords` — the token coordinates, computed once
@@ -29,6 +31,7 @@ from diffusers import LTX2VideoTransformer3DModel, WanTransformer3DModel
 from diffusers.models.transformers.transformer_ltx2 import LTX2Attention
 from diffusers.models.transformers.transformer_wan import WanAttention
 
+from ..ops import check_coords
 from ..rope import RopeTable, video_grid_coords
 from .diffusers_processors import FastLTX2AttnProcessor, FastWanAttnProcessor, RotaryCoords
 
@@ -74,12 +77,16 @@ class DiffusersPatch:
 
     # ------------------------------------------------------------------ patching steps
     def _set_processors(self, attention_cls, processor_cls) -> None:
-        """Give every ``attention_cls`` module of the model a ``processor_cls``."""
+        """Give every ``attention_cls`` module of the model a ``processor_cls``, and refuse other processors while
+        the patch is on: diffusers' own processors expect ``(cos, sin)`` from the rope modules, which now hand
+        out coordinates (``model.set_attn_processor(...)`` calls each module's ``set_processor``)."""
         for module in self.model.modules():
             if isinstance(module, attention_cls):
                 original = module.processor
                 module.set_processor(processor_cls())
                 self._undo.append(lambda module=module, original=original: module.set_processor(original))
+                module.set_processor = _refuse_processor_swap
+                self._undo.append(lambda module=module: delattr(module, "set_processor"))
 
     def _replace_rope_forward(self, name: str, replacement) -> None:
         """Replace the forward of rope module ``name`` (an instance attribute, deleted on removal)."""
@@ -91,6 +98,12 @@ class DiffusersPatch:
     def _add_forward_pre_hook(self, hook) -> None:
         handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
         self._undo.append(handle.remove)
+
+
+def _refuse_processor_swap(processor, *args, **kwargs):
+    raise RuntimeError(f"set_processor: this model runs on baton-fast attention (baton_fast.integrations.diffusers."
+                       f"apply), whose rope modules hand out coordinates, not the (cos, sin) that "
+                       f"{type(processor).__name__} expects; call remove() on the handle apply() returned first")
 
 
 def apply(model: torch.nn.Module) -> DiffusersPatch:
@@ -144,7 +157,8 @@ class _LTX2Coordinates:
         grid = torch.stack([coords[:, i] / self.max_positions[i] for i in range(self.num_axes)], dim=-1).to(device)
         if self.table.freqs.device != grid.device:
             self.table = self.table.to(grid.device)
-        return RotaryCoords((grid * 2 - 1).float(), self.table)
+        # checked once per forward: the layers call the ops with check_values=False
+        return RotaryCoords(check_coords((grid * 2 - 1).float(), self.table), self.table)
 
 
 def _ltx2_table(rope, heads: int, head_dim: int, num_axes: int) -> Optional[RopeTable]:
@@ -241,19 +255,25 @@ class _TextPaddingToKeyLengths:
 
 # --------------------------------------------------------------------------- Wan
 class _WanCoordinates:
-    """Stands in for ``WanRotaryPosEmbed.forward``: the latent patch grid ``(t, h, w)``, float32 ``[1, N, 3]``."""
+    """Stands in for ``WanRotaryPosEmbed.forward``: the latent patch grid ``(t, h, w)``, float32 ``[1, N, 3]``,
+    built and checked once per grid size and device (a forward then allocates and reads back nothing)."""
 
     def __init__(self, patch_size: tuple, table: RopeTable):
         self.patch_size = patch_size
         self.table = table
+        self._grids: dict = {}
 
     def __call__(self, hidden_states: torch.Tensor) -> RotaryCoords:
         _, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.patch_size
-        coords = video_grid_coords(frames // p_t, height // p_h, width // p_w, device=hidden_states.device)
-        if self.table.freqs.device != coords.device:
-            self.table = self.table.to(coords.device)
-        return RotaryCoords(coords[None], self.table)
+        grid, device = (frames // p_t, height // p_h, width // p_w), hidden_states.device
+        if self.table.freqs.device != device:
+            self.table = self.table.to(device)
+        if torch.compiler.is_compiling():  # the compiled graph builds (and checks) its own constants
+            return RotaryCoords(check_coords(video_grid_coords(*grid, device=device)[None], self.table), self.table)
+        if (grid, device) not in self._grids:
+            self._grids[grid, device] = check_coords(video_grid_coords(*grid, device=device)[None], self.table)
+        return RotaryCoords(self._grids[grid, device], self.table)
 
 
 def _wan_table(rope) -> Optional[RopeTable]:

@@ -15,6 +15,10 @@ signature; the attention module keeps owning the weights.  Every processor does:
    ``video_self_attention_mask``) cannot be expressed as key lengths: those calls go through
    diffusers' own ``dispatch_attention_fn`` with the mask, on the already-rotated Q, K.
 
+The ops are called with ``check_values=False``: the coordinates were checked once per forward by the
+patched rope modules, and the key lengths are made by the text-mask hook; a layer reads nothing back
+from the device.
+
 Inference only: the baton-fast ops have no backward.
 """
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _rmsnorm_rope(attn, query, key, query_rope, key_rope):
     """
     norm_q, norm_k = attn.norm_q, attn.norm_k
     eps = norm_q.eps if norm_q.eps is not None else torch.finfo(query.dtype).eps
-    norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True)
+    norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True, check_values=False)
     if query_rope is None:  # RMSNorm alone
         return qk_rmsnorm_rope(query, key, **norm)
     return qk_rmsnorm_rope(query, key, query_rope.coords, key_rope.coords, query_rope.table, k_table=key_rope.table,
@@ -78,7 +82,7 @@ def _attend(q, k, v, mask):
     ``dispatch_attention_fn`` (diffusers' path, for masks that are not key lengths).
     """
     if mask is None or is_key_lengths(mask):
-        return rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=mask)
+        return rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=mask, check_values=False)
     return dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
 
