@@ -50,6 +50,14 @@ CASES = [
          kv_heads=1, lse=True),
 ]
 
+# the tiny DiT sharded (mesh: ring x ulysses degrees): one forward (with layout masks) and a short sampling run
+DIT_CASES = [
+    dict(name="dit_forward_ulysses2_layout", world=2, mesh=(1, 2), layout=True),
+    dict(name="dit_forward_ring2", world=2, mesh=(2, 1)),
+    dict(name="dit_sampling_ulysses2", world=2, mesh=(1, 2), steps=2),
+    dict(name="dit_forward_hybrid4_layout", world=4, mesh=(2, 2), layout=True),
+]
+
 # configurations that must raise on every rank: (name, world, expected message fragment per rank role)
 ERROR_CASES = [
     dict(name="ulysses_heads_not_divisible", world=2, match="must divide the query heads"),
@@ -140,6 +148,57 @@ def _run_case(case: dict, rank: int, meshes: dict) -> dict:
     return report
 
 
+def _dit_inputs():
+    """The tiny preset's DiT (seeded weights) and one run's inputs: 1 s (48 video tokens, 12 plan tokens),
+    two text rows of 5 tokens (the rows of a CFG pair), layout masks."""
+    from baton_fast.model.config import get_preset
+    from baton_fast.model.dit import DualBranchDiT
+    from baton_fast.model.layout import LayoutGuidance
+    from baton_fast.model.planner import PlannedTokens, rs_rope_coords
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    dit = DualBranchDiT(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    shape, pc = cfg.shape(1.0), cfg.planner
+    plan = PlannedTokens(torch.randn(2, shape.keyframes * pc.grid ** 2, pc.video_feature_dim, generator=g),
+                         torch.randn(2, shape.chunks * pc.audio_tokens_per_chunk, pc.audio_feature_dim, generator=g),
+                         *rs_rope_coords(cfg, shape))
+    text = [torch.randn(2, 5, cfg.text_dim, generator=g) for _ in range(2)]
+    lens = torch.tensor([5, 3], dtype=torch.int32)
+    text_groups = torch.full((2, 5), -1, dtype=torch.int64)
+    text_groups[:, 1:3] = 2
+    layout = LayoutGuidance(torch.randint(1, 4, (1, shape.video_tokens), generator=g), text_groups)
+    latents = (torch.randn(2, *shape.video_latent, generator=g),
+               torch.randn(2, shape.audio_latents, cfg.audio.latent_channels, generator=g))
+    return dit, shape, (text[0], lens, text[1], lens, plan), layout, latents
+
+
+def _run_dit_case(case: dict, rank: int, meshes: dict) -> dict:
+    from baton_fast.distributed import init_sequence_mesh
+    from baton_fast.model.sampler import GuidedVelocity, SamplerOptions, sample
+
+    dit, shape, run_inputs, layout, (video, audio) = _dit_inputs()
+    mesh = init_sequence_mesh(*case["mesh"])
+    layout = layout if case.get("layout") else None
+    with torch.inference_mode():
+        contexts = [dit.prepare(shape, *run_inputs), dit.prepare(shape, *run_inputs, mesh=mesh)]
+        if case.get("steps"):
+            options = SamplerOptions(steps=case["steps"], progress=False)
+            outputs = [sample(GuidedVelocity(dit, ctx, options.video_guidance, options.audio_guidance),
+                              video[:1], audio[:1], options) for ctx in contexts]
+        else:
+            outputs = [dit(video, audio, torch.tensor([900.0, 250.0]), ctx, layout) for ctx in contexts]
+    (single_video, single_audio), (sharded_video, sharded_audio) = outputs
+    report = {}
+    for name, got, single in (("video", sharded_video, single_video), ("audio", sharded_audio, single_audio)):
+        report[f"{name}_rel"] = float((got - single).abs().max() / single.abs().max())
+        report[f"{name}_shape_ok"] = tuple(got.shape) == tuple(single.shape)
+    report["plan_cache_tokens"] = contexts[1].video.plan_kv[0][0].shape[1]
+    report["plan_tokens"] = contexts[0].video.plan_kv[0][0].shape[1]
+    return report
+
+
 def _run_error_case(case: dict, rank: int, meshes: dict) -> dict:
     from baton_fast.distributed import hybrid_attention, init_sequence_mesh, ulysses_attention
 
@@ -174,11 +233,11 @@ def worker(world: int) -> dict:
     rank = dist.get_rank()
     meshes = {"hybrid": init_sequence_mesh(2, 2) if world == 4 else None}
     results = {}
-    for case in CASES + ERROR_CASES:
+    runners = [(CASES, _run_case), (DIT_CASES, _run_dit_case), (ERROR_CASES, _run_error_case)]
+    for case, run in [(case, run) for cases, run in runners for case in cases]:
         if case["world"] != world:
             continue
         try:
-            run = _run_error_case if case in ERROR_CASES else _run_case
             results[case["name"]] = run(case, rank, meshes)
         except Exception:
             results[case["name"]] = {"crashed": traceback.format_exc()}
@@ -215,6 +274,16 @@ def test_sequence_parallel_equals_single_process(results, case):
             assert res[f"{side}_budget_ok"], f"rank {rank}: {side} outside the float64 budget"
     if case.get("groups") and case.get("lse"):  # the case has a query with no allowed key
         assert any(r["out_has_neg_inf_lse_rows"] for r in _case_result(results, case))
+
+
+@pytest.mark.parametrize("case", DIT_CASES, ids=[c["name"] for c in DIT_CASES])
+def test_sharded_dit_equals_single_process(results, case):
+    for rank, res in enumerate(_case_result(results, case)):
+        for branch in ("video", "audio"):
+            assert res[f"{branch}_shape_ok"], f"rank {rank}: {branch} shape differs"
+            assert res[f"{branch}_rel"] <= REL_TOL, f"rank {rank}: {branch} rel error {res[f'{branch}_rel']:.3g}"
+        world = case["world"]  # the plan K/V cache holds this rank's share of the plan tokens
+        assert res["plan_cache_tokens"] == res["plan_tokens"] // world + (rank < res["plan_tokens"] % world)
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[c["name"] for c in ERROR_CASES])

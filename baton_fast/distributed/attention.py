@@ -36,7 +36,7 @@ from baton_fast.rope import RopeTable
 from .agreement import agree
 from .mesh import SequenceMesh
 
-__all__ = ["ulysses_attention", "ring_attention", "hybrid_attention", "merge_partials"]
+__all__ = ["ulysses_attention", "ring_attention", "hybrid_attention", "sharded_keys_attention", "merge_partials"]
 
 
 def ulysses_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
@@ -225,3 +225,36 @@ def _block_attention(q, k, v, k_lens, q_groups, k_groups, scale, need_lse):
     result = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=k_lens, scale=scale,
                                        return_lse=need_lse, q_groups=q_groups, k_groups=k_groups)
     return result if need_lse else (result, None)
+
+
+def sharded_keys_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *,
+                           group: Optional[dist.ProcessGroup] = None, **rope_attention_kwargs):
+    """``rope_attention`` of queries that every rank holds in full over keys split across the ranks of
+    ``group`` (the audio branch attending to the sharded video tokens).
+
+    Each rank attends to its own key shard (``k``, ``v`` ``[B, nk_r, Hk, D]``, ``k_coords`` theirs), then the
+    partial outputs and LSEs are all-gathered and merged in rank order, so every rank gets the same result,
+    ``[B, Nq, H, D]``.  ``q`` and ``q_coords`` must be equal on every rank (shapes are checked); key lengths
+    and layout groups are not supported here (they would count keys of the whole sequence)."""
+    for name in ("k_lens", "q_groups", "k_groups", "return_lse"):
+        if rope_attention_kwargs.get(name) not in (None, False):
+            raise ValueError(f"{name}: not supported by sharded_keys_attention")
+    agree(lambda: _replicated_query_fields(q, k), lambda: {"nk": k.shape[1]}, group, q.device,
+          "sharded-keys attention")
+    out, lse = baton_fast.rope_attention(q, k, v, q_coords, k_coords, table, return_lse=True, **rope_attention_kwargs)
+    world = dist.get_world_size(group)
+    outs, lses = [torch.empty_like(out) for _ in range(world)], [torch.empty_like(lse) for _ in range(world)]
+    dist.all_gather(outs, out.contiguous(), group=group)
+    dist.all_gather(lses, lse.contiguous(), group=group)
+    merged = merged_lse = None
+    for part, part_lse in zip(outs, lses):
+        merged, merged_lse = merge_partials(merged, merged_lse, part, part_lse)
+    return merged.to(q.dtype)
+
+
+def _replicated_query_fields(q, k) -> dict:
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name}: expected a float16/bfloat16/float32 tensor [B, N, H, D]")
+    B, n_q, H, D = q.shape
+    return dict(batch=B, queries=n_q, heads=H, head_dim=D, kv_heads=k.shape[2], dtype=SUPPORTED_DTYPES.index(q.dtype))

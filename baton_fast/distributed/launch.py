@@ -64,10 +64,17 @@ def run_local_group(fn: Callable, world: int, *args, timeout_s: float = 240.0, c
     try:
         while len(values) < world:
             try:
-                rank, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+                rank, ok, value = results.get(timeout=0.5)
             except queue.Empty:
-                running = [r for r in range(world) if r not in values]
-                raise RuntimeError(f"ranks {running} of {world} did not finish within {timeout_s:g} s") from None
+                # a rank that died before reporting (killed, or failed to start) is not waited for
+                dead = [r for r, p in enumerate(procs) if r not in values and p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"ranks {dead} of {world} exited without a result (exit codes "
+                                       f"{[procs[r].exitcode for r in dead]})") from None
+                if time.monotonic() > deadline:
+                    running = [r for r in range(world) if r not in values]
+                    raise RuntimeError(f"ranks {running} of {world} did not finish within {timeout_s:g} s") from None
+                continue
             if not ok:
                 raise RuntimeError(f"rank {rank} of {world} failed:\n{value}")
             values[rank] = value

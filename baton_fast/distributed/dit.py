@@ -1,0 +1,121 @@
+"""The dual-branch DiT sharded over a :class:`SequenceMesh`: video tokens and video plan tokens split.
+
+Build with ``dit.prepare(..., mesh=mesh)`` (:meth:`~baton_fast.model.dit.DualBranchDiT.prepare`); the
+video :class:`~baton_fast.model.dit.BranchGeometry` then carries a :class:`SequenceSharding` and holds
+only this rank's coordinates, and the plan keys/values of every block are computed and cached for this
+rank's plan tokens only (``1 / degree`` of the cache).  Per evaluation:
+
+- video self-attention and the video plan cross-attention: :func:`hybrid_attention` over the mesh;
+- the audio branch (short: ~157 tokens), the text and the timestep are replicated: every rank computes
+  them alike; the audio queries' cross-modal attention to the video tokens is
+  :func:`sharded_keys_attention` (partial outputs merged in rank order, the same on every rank);
+- the video queries' text and cross-modal attentions read replicated keys: local, unchanged;
+- the head's output tokens are all-gathered, so every rank returns the whole velocity.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import baton_fast
+from baton_fast.model.attention import SelfAttention, split_heads
+from baton_fast.model.layout import LayoutGuidance
+
+from .attention import _gather_tokens, hybrid_attention, sharded_keys_attention
+from .mesh import SequenceMesh, shard_lengths
+
+__all__ = ["TokenShard", "SequenceSharding", "ShardedSelfAttention"]
+
+
+@dataclass(frozen=True)
+class TokenShard:
+    """This rank's contiguous part ``[start, stop)`` of ``sum(lengths)`` tokens split over a mesh."""
+
+    mesh: SequenceMesh
+    lengths: tuple
+
+    @classmethod
+    def split(cls, mesh: SequenceMesh, tokens: int) -> "TokenShard":
+        return cls(mesh, tuple(shard_lengths(tokens, mesh.size)))
+
+    @property
+    def start(self) -> int:
+        return sum(self.lengths[:self.mesh.rank])
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.lengths[self.mesh.rank]
+
+    def take(self, x: Optional[torch.Tensor], dim: int = 1) -> Optional[torch.Tensor]:
+        """This rank's tokens of ``x`` (tokens along ``dim``); None stays None."""
+        return None if x is None else x.narrow(dim, self.start, self.stop - self.start)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``x [B, n_r, C]``, concatenated in shard order: ``[B, sum(lengths), C]``."""
+        B, _, C = x.shape
+        flat = _gather_tokens(x.reshape(B, -1), [n * C for n in self.lengths], self.mesh.group)
+        return flat.reshape(B, sum(self.lengths), C)
+
+
+@dataclass(frozen=True)
+class SequenceSharding:
+    """How one sampling run splits the video branch: its tokens and its plan tokens, over ``mesh``."""
+
+    video: TokenShard
+    plan: Optional[TokenShard]
+
+    @classmethod
+    def for_run(cls, mesh: SequenceMesh, video_tokens: int, plan_tokens: Optional[int]) -> "SequenceSharding":
+        if not isinstance(mesh, SequenceMesh):
+            raise TypeError(f"mesh: expected a SequenceMesh (init_sequence_mesh), got {type(mesh).__name__}")
+        plan = TokenShard.split(mesh, plan_tokens) if plan_tokens is not None else None
+        return cls(TokenShard.split(mesh, video_tokens), plan)
+
+    @property
+    def mesh(self) -> SequenceMesh:
+        return self.video.mesh
+
+    def geometry(self, geo):
+        """This rank's part of the video :class:`BranchGeometry` (its coordinates), carrying this sharding."""
+        return dataclasses.replace(geo, coords=self.video.take(geo.coords),
+                                   plan_coords=self.plan.take(geo.plan_coords) if self.plan else None, shard=self)
+
+    def layout(self, layout: Optional[LayoutGuidance]) -> Optional[LayoutGuidance]:
+        """The layout masks of this rank's video tokens (the text masks are replicated)."""
+        if layout is None:
+            return None
+        return LayoutGuidance(self.video.take(layout.video_groups), layout.text_groups, layout.fraction)
+
+    # ------------------------------------------------------------- attentions (see the module docstring)
+    def self_attention(self, module: SelfAttention) -> "ShardedSelfAttention":
+        return ShardedSelfAttention(module, self.mesh)
+
+    def attention(self, q, k, v, q_coords=None, k_coords=None, table=None, **rope_attention_kwargs):
+        """Sharded queries over sharded keys (the plan cross-attention)."""
+        return hybrid_attention(q, k, v, q_coords, k_coords, table, mesh=self.mesh, **rope_attention_kwargs)
+
+    def keys_attention(self, q, k, v, q_coords=None, k_coords=None, table=None, **rope_attention_kwargs):
+        """Replicated queries over the sharded video keys (the audio branch's cross-modal attention)."""
+        return sharded_keys_attention(q, k, v, q_coords, k_coords, table, group=self.mesh.group,
+                                      **rope_attention_kwargs)
+
+
+class ShardedSelfAttention:
+    """A :class:`SelfAttention` module's forward with the attention over the mesh (same arguments, same
+    weights): the fused QK RMSNorm + RoPE pre-pass on this rank's tokens, then :func:`hybrid_attention`
+    on the rotated shards (layout groups passed as they are: each rank's tokens keep their masks)."""
+
+    def __init__(self, module: SelfAttention, mesh: SequenceMesh):
+        self.module, self.mesh = module, mesh
+
+    def __call__(self, x: torch.Tensor, coords: torch.Tensor, table, q_groups=None, k_groups=None) -> torch.Tensor:
+        m, h = self.module, self.module.num_heads
+        q, k = baton_fast.qk_rmsnorm_rope(split_heads(m.q(x), h), split_heads(m.k(x), h), coords, coords, table,
+                                          q_weight=m.norm_q.weight, k_weight=m.norm_k.weight, eps=m.eps)
+        out = hybrid_attention(q, k, split_heads(m.v(x), h), rotate_q=False, rotate_k=False, mesh=self.mesh,
+                               q_groups=q_groups, k_groups=k_groups)
+        return m.o(out.flatten(2))
+
