@@ -58,7 +58,8 @@ def test_out_must_not_be_a_file(tmp_path, capsys):
 def test_budgets_are_shared_in_the_default_ratio():
     assert command.part_budgets(list(results.PARTS), command.DEFAULT_BUDGET_S) == command.PART_BUDGETS_S
     half = command.part_budgets(["numerics", "timings"], 100)
-    assert half == pytest.approx({"numerics": 100 * 130 / 350, "timings": 100 * 220 / 350}, abs=0.05)
+    n, t = command.PART_BUDGETS_S["numerics"], command.PART_BUDGETS_S["timings"]
+    assert half == pytest.approx({"numerics": 100 * n / (n + t), "timings": 100 * t / (n + t)}, abs=0.05)
     # the default budget plus the part processes' grace stays inside one 10-minute device command
     assert command.DEFAULT_BUDGET_S + len(results.PARTS) * command.GRACE_S < 600
     assert command.parse_parts("timings, numerics") == ["numerics", "timings"]  # run order is fixed
@@ -211,18 +212,51 @@ def test_run_items_writes_after_every_item_and_records_failures_and_skips(tmp_pa
     assert not (tmp_path / "parts" / "numerics.json.tmp").exists()
 
 
-def test_merge_of_a_stopped_part_keeps_its_records(tmp_path):
-    child = _fixture_document(["timings"])
-    child["parts"]["timings"].update(status="running", items=8, items_done=2)
-    child["records"].append(results.record("kernels", "Ovi video self-attn", "baton-fast fused", "time", 1.0, "ms",
-                                           device=WHERE, extra_key=1))
-    results.write_document(child, tmp_path / "parts" / "timings.json")
-    doc = _fixture_document(["timings"])
-    command._merge_part(doc, "timings", tmp_path, None, WHERE)
-    assert doc["parts"]["timings"]["status"] == "partial" and "deadline" in doc["parts"]["timings"]["failure"]
-    assert [r["metric"] for r in doc["records"]] == ["time", "failed"]
-    results.validate_document(doc)
-    assert command.exit_status(doc) == 1
+CHILD = """
+import json, sys, time
+path, mode = sys.argv[1], sys.argv[2]
+doc = json.loads(open(path + ".in").read())
+doc["parts"]["numerics"].update(status="running" if mode == "hang" else "done", items=2, items_done=1 + (mode != "hang"))
+open(path + ".tmp", "w").write(json.dumps(doc))
+__import__("os").replace(path + ".tmp", path)
+if mode == "hang":
+    time.sleep(60)
+sys.exit(3 if mode == "crash" else 0)
+"""
+
+
+def test_parts_run_as_merged_child_processes_and_a_hung_one_is_stopped(tmp_path, monkeypatch):
+    """The parent's side of a part: shard processes (stand-ins that write part files: one finishes, one
+    exits with an error, one hangs) are merged into results.json, the hung one is stopped after the grace."""
+    args = command.argparse.Namespace(out=str(tmp_path), seed=0)
+    modes = {"0/3": "ok", "1/3": "crash", "2/3": "hang"}
+    for shard in modes:
+        child = _fixture_document(["numerics"])
+        child["records"].append(_num_record(f"case {shard}", 1e-3, 2e-3))
+        path = command._part_file(tmp_path, "numerics", int(shard[0]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(path.name + ".in").write_text(json.dumps(child))
+
+    def child_command(name, shard, budget_s, args):
+        return [sys.executable, "-c", CHILD, str(command._part_file(tmp_path, name, int(shard[0]))), modes[shard]]
+
+    monkeypatch.setattr(command, "_child_command", child_command)
+    monkeypatch.setitem(command.SHARDS, "numerics", 3)
+    monkeypatch.setattr(command, "GRACE_S", 1.5)
+    monkeypatch.setattr(command, "POLL_S", 0.2)
+    doc, results_path = _fixture_document(["numerics"]), tmp_path / "results.json"
+    start = time.monotonic()
+    command._run_part("numerics", 0.5, args, doc, results_path, WHERE)
+    assert time.monotonic() - start < 10
+    written = json.loads(results_path.read_text())
+    results.validate_document(written)
+    part = written["parts"]["numerics"]
+    assert part["status"] == "partial" and part["items"] == 6 and part["items_done"] == 5
+    assert "shard 1: its process exited with status 3" in part["failure"] and "past its deadline" in part["failure"]
+    cases = [r["case"] for r in written["records"]]
+    assert cases == ["case 0/3", "case 1/3", "case 2/3", "numerics"] and written["records"][-1]["metric"] == "failed"
+    assert not list((tmp_path / "parts").glob("*.json"))  # merged, then removed
+    assert command.exit_status(written) == 1
 
 
 @pytest.mark.parametrize("breakage, message", [

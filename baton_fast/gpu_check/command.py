@@ -1,14 +1,17 @@
 """``baton-fast gpu-check``: native numerics, CUDA-graph replay and attention timings on a CUDA GPU.
 
-    python3 -m baton_fast.cli gpu-check [--out DIR] [--parts numerics,cuda_graph,timings] [--budget-s 400]
+    python3 -m baton_fast.cli gpu-check [--out DIR] [--parts numerics,cuda_graph,timings] [--budget-s 410]
 
-Each part runs in its own process (a kernel fault that poisons the CUDA context, or a hang, costs that
-part only), within its share of the time budget (:data:`PART_BUDGETS_S`, scaled to ``--budget-s``): no
-item starts after the part's deadline, the remaining ones are recorded as skipped, and a part still
-running ``GRACE_S`` after its deadline is stopped.  A part writes ``DIR/parts/<part>.json`` after every
-item; ``DIR/results.json`` (:mod:`.results`) is rewritten after every part, and ``DIR/report.md`` is
-rendered by :mod:`baton_fast.bench.report` at the end.  Exit status: 0 when every check passed, 1 when a
-check failed or a part failed, 2 (one line) when there is no CUDA device or an argument is wrong.
+Each part runs in child processes (a kernel fault that poisons the CUDA context, or a hang, costs that
+part only) within its share of the time budget (:data:`PART_BUDGETS_S`, scaled to ``--budget-s``): no
+item starts after the part's deadline (the rest are recorded as skipped), and a child still running
+``GRACE_S`` after it is stopped.  The numerics items, mostly Triton compiles, are shared by
+:data:`SHARDS` processes; the CUDA-graph check and the timings run alone.  Children write
+``DIR/parts/<part>-<shard>.json`` after every item; ``DIR/results.json`` (:mod:`.results`) follows them
+every :data:`POLL_S` seconds, so a run stopped at any point leaves its data, and the part files are
+removed once merged.  At the end ``DIR/report.md`` is rendered by :mod:`baton_fast.bench.report`.
+Exit status: 0 when every check passed and every part finished, 1 otherwise, 2 (one line) when there
+is no CUDA device or an argument is wrong.
 """
 from __future__ import annotations
 
@@ -25,13 +28,15 @@ import torch
 
 from .results import PARTS, gpu_description, new_document, record, validate_document, write_document
 
-__all__ = ["add_arguments", "run", "PART_BUDGETS_S", "DEFAULT_BUDGET_S", "GRACE_S", "parse_parts", "part_budgets",
-           "environment_problem", "run_items", "exit_status"]
+__all__ = ["add_arguments", "run", "PART_BUDGETS_S", "DEFAULT_BUDGET_S", "GRACE_S", "SHARDS", "parse_parts",
+           "part_budgets", "environment_problem", "run_items", "merge_shards", "exit_status"]
 
-PART_BUDGETS_S = {"numerics": 130.0, "cuda_graph": 50.0, "timings": 220.0}
-DEFAULT_BUDGET_S = sum(PART_BUDGETS_S.values())  # 400 s: with start-up and the last item's overrun, < 8 min
+PART_BUDGETS_S = {"numerics": 120.0, "cuda_graph": 60.0, "timings": 230.0}
+DEFAULT_BUDGET_S = sum(PART_BUDGETS_S.values())  # 410 s: with start-ups and the last item's overrun, < 8 min
 GRACE_S = 45.0  # the longest item (Wan 720p timings with a FlexAttention compile) fits in it
 PART_SECTIONS = {"numerics": "gpu_numerics", "cuda_graph": "cuda_graph", "timings": "kernels"}
+SHARDS = {"numerics": max(1, min(8, (os.cpu_count() or 2) // 2))}
+POLL_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(f"{p} {s:g} s" for p, s in PART_BUDGETS_S.items())
                              + f"; default {DEFAULT_BUDGET_S:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    # internal: run one part in this process until the monotonic-clock deadline, write DIR/parts/<part>.json
+    # internal, for the child processes: run shard I/N of one part until the deadline
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
     parser.add_argument("--deadline-in-s", type=float, help=argparse.SUPPRESS)
 
 
@@ -76,6 +82,7 @@ def environment_problem():
     return None
 
 
+# --------------------------------------------------------------------------- child: one shard of a part
 def _telemetry(when: str) -> dict:
     from baton_fast.bench.machine import gpu_info
     keep = ("index", "name", "sm_clock_mhz", "memory_clock_mhz", "temperature_c", "power_draw_w", "memory_used_bytes")
@@ -130,32 +137,92 @@ def run_items(doc: dict, part_name: str, items: list, deadline: float, path, whe
     write_document(doc, path)
 
 
-def _run_part(args) -> int:
-    """Child process: run ``args.part`` until its deadline into ``DIR/parts/<part>.json``."""
+def _part_file(out_dir: Path, part: str, shard: int) -> Path:
+    return out_dir / "parts" / f"{part}-{shard}.json"
+
+
+def _run_shard(args) -> int:
+    """Child process: items ``I, I+N, ...`` of ``args.part`` (``--shard I/N``) until the deadline."""
     from baton_fast.bench.machine import machine_info
 
     deadline = time.monotonic() + args.deadline_in_s
+    index, count = map(int, args.shard.split("/"))
     where = f"cuda:{torch.cuda.get_device_name()}"
     doc = new_document(gpu_description(0), machine_info(), {args.part: args.deadline_in_s})
-    run_items(doc, args.part, _items(args.part, where, args.seed), deadline,
-              Path(args.out) / "parts" / f"{args.part}.json", where)
+    items = _items(args.part, where, args.seed)[index::count]
+    run_items(doc, args.part, items, deadline, _part_file(Path(args.out), args.part, index), where)
     return 0
 
 
-def _merge_part(doc: dict, name: str, out_dir: Path, returncode, where: str) -> None:
-    """Copy a child's part entry and records into ``doc``; a child that died or was stopped is noted."""
-    path = out_dir / "parts" / f"{name}.json"
-    child = json.loads(path.read_text()) if path.is_file() else None
-    if child is not None:
-        doc["parts"][name] = child["parts"][name]
-        doc["records"] += child["records"]
-    if returncode != 0:
-        entry = doc["parts"][name]
-        reason = ("stopped: still running past its deadline" if returncode is None
-                  else f"its process exited with status {returncode}")
-        entry.update(status="partial" if entry["status"] in ("running", "partial") else entry["status"], failure=reason)
+# --------------------------------------------------------------------------- parent: parts and merging
+def merge_shards(name: str, budget_s: float, shard_docs: list, exit_codes: list) -> tuple[dict, list, list]:
+    """``(part entry, records, failures)`` of a part from its shards' documents (None: none written) and the
+    exit codes of their processes (None: still running, or stopped); ``failures`` names each shard that
+    exited with an error or was stopped before it finished."""
+    entry = dict(status="done", budget_s=budget_s, wall_s=0.0, items=0, items_done=0, telemetry=[])
+    records, failures = [], []
+    for shard, (child, code) in enumerate(zip(shard_docs, exit_codes)):
+        part = child["parts"][name] if child else dict(status="running", wall_s=0.0, items=0, items_done=0,
+                                                         telemetry=[])
+        for key in ("items", "items_done"):
+            entry[key] += part[key]
+        entry["wall_s"] = max(entry["wall_s"], part["wall_s"])
+        entry["telemetry"] += part["telemetry"]
+        records += child["records"] if child else []
+        if part["status"] == "partial" and entry["status"] != "running":
+            entry["status"] = "partial"
+        elif part["status"] != "done":
+            entry["status"] = "running"
+        if code not in (0, None):
+            failures.append(f"shard {shard}: its process exited with status {code}")
+    return entry, records, failures
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet (writes are atomic: never half a file)
+        return None
+
+
+def _child_command(name: str, shard: str, budget_s: float, args) -> list[str]:
+    return [sys.executable, "-m", "baton_fast.cli", "gpu-check", "--part", name, "--shard", shard,
+            "--out", str(args.out), "--seed", str(args.seed), "--deadline-in-s", str(budget_s)]
+
+
+def _run_part(name: str, budget_s: float, args, doc: dict, results_path: Path, where: str) -> None:
+    """Run a part as ``SHARDS[name]`` child processes (same interpreter, working directory and environment,
+    so the same imports: a source checkout too), merging their part files into ``doc`` and ``results_path``."""
+    out_dir, shards = Path(args.out), SHARDS.get(name, 1)
+    files = [_part_file(out_dir, name, i) for i in range(shards)]
+    for f in files:
+        f.unlink(missing_ok=True)
+    procs = [subprocess.Popen(_child_command(name, f"{i}/{shards}", budget_s, args)) for i in range(shards)]
+    stop_at, base, stopped = time.monotonic() + budget_s + GRACE_S, list(doc["records"]), False
+    while True:
+        running = [p for p in procs if p.poll() is None]
+        if running and time.monotonic() > stop_at:
+            for p in running:
+                p.kill()
+                p.wait()
+            running, stopped = [], True
+        entry, records, failures = merge_shards(name, budget_s, [_read(f) for f in files],
+                                                [None if p in running else p.returncode for p in procs])
+        doc["parts"][name], doc["records"] = entry, base + records
+        if not running:
+            break
+        write_document(doc, results_path)
+        time.sleep(POLL_S)
+    if entry["status"] == "running":  # a shard ended (or was stopped) before it finished its items
+        entry["status"] = "partial"
+        failures.append("stopped: still running past its deadline" if stopped else "a shard ended before its items")
+    if failures:
+        entry["failure"] = "; ".join(failures)
         doc["records"].append(record(PART_SECTIONS[name], name, "", "failed", None, "", device=where,
-                                     reason=f"part {name}: {reason}"))
+                                     reason=f"part {name}: {entry['failure']}"))
+    write_document(doc, results_path)
+    for f in files:  # merged into results.json
+        f.unlink(missing_ok=True)
 
 
 def _failed(r: dict) -> bool:
@@ -173,8 +240,8 @@ def exit_status(doc: dict) -> int:
 
 
 def run(args) -> int:
-    if args.part:  # child
-        return _run_part(args)
+    if args.part:
+        return _run_shard(args)
     parts, out_dir = parse_parts(args.parts), Path(args.out)
     budgets = part_budgets(parts, args.budget_s)
     if out_dir.exists() and not out_dir.is_dir():
@@ -192,21 +259,14 @@ def run(args) -> int:
     results_path = out_dir / "results.json"
     write_document(doc, results_path)
     for name in parts:
-        stale = out_dir / "parts" / f"{name}.json"
-        stale.unlink(missing_ok=True)
         print(f"gpu-check: {name} (budget {budgets[name]:g} s) on {doc['gpu']['name']}", file=sys.stderr, flush=True)
-        command = [sys.executable, "-m", "baton_fast.cli", "gpu-check", "--part", name, "--out", str(out_dir),
-                   "--seed", str(args.seed), "--deadline-in-s", str(budgets[name])]
-        try:  # same interpreter, working directory and environment: the same imports (a source checkout too)
-            returncode = subprocess.run(command, timeout=budgets[name] + GRACE_S).returncode
-        except subprocess.TimeoutExpired:
-            returncode = None
-        _merge_part(doc, name, out_dir, returncode, where)
+        _run_part(name, budgets[name], args, doc, results_path, where)
         doc["wall_s"] = round(time.perf_counter() - start, 1)
         write_document(doc, results_path)
     validate_document(doc)
     (out_dir / "report.md").write_text(report.render_markdown([doc], command=f"python -m baton_fast.bench.report "
                                                                              f"{results_path}"))
+    print(report.render_summary([doc]))
     print(report.render_gpu_check([doc]))
     print(f"wrote {results_path} and {out_dir / 'report.md'} ({doc['wall_s']} s)")
     return exit_status(doc)

@@ -2,12 +2,12 @@
 
 The step is one guided velocity evaluation of the dual-branch DiT (conditional and unconditional
 passes batched, plan K/V cached by ``prepare``) on random weights, random text states and a random
-plan (no text encoder, planner LM or network needed), captured by the sampler's own
-:class:`~baton_fast.model.sampler.CudaGraphVelocity` (eager warm-up evaluations on a side stream
-first: kernel tuning and allocator warm-up never run inside the capture).  The replay must give the
-eager outputs for the inputs it was captured with and for new inputs copied into its static buffers
-(:func:`compare`; a replay that ignored its new inputs would return the first outputs), and the time
-per evaluation is measured both ways (CUDA events, median).
+plan (no text encoder, planner LM or network needed).  :func:`baton_fast.tune` runs it once first, so
+every fused launch picks its tile before the capture; then the sampler's own
+:class:`~baton_fast.model.sampler.CudaGraphVelocity` warms up on a side stream and captures it.  The
+replay must give the eager outputs for the inputs it was captured with and for new inputs copied into
+its static buffers (:func:`compare`; a replay that ignored its new inputs would return the first
+outputs), and the time per evaluation is measured both ways (CUDA events, median).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+import baton_fast
 from baton_fast.bench.report import GPU_GRAPH_SECTION
 
 from .results import record
@@ -110,6 +111,7 @@ def check_cuda_graph(device, dtype, where: str, seed: int = 0) -> list[dict]:
     dt = str(dtype).removeprefix("torch.")
     records = []
     with torch.inference_mode():
+        tuned = baton_fast.tune(step.velocity, *step.inputs[0])  # tile choices made now, not inside the capture
         eager = [step.velocity(*x) for x in step.inputs]
         graph = CudaGraphVelocity(step.velocity, *step.inputs[0])
         replayed = [graph(*x) for x in step.inputs]
@@ -119,7 +121,7 @@ def check_cuda_graph(device, dtype, where: str, seed: int = 0) -> list[dict]:
             ok = c["bitwise_equal"] or c["relative_diff"] <= tolerance
             records.append(record(GPU_GRAPH_SECTION, f"denoise step, {name}", "CUDA graph replay vs eager",
                                   "max abs difference", c["max_abs_diff"], "", device=where, shape=step.shape,
-                                  dtype=dt, ok=ok, relative_tolerance=tolerance, **c))
+                                  dtype=dt, ok=ok, relative_tolerance=tolerance, tuned_launches=len(tuned), **c))
         timed = {"eager": lambda: step.velocity(*step.inputs[1]), "CUDA graph replay": lambda: graph(*step.inputs[1])}
         for backend, fn in timed.items():
             records.append(record(GPU_GRAPH_SECTION, "denoise step", backend, "time per guided evaluation",
