@@ -1,0 +1,157 @@
+"""rope_attention backward (Triton kernels under the interpreter) against float64 autograd of the reference.
+
+Each gradient must be within DESIGN.md §5 of the float64 one: at most twice the error of plain PyTorch
+autograd in the same dtype, plus the floor (baton_fast/numerics.py).
+"""
+import pytest
+import torch
+
+import baton_fast as bf
+from baton_fast import reference
+from baton_fast.numerics import check
+from test_attention_numerics import make_inputs
+
+
+@pytest.fixture(autouse=True)
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "triton")
+
+
+def gradients(fn, inputs, grad_out):
+    """``d(sum(fn(*inputs) * grad_out)) / d inputs`` for float tensors ``inputs`` (detached copies)."""
+    leaves = [x.detach().requires_grad_() for x in inputs]
+    return torch.autograd.grad(fn(*leaves), leaves, grad_out)
+
+
+def assert_gradients_within_budget(kernel_fn, reference_fn, inputs, dtype, seed, names=("dq", "dk", "dv")):
+    """Kernel gradients in ``dtype`` vs float64 autograd of ``reference_fn``, plain PyTorch autograd as baseline."""
+    out_shape = reference_fn(*inputs).shape
+    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed))
+    result = gradients(kernel_fn, inputs, grad_out.to(dtype))
+    plain = gradients(reference_fn, inputs, grad_out.to(dtype))
+    ref64 = gradients(reference_fn, [x.double() for x in inputs], grad_out.double())
+    for name, r, p, f in zip(names, result, plain, ref64):
+        assert r.dtype == dtype and r.shape == f.shape
+        c = check(r, p, f, dtype)
+        assert c.ok, f"{name}: {c}"
+
+
+# (family, dtype, B, Nq, Nk, H, Hk, D): sizes 1, 17, 130, 257; Nq != Nk; GQA; every RoPE family; both layouts
+CASES = [
+    ("wan", torch.float32, 2, 17, 70, 2, 1, 32),
+    ("wan", torch.float16, 1, 33, 17, 2, 2, 80),
+    ("ovi_av", torch.bfloat16, 1, 130, 17, 2, 2, 32),
+    ("ltx2_interleaved", torch.bfloat16, 2, 17, 33, 4, 2, 32),
+    ("ltx2_split", torch.float16, 2, 33, 17, 4, 2, 32),
+    ("ltx2_split", torch.bfloat16, 1, 17, 33, 2, 1, 64),
+]
+SLOW = [("ovi_av", torch.float32, 1, 1, 257, 2, 1, 32), ("wan", torch.bfloat16, 1, 257, 33, 2, 1, 32),
+        ("ltx2_interleaved", torch.float16, 1, 130, 17, 2, 1, 64)]
+
+
+@pytest.mark.parametrize("family,dtype,B,Nq,Nk,H,Hk,D",
+                         CASES + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW])
+def test_rope_attention_gradients_match_float64(family, dtype, B, Nq, Nk, H, Hk, D):
+    q, k, v, qc, kc, table, k_table = make_inputs(family, dtype, B, Nq, Nk, H, Hk, D, seed=Nq + 3 * Nk)
+    k_lens = torch.tensor([Nk, max(1, Nk // 3)])[:B] if B > 1 else None
+    kw = dict(k_table=k_table, k_lens=k_lens)
+    assert_gradients_within_budget(lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   (q, k, v), dtype, seed=Nq)
+
+
+@pytest.mark.parametrize("dtype,rotate_q,rotate_k", [(torch.float32, True, False), (torch.bfloat16, False, False),
+                                                    (torch.bfloat16, False, True)])
+def test_prerotated_sides(dtype, rotate_q, rotate_k):
+    """rotate_q/rotate_k False: that side's gradient is not rotated back (it was never rotated)."""
+    q, k, v, qc, kc, _, _ = make_inputs("wan", dtype, 1, 17, 33, 2, 1, 32, seed=7)
+    table = bf.RopeTable.ltx2(2 * 32, 2, 3, interleaved=False)
+    table_k = bf.RopeTable(table.freqs[:1].contiguous(), table.axes[:1].contiguous(), False)
+    qc, kc = qc / 20, kc / 20
+    kw = dict(k_table=table_k, rotate_q=rotate_q, rotate_k=rotate_k)
+    assert_gradients_within_budget(lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   (q, k, v), dtype, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_layout_masks(dtype):
+    """SpA2V group bitmasks, with key tiles that no query of a tile may see (skipped in both kernels)."""
+    q, k, v, qc, kc, table, _ = make_inputs("wan", dtype, 2, 40, 70, 1, 1, 32, seed=8)
+    g = torch.Generator().manual_seed(9)
+    q_groups = torch.randint(1, 4, (2, 40), generator=g)
+    k_groups = torch.randint(1, 4, (2, 70), generator=g)
+    k_groups[:, 32:64] = 8  # a key tile no query shares a bit with
+    kw = dict(q_groups=q_groups, k_groups=k_groups, k_lens=torch.tensor([70, 45]))
+    assert_gradients_within_budget(lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   (q, k, v), dtype, seed=2)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_gradient_through_the_returned_lse(monkeypatch, backend):
+    """A loss on both outputs: the LSE's gradient enters as ``delta - dLSE``."""
+    monkeypatch.setenv("BATON_FAST_BACKEND", backend)
+    q, k, v, qc, kc, table, _ = make_inputs("wan", torch.float32, 2, 17, 30, 2, 1, 32, seed=10)
+    w = torch.randn(2, 2, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def loss(fn, q, k, v):
+        out, lse = fn(q, k, v, qc, kc, table, return_lse=True)
+        return out.sum() + (lse * w.to(lse.dtype)).sum()
+
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    got = torch.autograd.grad(loss(bf.rope_attention, *leaves), leaves)
+    leaves64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    want = torch.autograd.grad(loss(reference.rope_attention, *leaves64), leaves64)
+    for g, w64 in zip(got, want):
+        torch.testing.assert_close(g.double(), w64, atol=2e-5, rtol=1e-4)
+
+
+def test_rows_without_keys_get_zero_gradients():
+    q, k, v, qc, kc, table, _ = make_inputs("wan", torch.float16, 3, 17, 20, 2, 1, 32, seed=5)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = bf.rope_attention(*leaves, qc, kc, table, k_lens=torch.tensor([0, 20, 5]))
+    dq, dk, dv = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    assert all(bool(torch.isfinite(g).all()) for g in (dq, dk, dv))
+    assert not dq[0].any() and not dk[0].any() and not dv[0].any()
+    assert not dk[2, 5:].any() and not dv[2, 5:].any() and dk[2, :5].any()
+
+
+def test_deterministic_mode_is_bit_identical_and_matches_the_atomic_mode():
+    """Grouped-query dK/dV: atomics across query heads (default) or one program per key head (deterministic)."""
+    q, k, v, qc, kc, table, _ = make_inputs("wan", torch.bfloat16, 1, 17, 20, 4, 1, 32, seed=12)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.dtype)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = bf.rope_attention(*leaves, qc, kc, table)  # the mode is read when the backward runs
+
+    def grads():
+        return torch.autograd.grad(out, leaves, dout, retain_graph=True)
+
+    with bf.deterministic():
+        first, second = grads(), grads()
+    fast = grads()
+    for a, b, f in zip(first, second, fast):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a.float(), f.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_reference_backend_gradients_match_float64(monkeypatch):
+    """CPU tensors on the default backend: autograd of the reference math, in the inputs' dtype."""
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    q, k, v, qc, kc, table, k_table = make_inputs("ovi_av", torch.float32, 2, 17, 30, 4, 2, 64, seed=4)
+    kw = dict(k_table=k_table, k_lens=torch.tensor([30, 11]))
+    assert_gradients_within_budget(lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
+                                   (q, k, v), torch.float32, seed=5)
+
+
+@pytest.mark.parametrize("name", ["q_coords", "k_coords", "table"])
+def test_coordinates_and_tables_are_not_differentiable(name):
+    q, k, v, qc, kc, table, _ = make_inputs("wan", torch.float32, 1, 5, 6, 2, 2, 32, seed=1)
+    args = dict(q_coords=qc, k_coords=kc, table=table)
+    if name == "table":
+        args["table"] = bf.RopeTable(table.freqs.clone().requires_grad_(), table.axes, table.interleaved)
+    else:
+        args[name] = args[name].clone().requires_grad_()
+    with pytest.raises(ValueError, match=f"{name}: not differentiable"):
+        bf.rope_attention(q.requires_grad_(), k, v, **args)
