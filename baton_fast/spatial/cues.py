@@ -5,16 +5,27 @@ Per analysis frame (a Hann-windowed STFT frame, ``scipy.signal.stft``):
 - loudness per channel (dBFS of the frame's mean square; a full-scale sine reads -3.01 dB),
 - interaural level difference (ILD, left over right, dB) per log-spaced frequency band,
 - interaural time difference (ITD) by GCC-PHAT, positive when the left channel leads
-  (the source is on the left),
-- spectral centroid and dominant pitch (the strongest spectral peak) of the channel mean.
+  (the source is on the left), searched within the pair's own range ``mic_spacing / c``,
+- spectral centroid and dominant pitch (the strongest spectral peak) of the channel mean;
 
-A mono recording gives ``ild_db = itd_s = None``: "no spatial cue".
+and per time-frequency bin (what :mod:`.tfcues` turns into positions):
+
+- the cross-spectrum ``left * conj(right)`` (its phase is the bin's time difference),
+- a precedence weight in [0, 1]: how much of the bin's power is new, i.e. direct sound arriving
+  (onsets weigh 1, a steady partial about 0.6, a reverberant decay 0),
+- the coherent-to-diffuse ratio (CDR) of the two microphones' recursively averaged spectra, against
+  the diffuse-field coherence ``sinc(2 f d / c)`` of the pair (Schwarz & Kellermann's DOA-independent
+  estimator): the direct-to-reverberant power ratio of that bin.
+
+A mono recording gives ``ild_db = itd_s = cross = cdr = None``: "no spatial cue".
 Channel 0 is the left channel, channel 1 the right one (the WAV convention).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +35,9 @@ import scipy.signal
 
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
+SPEED_OF_SOUND = 343.0  # m/s, air at 20 degrees C
+DEFAULT_MIC_SPACING = 0.2  # m: a spaced (A-B) pair, and about where a head's ears are (0.18 m)
+MIN_SECONDS = 0.25  # shorter recordings cannot show a trend or a stable position
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,11 @@ class SpatialCues:
     itd_strength   float64 [F]     normalised GCC-PHAT peak in [0, 1] (1: one clean delay); None for mono
     centroid_hz    float64 [F]     spectral centroid of the channel mean; NaN for silent frames
     pitch_hz       float64 [F]     dominant pitch (strongest peak, parabolically refined); NaN when silent
+    cross          complex64 [F,K] cross-spectrum left * conj(right), power-scaled like ``power``; None for mono
+    direct_weight  float32 [F, K]  precedence weight in [0, 1] of the channel-mean power
+    cdr            float32 [F, K]  coherent-to-diffuse (direct-to-reverberant) power ratio, >= 0; NaN where the
+                                   pair's diffuse coherence is too close to 1 to tell (low frequencies); None
+                                   for mono
     """
 
     sample_rate: int
@@ -61,6 +80,11 @@ class SpatialCues:
     pitch_hz: np.ndarray
     max_itd_seconds: float
     silence_db: float
+    cross: np.ndarray | None = None
+    direct_weight: np.ndarray | None = None
+    cdr: np.ndarray | None = None
+    mic_spacing: float = DEFAULT_MIC_SPACING
+    head_shadow_db: float | None = None
 
     @property
     def is_stereo(self) -> bool:
@@ -109,7 +133,9 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
-    sample_rate, data = scipy.io.wavfile.read(path)
+    with warnings.catch_warnings():  # a truncated or odd header: the duration check below reports it
+        warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
+        sample_rate, data = scipy.io.wavfile.read(path)
     data = data.reshape(len(data), -1).T  # [samples(, channels)] -> [channels, samples]
     if np.issubdtype(data.dtype, np.integer):
         info = np.iinfo(data.dtype)
@@ -142,8 +168,9 @@ def _read_with_av(path: str) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1), sample_rate
 
 
-def check_waveform(waveform, sample_rate) -> tuple[np.ndarray, int]:
-    """Validate ``waveform`` (``[samples]`` or ``[channels, samples]``, 1 or 2 channels) and ``sample_rate``.
+def check_waveform(waveform, sample_rate, *, min_seconds: float = MIN_SECONDS) -> tuple[np.ndarray, int]:
+    """Validate ``waveform`` (``[samples]`` or ``[channels, samples]``, 1 or 2 channels, at least
+    ``min_seconds`` long) and ``sample_rate``.
 
     Returns ``(float64 [channels, samples], sample_rate)``; raises ValueError/TypeError naming the argument.
     """
@@ -163,22 +190,36 @@ def check_waveform(waveform, sample_rate) -> tuple[np.ndarray, int]:
                          f"got shape {tuple(waveform.shape)} (a [samples, channels] array needs .T)")
     if waveform.shape[1] == 0:
         raise ValueError("waveform is empty (0 samples)")
+    if waveform.shape[1] < min_seconds * sample_rate:
+        raise ValueError(f"waveform lasts {waveform.shape[1] / sample_rate:.3f} s, too short to analyse: "
+                         f"at least {min_seconds:g} s needed")
     waveform = waveform.astype(np.float64)
     if not np.all(np.isfinite(waveform)):
         raise ValueError("waveform contains NaN or infinite samples")
     return waveform, int(sample_rate)
 
 
-def spatial_cues(waveform, sample_rate: int, *, frame_seconds: float = 0.064, hop_seconds: float = 0.032,
-                 bands_per_octave: int = 3, min_frequency_hz: float = 50.0, max_itd_seconds: float = 0.001,
-                 silence_db: float = -80.0) -> SpatialCues:
+def spatial_cues(waveform, sample_rate: int, *, mic_spacing: float = DEFAULT_MIC_SPACING,
+                 head_shadow_db: float | None = None, frame_seconds: float = 0.064, hop_seconds: float = 0.032,
+                 bands_per_octave: int = 3, min_frequency_hz: float = 50.0, max_itd_seconds: float | None = None,
+                 silence_db: float = -80.0, coherence_seconds: float = 0.4) -> SpatialCues:
     """Compute :class:`SpatialCues` of ``waveform`` (see :func:`check_waveform` for accepted layouts).
 
-    Clips shorter than one frame are zero-padded to one frame.
+    ``mic_spacing``: metres between the two microphones (sets the time-difference range ``d / c`` and the
+    diffuse coherence); ``head_shadow_db``: the level difference of a source at 90 degrees when a head or
+    baffle sits between them (None: the pair is free-field, so large level differences come from
+    amplitude panning); ``max_itd_seconds``: the GCC-PHAT search range (default ``1.1 d / c``);
+    ``coherence_seconds``: the time constant of the spectra averaged for the CDR.
     """
     waveform, sample_rate = check_waveform(waveform, sample_rate)
     if not 0 < hop_seconds <= frame_seconds:
         raise ValueError(f"hop_seconds must be in (0, frame_seconds={frame_seconds}], got {hop_seconds}")
+    if isinstance(mic_spacing, bool) or not isinstance(mic_spacing, (int, float)) or not 0.005 <= mic_spacing <= 2.0:
+        raise ValueError(f"mic_spacing must be a distance in [0.005, 2] metres, got {mic_spacing!r}")
+    if head_shadow_db is not None and not (isinstance(head_shadow_db, (int, float)) and head_shadow_db > 0):
+        raise ValueError(f"head_shadow_db must be None or a positive level difference in dB, got {head_shadow_db!r}")
+    if max_itd_seconds is None:
+        max_itd_seconds = 1.1 * mic_spacing / SPEED_OF_SOUND
     frame = max(16, round(frame_seconds * sample_rate))
     hop = max(1, round(hop_seconds * sample_rate))
     duration = waveform.shape[1] / sample_rate
@@ -187,16 +228,21 @@ def spatial_cues(waveform, sample_rate: int, *, frame_seconds: float = 0.064, ho
     freqs, times, spectrum = scipy.signal.stft(waveform, sample_rate, window="hann", nperseg=frame,
                                                noverlap=frame - hop, boundary=None, padded=True, scaling="psd")
     spectrum = spectrum.transpose(2, 1, 0)  # [C, K, F] -> [F, K, C]
-    power = _one_sided_weights(len(freqs), frame)[None, :, None] * np.abs(spectrum) ** 2 * (sample_rate / frame)
+    scale = _one_sided_weights(len(freqs), frame)[None, :] * (sample_rate / frame)
+    power = scale[..., None] * np.abs(spectrum) ** 2
 
     mono = power.mean(axis=2)
     frame_active = to_db(mono.sum(axis=1)) > silence_db
     edges = _band_edges(freqs, bands_per_octave, min_frequency_hz)
     stereo = power.shape[2] == 2
+    cross = cdr = None
     if stereo:
         itd, strength = _gcc_phat_itd(spectrum, power, sample_rate, frame, max_itd_seconds, silence_db)
         itd[~frame_active] = np.nan
         ild = _band_ild(power, freqs, edges, silence_db)
+        cross = scale * spectrum[..., 0] * np.conj(spectrum[..., 1])
+        cdr = _coherent_to_diffuse(power, cross, freqs, mic_spacing, head_shadow_db,
+                                   math.exp(-hop_seconds / coherence_seconds))
     else:
         itd = strength = ild = None
     usable = freqs >= min_frequency_hz
@@ -205,7 +251,41 @@ def spatial_cues(waveform, sample_rate: int, *, frame_seconds: float = 0.064, ho
         loudness_db=to_db(power.sum(axis=1)), band_edges_hz=edges, ild_db=ild, itd_s=itd, itd_strength=strength,
         centroid_hz=np.where(frame_active, (mono * freqs).sum(1) / np.maximum(mono.sum(1), 1e-30), np.nan),
         pitch_hz=np.where(frame_active, _dominant_pitch(mono[:, usable], freqs[usable]), np.nan),
-        max_itd_seconds=max_itd_seconds, silence_db=silence_db)
+        max_itd_seconds=max_itd_seconds, silence_db=silence_db,
+        cross=None if cross is None else cross.astype(np.complex64),
+        direct_weight=_precedence_weight(mono, hop_seconds).astype(np.float32),
+        cdr=None if cdr is None else cdr.astype(np.float32), mic_spacing=float(mic_spacing),
+        head_shadow_db=head_shadow_db)
+
+
+def _precedence_weight(power: np.ndarray, hop_seconds: float, decay_db_per_s: float = 120.0) -> np.ndarray:
+    """Share of each bin's power ``[F, K]`` that is new: ``1 - g * P[f-1] / P[f]`` clipped to [0, 1], where
+    ``g`` is the decay of a reverberant tail over one hop (120 dB/s: RT60 0.5 s). Onsets read 1, a steady
+    partial ``1 - g`` (0.41 at a 32 ms hop), a decaying tail 0 (the precedence effect: the first wavefront
+    tells the direction)."""
+    g = 10.0 ** (-decay_db_per_s * hop_seconds / 10.0)
+    previous = np.concatenate([np.zeros_like(power[:1]), power[:-1]])
+    return np.clip(1.0 - g * previous / np.maximum(power, 1e-30), 0.0, 1.0)
+
+
+def _coherent_to_diffuse(power: np.ndarray, cross: np.ndarray, freqs: np.ndarray, mic_spacing: float,
+                         head_shadow_db: float | None, forget: float) -> np.ndarray:
+    """CDR per bin ``[F, K]`` from recursively averaged (``forget`` per hop) auto- and cross-spectra.
+
+    Schwarz & Kellermann (2015), DOA-independent estimator, with the diffuse coherence of two omni
+    microphones ``sinc(2 f d / c)`` (a head's is lower still; the same model is used, a mild
+    underestimate of the CDR). NaN where that coherence exceeds 0.9: at low frequencies a diffuse field
+    is as coherent as a direct wave and the two cannot be told apart.
+    """
+    smooth = functools.partial(scipy.signal.lfilter, [1 - forget], [1, -forget], axis=0)
+    auto = smooth(power)
+    gamma = smooth(cross) / np.sqrt(np.maximum(auto[..., 0] * auto[..., 1], 1e-60))
+    diffuse = np.sinc(2 * freqs * mic_spacing / SPEED_OF_SOUND)[None, :]
+    real, squared = gamma.real, np.minimum(np.abs(gamma) ** 2, 1 - 1e-6)
+    root = np.sqrt(np.maximum(diffuse ** 2 * real ** 2 - diffuse ** 2 * squared + diffuse ** 2
+                              - 2 * diffuse * real + squared, 0.0))
+    ratio = (diffuse * real - squared - root) / (squared - 1)
+    return np.where(np.abs(diffuse) <= 0.9, np.clip(ratio, 0.0, 1e4), np.nan)
 
 
 def _one_sided_weights(bins: int, length: int) -> np.ndarray:

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.signal
 
-from .cues import SpatialCues, cue_report, level_difference_db, load_audio, spatial_cues, to_db
+from .cues import SpatialCues, cue_report, load_audio, spatial_cues, to_db
+from .tfcues import bin_agreement, position_map
+from .tracking import Track, Tracker
 from .vsl import VSL, LayoutFrame, LayoutObject
 
 MOTIONS = ("stationary", "left-crossing", "right-crossing", "approaching", "receding")
@@ -49,7 +51,9 @@ class SourceTrack:
     level_db     float64 [F]  loudness of the source's bins, dBFS (channel mean)
     x            float64 [F]  horizontal position in [0, 1] (0 = left edge)
     active       bool    [F]  frames where the source is audible
-    x_start, x_end, level_change_db: the straight-line fits at the first and last audible frame
+    direct_level_db float64 [F] level of its direct sound: ``level_db + 10 log10(CDR / (1 + CDR))``
+    x_start, x_end, level_change_db: the straight-line fits (of x and of the direct level) at the first
+    and last audible frame
     """
     index: int
     partials_hz: tuple[float, ...]
@@ -60,6 +64,7 @@ class SourceTrack:
     x_end: float
     level_change_db: float
     motion: str
+    direct_level_db: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,13 @@ class CuePlanner:
     max_sources: int = 4
     peak_prominence_db: float = 10.0
     dynamic_range_db: float = 30.0
-    harmonic_tolerance: float = 0.03
-    partial_halfwidth_bins: int = 2
     crossing_threshold: float = 0.25
     loudness_threshold_db: float = 6.0
     size_exponent: float = 0.5
     box_aspect: float = 1.0
     min_height: float = 0.08
     max_height: float = 0.9
+    tracker: Tracker = Tracker()
 
     def __post_init__(self):
         if not (isinstance(self.fps, (int, float)) and self.fps > 0):
@@ -90,82 +94,84 @@ class CuePlanner:
         active = cues.active
         if not active.any():
             return []
-        sources = self._group_partials(cues, active)
-        powers = [cues.power[:, self._bins(cues, partials), :].sum(axis=1, dtype=np.float64)  # [F, C]
-                  for partials in sources]
-        order = np.argsort([-p[active].sum() for p in powers], kind="stable")[:self.max_sources]
-        broadband = sources == [()]  # GCC-PHAT on a tone is ambiguous (one peak per period): ILD only
-        return [self._follow(rank, sources[i], powers[i], cues, use_itd=broadband) for rank, i in enumerate(order)]
+        level = to_db(cues.mono_power.sum(axis=1))
+        loud = active & (level >= level[active].max() - self.dynamic_range_db)
+        hop = float(cues.times[1] - cues.times[0]) if len(cues.times) > 1 else 1.0
+        share = (1.0, 0.0)
+        found: list[Track] = []
+        if cues.is_stereo:
+            fused, weights, share = position_map(cues)
+            found = self.tracker.tracks(self.tracker.peaks(fused, weights.sum(axis=1), loud, hop), hop)
+            found = found[:self.max_sources]
+        if not found:  # mono, or no consistent direction anywhere: one source in the centre
+            found = [Track(np.full(len(level), 0.5), loud.copy(), np.where(loud, 1.0, 0.0), loud.copy())]
+        owner = self._owners(cues, found, share)
+        energy = [cues.mono_power[loud].sum(where=owner[loud] == j) for j in range(len(found))]
+        max_gap = max(1, round(self.tracker.max_gap_seconds / hop))
+        return [self._follow(rank, found[j], owner == j, cues, max_gap)
+                for rank, j in enumerate(np.argsort(np.negative(energy), kind="stable"))]
 
-    def _bins(self, cues: SpatialCues, partials: tuple[float, ...]) -> np.ndarray:
-        """STFT bins of a source: within the Hann main lobe of each partial; every analysed bin if broadband."""
-        if not partials:
-            return cues.freqs >= cues.band_edges_hz[0]
-        half_width = (self.partial_halfwidth_bins + 0.5) * (cues.freqs[1] - cues.freqs[0])
-        return np.any(np.abs(cues.freqs[None, :] - np.array(partials)[:, None]) <= half_width, axis=0)
+    @staticmethod
+    def _owners(cues: SpatialCues, found: list[Track], share: tuple[float, float]) -> np.ndarray:
+        """Index of the source each bin belongs to, int ``[F, K]``: the one whose position it agrees with best."""
+        if len(found) == 1:
+            return np.zeros(cues.power.shape[:2], dtype=np.int64)
+        agreement = np.stack([bin_agreement(cues, track.x, share) for track in found])
+        return agreement.argmax(axis=0)
 
-    def _group_partials(self, cues: SpatialCues, active: np.ndarray) -> list[tuple[float, ...]]:
-        """Prominent peaks of the long-term spectrum grouped into harmonic series: one tuple per source."""
-        spectrum_db = to_db(cues.mono_power[active].mean(axis=0))
+    @staticmethod
+    def _direct_share(cues: SpatialCues, bins: np.ndarray) -> np.ndarray:
+        """Direct share of a source's power per frame: ``precedence weight * CDR / (1 + CDR)`` (new and
+        coherent), power-weighted over its bins where the CDR is defined; 1 for mono or where no bin of the
+        source has a CDR: ``[F]``."""
+        if cues.cdr is None:
+            return np.ones(len(cues.times))
+        defined = bins & np.isfinite(cues.cdr)
+        power = np.where(defined, cues.mono_power, 0.0)
+        direct = (power * cues.direct_weight * np.nan_to_num(cues.cdr / (1.0 + cues.cdr))).sum(axis=1)
+        total = power.sum(axis=1)
+        return np.where(total > 0, direct / np.maximum(total, 1e-30), 1.0)
+
+    def _partials(self, cues: SpatialCues, power: np.ndarray) -> tuple[float, ...]:
+        """Frequencies of the prominent peaks (>= ``peak_prominence_db``, within ``dynamic_range_db`` of
+        the highest) of a source's long-term spectrum ``[K]``, parabolically refined; () if broadband."""
+        spectrum_db = to_db(power)
         usable = cues.freqs >= cues.band_edges_hz[0]
         peaks, _ = scipy.signal.find_peaks(spectrum_db, prominence=self.peak_prominence_db)
         peaks = peaks[usable[peaks] & (spectrum_db[peaks] >= spectrum_db[usable].max() - self.dynamic_range_db)]
         peaks = peaks[(peaks > 0) & (peaks < len(cues.freqs) - 1)]
-        if len(peaks) == 0:
-            return [()]
         left, centre, right = spectrum_db[peaks - 1], spectrum_db[peaks], spectrum_db[peaks + 1]
         shift = 0.5 * (left - right) / np.minimum(left - 2 * centre + right, -1e-9)
         bin_width = cues.freqs[1] - cues.freqs[0]
-        freqs = cues.freqs[peaks] + np.clip(shift, -0.5, 0.5) * bin_width
-        ild = self._long_term_ild(cues, active, freqs)
-        sources: list[list[int]] = []
-        for p in np.argsort(freqs):
-            for members in sources:
-                f0 = freqs[members[0]]
-                harmonic = round(freqs[p] / f0)
-                tolerance = max(self.harmonic_tolerance * freqs[p], bin_width)
-                same_place = abs(ild[p] - ild[members[0]]) <= 3.0
-                if harmonic >= 2 and abs(freqs[p] - harmonic * f0) <= tolerance and same_place:
-                    members.append(p)
-                    break
-            else:
-                sources.append([p])
-        return [tuple(float(freqs[p]) for p in members) for members in sources]
+        return tuple(float(f) for f in cues.freqs[peaks] + np.clip(shift, -0.5, 0.5) * bin_width)
 
-    def _long_term_ild(self, cues: SpatialCues, active: np.ndarray, freqs: np.ndarray) -> np.ndarray:
-        """Left-over-right level (dB) of each partial over the audible frames; zeros for mono."""
-        if not cues.is_stereo:
-            return np.zeros(len(freqs))
-        power = np.stack([cues.power[active][:, self._bins(cues, (f,)), :].sum(axis=(0, 1), dtype=np.float64)
-                          for f in freqs])  # [partials, C]
-        return level_difference_db(power[:, 0], power[:, 1], cues.silence_db)
-
-    def _follow(self, rank: int, partials: tuple[float, ...], power: np.ndarray, cues: SpatialCues,
-                use_itd: bool) -> SourceTrack:
-        level = to_db(power.mean(axis=1))
-        active = (level > cues.silence_db) & (level >= level.max() - self.dynamic_range_db)
-        if cues.is_stereo:
-            ild = level_difference_db(power[:, 0], power[:, 1], cues.silence_db)
-            x = np.arctan(10.0 ** (-ild / 20.0)) / (np.pi / 2)
-            if use_itd and cues.itd_s is not None:
-                itd = np.clip(np.nan_to_num(cues.itd_s) / cues.max_itd_seconds, -1.0, 1.0)
-                x_itd = np.where(cues.itd_strength >= 0.3, 0.5 - 0.5 * itd, 0.5)
-                x = np.where(np.abs(x_itd - 0.5) > np.abs(x - 0.5), x_itd, x)
-        else:
-            x = np.full(len(level), 0.5)
+    def _follow(self, rank: int, track: Track, bins: np.ndarray, cues: SpatialCues, max_gap: int) -> SourceTrack:
+        """The source made of ``bins`` (bool ``[F, K]``) along ``track``: levels, activity, fits, motion."""
+        own_power = np.where(bins, cues.mono_power, 0.0)
+        level = to_db(own_power.sum(axis=1))
+        direct = level + to_db(np.maximum(self._direct_share(cues, bins), 1e-6))
+        seen = np.flatnonzero(track.detected)
+        near_seen = np.zeros(len(level), dtype=bool)
+        near_seen[max(0, seen[0] - max_gap):seen[-1] + max_gap + 1] = True
+        active = (level > cues.silence_db) & (level >= level.max() - self.dynamic_range_db) & near_seen
+        if not active.any():
+            active = track.detected
+        x = track.x if cues.is_stereo else np.full(len(level), 0.5)
         t = cues.times[active]
         if len(t) >= 2 and t[-1] > t[0]:
             x_slope, x_mid = np.polyfit(t - t.mean(), x[active], 1)
-            level_slope, _ = np.polyfit(t - t.mean(), level[active], 1)
+            level_slope, _ = np.polyfit(t - t.mean(), direct[active], 1)
             half_span = (t[-1] - t[0]) / 2
             x_start, x_end = x_mid - x_slope * half_span, x_mid + x_slope * half_span
             level_change = level_slope * 2 * half_span
         else:
             x_start = x_end = float(np.mean(x[active]))
             level_change = 0.0
-        return SourceTrack(index=rank, partials_hz=partials, level_db=level, x=x, active=active,
-                           x_start=float(x_start), x_end=float(x_end), level_change_db=float(level_change),
-                           motion=self._motion(x_end - x_start, level_change))
+        return SourceTrack(index=rank, partials_hz=self._partials(cues, own_power[active].mean(axis=0)),
+                           level_db=level, x=x,
+                           active=active, x_start=float(np.clip(x_start, 0, 1)), x_end=float(np.clip(x_end, 0, 1)),
+                           level_change_db=float(level_change), motion=self._motion(x_end - x_start, level_change),
+                           direct_level_db=direct)
 
     def _motion(self, x_change: float, level_change_db: float) -> str:
         crossing = abs(x_change) / self.crossing_threshold
@@ -187,6 +193,7 @@ class CuePlanner:
         if any(not isinstance(n, str) or not n.strip() for n in names):
             raise ValueError(f"names must be non-empty strings, got {names!r}")
         tracks = self.tracks(cues)
+        references = [float(np.median(t.direct_level_db[t.active])) for t in tracks]
         labels = {track.index: names[track.index] if track.index < len(names) else DEFAULT_NAME for track in tracks}
         frames = []
         for t in self.keyframe_times(cues.duration):
@@ -194,23 +201,24 @@ class CuePlanner:
             if not window.any():
                 window = np.abs(cues.times - t) == np.abs(cues.times - t).min()
             objects = []
-            for track in tracks:
-                box = self._box(track, window)
+            for track, reference in zip(tracks, references):
+                box = self._box(track, window, reference)
                 if box is not None:
                     objects.append(LayoutObject(track.index, labels[track.index], box))
             caption = ", ".join(f"{labels[o.id]} {_region((o.box[0] + o.box[2]) / 2)}" for o in objects)
             frames.append(LayoutFrame(float(round(t, 4)), caption or "no visible sound source", tuple(objects)))
         return VSL(_global_caption(tracks, labels, cues.is_stereo), tuple(frames))
 
-    def _box(self, track: SourceTrack, window: np.ndarray) -> tuple[float, float, float, float] | None:
-        """The box of ``track`` averaged over the analysis frames in ``window``; None when it is silent there."""
+    def _box(self, track: SourceTrack, window: np.ndarray, reference: float
+             ) -> tuple[float, float, float, float] | None:
+        """The box of ``track`` averaged over the analysis frames in ``window``; None when it is silent there.
+        ``reference``: the track's median direct level over its audible frames (the size at ``h_ref``)."""
         frames = window & track.active
         if not frames.any():
             return None
         weights = 10.0 ** (track.level_db[frames] / 10.0)
         x = float(np.sum(weights * track.x[frames]) / weights.sum())
-        level = float(to_db(weights.mean()))
-        reference = float(np.median(track.level_db[track.active]))
+        level = float(to_db((10.0 ** (track.direct_level_db[frames] / 10.0)).mean()))
         reference_height = float(np.interp(reference, [-60.0, 0.0], [0.15, 0.5]))
         height = reference_height * 10.0 ** (self.size_exponent * (level - reference) / 20.0)
         height = min(max(height, self.min_height), self.max_height)

@@ -1,0 +1,159 @@
+"""Sources as tracks: peaks of the fused position map followed over time.
+
+Per analysis frame the map (:func:`.tfcues.position_map`, averaged over ``smooth_seconds`` and weighted
+by the frames' energy) has a peak per audible source. An alpha-beta tracker (position and velocity)
+follows them: a peak joins the track whose predicted position is nearest within ``gate``, strongest
+peaks first; others start a track; a track unseen for ``max_gap_seconds`` ends. A source that crosses
+the frame is one track (the velocity carries it through the map's centre), and two sources that cross
+each other keep their ids while both are seen. Tracks are then pruned (too short, or weaker than ``clear_support`` of
+the strongest without being the frame's highest peak for ``min_leading_seconds``: reflections and side
+lobes of a louder source) and merged (fragments of one source: one ends where the
+next begins; two tracks that run side by side, or sit at the same median place, within
+``merge_distance``: reverberant speech scatters its peaks by about +-0.1). The number of sources is the
+number of tracks left; two sources closer than ``merge_distance`` (about 23 degrees at the centre) are one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage
+
+
+@dataclass
+class Track:
+    """One source's trajectory over the ``F`` frames.
+
+    x         float64 [F]  position in [0, 1]; interpolated over gaps, held before/after the track
+    detected  bool    [F]  frames with a peak of this source
+    strength  float64 [F]  its peak's height times the frame's weight (0 where not detected)
+    leading   bool    [F]  frames where its peak is the frame's highest
+    """
+    x: np.ndarray
+    detected: np.ndarray
+    strength: np.ndarray
+    leading: np.ndarray
+
+    @property
+    def support(self) -> float:
+        return float(self.strength.sum())
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Peak picking and tracking parameters (positions in frame widths, times in seconds)."""
+    smooth_seconds: float = 0.25
+    relative_height: float = 0.4   # a peak must reach this share of the frame's highest
+    min_height: float = 0.12       # and this share of the frame's weight (a bin-consistent direction)
+    gate: float = 0.12
+    max_gap_seconds: float = 0.6
+    alpha: float = 0.35
+    beta: float = 0.05
+    min_seconds: float = 0.3
+    clear_support: float = 0.3     # share of the strongest track's support that makes a source
+    min_support: float = 0.12      # a weaker one must also lead for min_leading_seconds
+    min_leading_seconds: float = 0.15  # frames where a source has the highest peak: reflections never do
+    merge_distance: float = 0.2    # tracks whose positions stay this close are one source
+
+    def peaks(self, fused: np.ndarray, frame_weight: np.ndarray, active: np.ndarray, hop_seconds: float
+              ) -> list[list[tuple[float, float]]]:
+        """Per frame, ``(x, strength)`` of each map peak, strongest first (none in inactive frames)."""
+        size = max(1, round(self.smooth_seconds / hop_seconds))
+        weighted = scipy.ndimage.uniform_filter1d(fused * frame_weight[:, None], size, axis=0, mode="nearest")
+        weight = scipy.ndimage.uniform_filter1d(frame_weight, size, mode="nearest")
+        smoothed = weighted / np.maximum(weight, 1e-30)[:, None]
+        points = fused.shape[1]
+        padded = np.pad(smoothed, ((0, 0), (1, 1)), constant_values=-np.inf)
+        threshold = np.maximum(self.min_height, self.relative_height * smoothed.max(axis=1))[:, None]
+        is_peak = (smoothed > padded[:, :-2]) & (smoothed >= padded[:, 2:]) & (smoothed >= threshold) & active[:, None]
+        result = []
+        for f in range(len(fused)):
+            found = np.flatnonzero(is_peak[f])
+            found = found[np.argsort(-smoothed[f, found])]
+            result.append([(float(g / (points - 1)), float(smoothed[f, g] * frame_weight[f])) for g in found])
+        return result
+
+    def tracks(self, peaks: list[list[tuple[float, float]]], hop_seconds: float) -> list[Track]:
+        """Follow ``peaks`` over the frames, prune and merge: the sources, strongest support first."""
+        frames = len(peaks)
+        max_gap = max(1, round(self.max_gap_seconds / hop_seconds))
+        live: list[dict] = []
+        done: list[dict] = []
+        for f, frame_peaks in enumerate(peaks):
+            for state in live:
+                state["predicted"] = state["x"] + state["v"] * (f - state["last"])
+            taken = set()
+            for rank, (x, strength) in enumerate(frame_peaks):
+                free = [s for s in live if id(s) not in taken and abs(s["predicted"] - x) <= self.gate]
+                if free:
+                    state = min(free, key=lambda s: abs(s["predicted"] - x))
+                    residual = x - state["predicted"]
+                    steps = f - state["last"]
+                    state["x"] = state["predicted"] + self.alpha * residual
+                    state["v"] += self.beta * residual / steps
+                    state["last"] = f
+                else:
+                    state = {"x": x, "v": 0.0, "last": f, "points": []}
+                    live.append(state)
+                taken.add(id(state))
+                state["points"].append((f, state["x"], strength, rank == 0))
+            ended = [s for s in live if f - s["last"] > max_gap]
+            done += ended
+            live = [s for s in live if f - s["last"] <= max_gap]
+        found = [self._track(s["points"], frames) for s in done + live]
+        found = self._merge(found, max_gap)
+        if not found:
+            return []
+        strongest = max(t.support for t in found)
+        min_frames, min_leading = self.min_seconds / hop_seconds, self.min_leading_seconds / hop_seconds
+        kept = [t for t in found if t.detected.sum() >= min_frames and (
+            t.support >= self.clear_support * strongest
+            or (t.support >= self.min_support * strongest and t.leading.sum() >= min_leading))]
+        return sorted(kept, key=lambda t: -t.support)
+
+    @staticmethod
+    def _track(points: list[tuple[int, float, float, bool]], frames: int) -> Track:
+        f, x, strength, lead = (np.array(v) for v in zip(*points))
+        f = f.astype(int)
+        detected, leading, power = np.zeros(frames, dtype=bool), np.zeros(frames, dtype=bool), np.zeros(frames)
+        detected[f], leading[f], power[f] = True, lead, strength
+        return Track(np.interp(np.arange(frames), f, x), detected, power, leading)
+
+    def _merge(self, tracks: list[Track], max_gap: int) -> list[Track]:
+        """Join fragments of one source until nothing changes (see the module docstring)."""
+        tracks = sorted(tracks, key=lambda t: -t.support)
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(tracks)):
+                for j in range(i + 1, len(tracks)):
+                    if self._same_source(tracks[i], tracks[j], max_gap):
+                        tracks[i] = _joined(tracks[i], tracks[j])
+                        del tracks[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        return tracks
+
+    def _same_source(self, a: Track, b: Track, max_gap: int) -> bool:
+        both = a.detected & b.detected
+        if both.sum() > 0.2 * min(a.detected.sum(), b.detected.sum()):  # side by side
+            return float(np.median(np.abs(a.x[both] - b.x[both]))) <= self.merge_distance
+        first, second = (a, b) if np.argmax(a.detected) <= np.argmax(b.detected) else (b, a)
+        end = len(first.detected) - 1 - int(np.argmax(first.detected[::-1]))
+        start = int(np.argmax(second.detected))
+        if start - end <= 2 * max_gap and abs(first.x[end] - second.x[start]) <= self.gate:
+            return True  # one continues the other
+        # a source heard in bursts (speech, barks) at one place: the same median position
+        return abs(float(np.median(a.x[a.detected])) - float(np.median(b.x[b.detected]))) <= self.merge_distance
+
+
+def _joined(a: Track, b: Track) -> Track:
+    """One track of two fragments: where both were seen, the stronger one's position."""
+    detected = a.detected | b.detected
+    take_b = b.detected & (~a.detected | (b.strength > a.strength))
+    frames = np.flatnonzero(detected)
+    x_at = np.where(take_b, b.x, a.x)[frames]
+    return Track(np.interp(np.arange(len(detected)), frames, x_at), detected, a.strength + b.strength,
+                 a.leading | b.leading)
