@@ -22,7 +22,7 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["run", "deep_preset", "SECTION", "STEPS", "SECONDS", "THRESHOLDS", "ROUNDS", "POLICIES"]
+__all__ = ["run", "presets", "deep_preset", "SECTION", "STEPS", "SECONDS", "THRESHOLDS", "ROUNDS", "POLICIES"]
 
 SECTION = "cache"
 STEPS = 20
@@ -46,6 +46,13 @@ def deep_preset():
                                audio=dataclasses.replace(tiny.audio, **wider))
 
 
+def presets() -> list:
+    """The presets swept, in order: ``tiny`` and :func:`deep_preset`."""
+    from baton_fast.model.config import get_preset
+
+    return [get_preset("tiny"), deep_preset()]
+
+
 def _relative_l2(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float((x.double() - reference.double()).norm() / reference.double().norm())
 
@@ -58,7 +65,6 @@ def run(quick: bool) -> list[dict]:
     """Measure the sweep (see the module docstring); returns the records of the ``cache`` section."""
     from baton_fast.model.bench import _device_and_dtype
     from baton_fast.model.cache import DEFAULT_THRESHOLDS
-    from baton_fast.model.config import get_preset
     from baton_fast.model.pipeline import BatonPipeline
     from baton_fast.model.sampler import SamplerOptions
 
@@ -69,7 +75,7 @@ def run(quick: bool) -> list[dict]:
     settings = [("none", None)] + [(p, t) for p in POLICIES
                                    for t in sorted({*THRESHOLDS[quick], DEFAULT_THRESHOLDS[p]})]
     records = []
-    for cfg in (get_preset("tiny"), deep_preset()):
+    for cfg in presets():
         pipeline = BatonPipeline.build(cfg, device=device, dtype=dtype)
 
         def generate(policy, threshold):
