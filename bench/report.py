@@ -2,7 +2,8 @@
 
     python -m baton_fast.bench.report RESULTS.json [MORE.json ...] [--plots DIR] > BENCHMARKS.md
 
-Several files (a CPU run and a GPU run) merge into one report.  ``--plots DIR`` writes the PNG
+Several files (a CPU run and a GPU run) merge into one report; a ``baton-fast gpu-check`` results file
+(``mode = "gpu-check"``) adds its GPU check section (:func:`render_gpu_check`).  ``--plots DIR`` writes the PNG
 plots there and links them relative to the current directory (run it from where the markdown goes).
 Every figure keeps its label: *measured* (timed on the machine named in the file), *modelled*
 (the cost model), *compiled* (machine code of an ahead-of-time compile).
