@@ -24,6 +24,7 @@ imported) to the files written; ``setup`` is the part before the models are buil
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -75,6 +76,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="torch.compile each fusion block (regional; BACKEND inductor when not given)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay each denoise step from a CUDA graph (CUDA)")
+    parser.add_argument("--sp-degree", type=positive_int, default=1, metavar="N",
+                        help="sequence parallelism over N ranks: run under torchrun --nproc-per-node N; the video "
+                             "tokens are split (docs/distributed.md) and rank 0 writes the files")
     parser.add_argument("--cache", default="none", choices=POLICIES,
                         help="step caching: skip the fusion blocks on evaluations whose input changed little "
                              "(docs/model.md)")
@@ -223,6 +227,34 @@ def _layout(args, sound: Recording | None):
     return planner.plan(spatial_cues(sound.waveform, sound.sample_rate), names), source, fraction
 
 
+def _sequence_parallel_rank(args):
+    """This process's rank under ``--sp-degree N > 1`` (None for 1), checked before any work: torchrun must have
+    started N processes, and the run takes no step cache, CUDA graph or torch.compile."""
+    if args.sp_degree == 1:
+        return None
+    world = os.environ.get("WORLD_SIZE")
+    if world != str(args.sp_degree) or "RANK" not in os.environ:
+        raise ValueError(f"--sp-degree: expected to run under torchrun --nproc-per-node {args.sp_degree} "
+                         f"(WORLD_SIZE={args.sp_degree}), got WORLD_SIZE={world}")
+    if args.cache != "none" or args.cuda_graph or args.compile:
+        raise ValueError("--sp-degree: not combined with --cache, --cuda-graph or --compile")
+    return int(os.environ["RANK"])
+
+
+def _sequence_mesh(cfg, device, degree: int):
+    """The process group (NCCL on CUDA, gloo on CPU; collectives time out after 10 minutes) and the mesh: as much
+    Ulysses as the heads allow, the rest as a ring."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from .distributed import init_sequence_mesh, mesh_degrees
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
+    return init_sequence_mesh(*mesh_degrees(degree, cfg.video.num_heads))
+
+
 def _device_and_dtype(device: str, dtype: str):
     """``(torch.device, torch.dtype)`` for ``--device`` / ``--dtype``: the device must exist here."""
     import torch
@@ -322,6 +354,8 @@ def run(args) -> int:
         return _run(args)
     finally:  # callers in the same process (tests) keep their thread count
         torch.set_num_threads(threads)
+        if args.sp_degree > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _run(args) -> int:
@@ -329,15 +363,23 @@ def _run(args) -> int:
     from .model.config import get_preset
 
     layout_wanted = args.audio is not None or args.layout is not None
+    sp_rank = _sequence_parallel_rank(args)
     progress = _SetupProgress(["arguments"] + ["layout"] * layout_wanted
-                              + ["libraries", "models", "planner", "text encoder", "prepare"], not args.no_progress)
+                              + ["libraries", "models", "planner", "text encoder", "prepare"],
+                              not args.no_progress and not sp_rank)
     progress("arguments")
     cfg = get_preset(args.preset)
     files = _outputs(args.out, layout_wanted)
     options = _sampler_options(args)
+    if sp_rank:  # one progress display: rank 0's
+        options = dataclasses.replace(options, progress=False)
     if not 0 <= args.seed < SEED_RANGE:
         raise ValueError(f"--seed: expected an integer in [0, 2^63), got {args.seed}")
     device, dtype = _device_and_dtype(args.device, args.dtype)
+    if sp_rank is not None and device.type == "cuda":  # one GPU per rank
+        import torch
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if options.cuda_graph and device.type != "cuda":
         raise ValueError("--cuda-graph: needs a CUDA device")
     _check_compile_backend(args.compile)
@@ -371,12 +413,15 @@ def _run(args) -> int:
     transformers.utils.logging.disable_progress_bar()
     setup = time.perf_counter() - entered  # argument checks, layout planning, memory check, transformers import
     progress("models")
+    mesh = _sequence_mesh(cfg, device, args.sp_degree) if sp_rank is not None else None
     pipeline = BatonPipeline.build(cfg, device=device, dtype=dtype, checkpoint=args.checkpoint,
                                    planner_lm=args.planner_lm, text_encoder=args.text_encoder)
     result = pipeline.generate(video_prompt, audio_prompt, seconds=shape.seconds, seed=args.seed,
                                options=options, video_negative_prompt=args.video_negative_prompt,
                                audio_negative_prompt=args.audio_negative_prompt, layout=layout,
-                               layout_fraction=layout_fraction, on_phase=progress)
+                               layout_fraction=layout_fraction, on_phase=progress, mesh=mesh)
+    if sp_rank:  # every rank holds the result; rank 0 writes it
+        return 0
     report, t = result.report, result.report["timings_s"]
     if sound is not None:
         track, track_rate = _mux_audio(sound.waveform, sound.sample_rate)

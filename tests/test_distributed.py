@@ -306,3 +306,38 @@ def test_failing_rank_ends_the_run_with_its_error():
     with pytest.raises(RuntimeError, match="rank 1 of 2 failed(.|\n)*deliberate failure on rank 1"):
         run_local_group(_rank_one_fails, 2, timeout_s=60, collective_timeout_s=30)
     assert time.monotonic() - started < 30
+
+
+def test_generate_sp_degree_outside_torchrun_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    from baton_fast import cli
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = cli.main(["generate", "--video-prompt", "a", "--audio-prompt", "b", "--sp-degree", "2",
+                     "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--sp-degree: expected to run under torchrun" in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_generate_under_torchrun_writes_one_clip_from_rank_zero(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "sp.mp4"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+               "-m", "baton_fast.cli", "generate", "--video-prompt", "a red ball", "--audio-prompt", "a thud",
+               "--seconds", "1", "--steps", "2", "--sp-degree", "2", "--no-progress", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sp.json", "sp.mp4", "sp.wav"]
+    assert done.stdout.count("wrote ") == 1  # rank 0 only
+    report = json.loads((tmp_path / "sp.json").read_text())
+    assert report["sequence_parallel"] == {"degree": 2, "ulysses": 2, "ring": 1}

@@ -70,9 +70,11 @@ def hybrid_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[Rope
                      mesh: SequenceMesh, k_table: Optional[RopeTable] = None, rotate_q: bool = True,
                      rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                      return_lse: bool = False, q_groups: Optional[torch.Tensor] = None,
-                     k_groups: Optional[torch.Tensor] = None):
+                     k_groups: Optional[torch.Tensor] = None, check_values: bool = True):
     """``rope_attention`` over a ``ring x ulysses`` :class:`SequenceMesh` (:func:`init_sequence_mesh`).
-    Arguments and result as :func:`ulysses_attention`; the Ulysses degree must divide ``H`` and ``Hk``."""
+    Arguments and result as :func:`ulysses_attention`; the Ulysses degree must divide ``H`` and ``Hk``.
+    ``check_values=False`` skips the value checks (coordinates, key lengths), as in ``rope_attention``: the
+    call then reads nothing back but the ranks' shape agreement."""
     args = {}
 
     def check():
@@ -88,15 +90,17 @@ def hybrid_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[Rope
     if H % mesh.ulysses_degree or Hk % mesh.ulysses_degree:
         raise ValueError(f"mesh: the Ulysses degree {mesh.ulysses_degree} must divide the query heads H={H} and the "
                          f"key heads Hk={Hk}; use ring attention (or a smaller Ulysses degree) for this head count")
-    if k_lens is not None:
+    if k_lens is not None and check_values:
         lo, hi = (int(x) for x in torch.stack([k_lens.min(), k_lens.max()]).tolist())
         if lo < 0 or hi > sum(counts["nk"]):
             raise ValueError(f"k_lens: expected values in [0, {sum(counts['nk'])}] (keys over all ranks), "
                              f"got range [{lo}, {hi}]")
     if rotate_q:
-        q = baton_fast.apply_rope(q, q_coords, RopeTable.trusted(qf, qa, interleaved, q_coords.shape[2]))
+        q = baton_fast.apply_rope(q, q_coords, RopeTable.trusted(qf, qa, interleaved, q_coords.shape[2]),
+                                  check_values=check_values)
     if rotate_k:
-        k = baton_fast.apply_rope(k, k_coords, RopeTable.trusted(kf, ka, interleaved, k_coords.shape[2]))
+        k = baton_fast.apply_rope(k, k_coords, RopeTable.trusted(kf, ka, interleaved, k_coords.shape[2]),
+                                  check_values=check_values)
     U = mesh.ulysses_degree
     first = mesh.ring_rank * U  # shard index of this Ulysses group's first member
     nq_u, nk_u = counts["nq"][first:first + U], counts["nk"][first:first + U]
@@ -222,8 +226,9 @@ def _block_key_lens(k_lens, offset: int, length: int, padded: int, batch: int, d
 
 
 def _block_attention(q, k, v, k_lens, q_groups, k_groups, scale, need_lse):
+    # nothing is rotated and the key lengths were checked against the whole sequence: no value check per block
     result = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=k_lens, scale=scale,
-                                       return_lse=need_lse, q_groups=q_groups, k_groups=k_groups)
+                                       return_lse=need_lse, q_groups=q_groups, k_groups=k_groups, check_values=False)
     return result if need_lse else (result, None)
 
 

@@ -7,12 +7,13 @@ all-to-all each holds one contiguous *ring block* of the sequence, for ``H / uly
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch.distributed as dist
 
-__all__ = ["SequenceMesh", "init_sequence_mesh", "shard_lengths", "shard_range"]
+__all__ = ["SequenceMesh", "init_sequence_mesh", "mesh_degrees", "shard_lengths", "shard_range"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,15 @@ def init_sequence_mesh(ring_degree: int, ulysses_degree: int) -> SequenceMesh:
         group = dist.new_group([r * ulysses_degree + u for r in range(ring_degree)])
         ring = group if rank % ulysses_degree == u else ring
     return SequenceMesh(dist.group.WORLD, ulysses, ring, ulysses_degree, ring_degree)
+
+
+def mesh_degrees(degree: int, heads: int) -> tuple[int, int]:
+    """``(ring_degree, ulysses_degree)`` for ``degree`` ranks and ``heads`` attention heads: as much Ulysses as
+    the heads allow (the greatest common divisor), the rest as a ring."""
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree: expected a positive integer, got {degree!r}")
+    ulysses = math.gcd(degree, heads)
+    return degree // ulysses, ulysses
 
 
 def shard_lengths(n: int, parts: int) -> list[int]:

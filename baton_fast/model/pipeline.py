@@ -123,7 +123,7 @@ class BatonPipeline:
     def generate(self, video_prompts, audio_prompts, *, seconds: float, seed: int = 0,
                  options: SamplerOptions = SamplerOptions(), video_negative_prompt: str = "",
                  audio_negative_prompt: str = "", layout=None,
-                 layout_fraction: float = DEFAULT_LAYOUT_FRACTION, on_phase=None) -> Generation:
+                 layout_fraction: float = DEFAULT_LAYOUT_FRACTION, on_phase=None, mesh=None) -> Generation:
         """Generate ``len(video_prompts)`` clips of ``seconds`` (rounded down to whole video frames) with
         their sound tracks, as long as the video to the sample.
 
@@ -131,8 +131,13 @@ class BatonPipeline:
         ``layout_fraction`` of the steps.  The same ``seed`` (and the same weights) gives the same output.
         ``on_phase(name)``, when given, is called as each phase starts: ``"planner"``, ``"text encoder"``,
         ``"prepare"``, ``"denoise"``, ``"decode"`` (a progress display).
+        ``mesh``: a :class:`~baton_fast.distributed.SequenceMesh`: every rank of it calls with the same arguments
+        and the DiT runs sharded over it (``docs/distributed.md``); every rank returns the whole result.
         """
         cfg, device = self.cfg, self.device
+        if mesh is not None and (options.cache != "none" or options.cuda_graph or options.compile_backend):
+            raise ValueError("mesh: a sequence-parallel run takes no step cache, CUDA graph or torch.compile "
+                             "(options.cache, options.cuda_graph, options.compile_backend)")
         video_prompts, audio_prompts = _prompts("video_prompts", video_prompts), _prompts("audio_prompts", audio_prompts)
         if len(audio_prompts) != len(video_prompts):
             raise ValueError(f"audio_prompts: expected {len(video_prompts)} prompts (one per video prompt), "
@@ -167,7 +172,7 @@ class BatonPipeline:
         timings["text_encoder"] = clock.lap()
         on_phase("prepare")
 
-        ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan)
+        ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan, mesh=mesh)
         guidance = None
         if layout is not None:
             from baton_fast.spatial.grounding import layout_guidance
@@ -222,6 +227,9 @@ class BatonPipeline:
         if guidance is not None:
             report["layout"] = _layout_report(layout, guidance, video_prompts, options.steps)
         report["cache"] = cache.report() if cache is not None else {"policy": "none"}
+        if mesh is not None:
+            report["sequence_parallel"] = {"degree": mesh.size, "ulysses": mesh.ulysses_degree,
+                                           "ring": mesh.ring_degree}
         return Generation(video, audio, cfg.video_format.fps, cfg.audio_format.sample_rate, video_latents.cpu(),
                           audio_latents.cpu(), report)
 
