@@ -39,7 +39,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows every default, except where the help text already says it or there is none."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in (action.help or ""):
+        no_default = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if no_default or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -111,8 +112,16 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars an interruption left open, so that the message gets a line of its own."""
+    if "tqdm" in sys.modules:
+        for bar in list(sys.modules["tqdm"].tqdm._instances):
+            bar.close()
 
 
 if __name__ == "__main__":
