@@ -93,6 +93,15 @@ def test_config_cases_cover_every_shipped_config_in_both_dtypes(arch):
     assert any(c.D % 32 for c in cases)  # head dims that are not powers of two (masked lanes)
 
 
+def test_each_part_lists_its_items(monkeypatch):
+    from baton_fast import selftest
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    numerics = command._items("numerics", WHERE, 0)
+    assert len(numerics) == len(selftest.ATTENTION_CASES + selftest.ROPE_CASES) + len(native.config_cases(9))
+    assert [label for label, _ in command._items("cuda_graph", WHERE, 0)] == ["tiny denoise step, bf16"]
+    assert [label for label, _ in command._items("timings", WHERE, 0)] == [c.name for c in timings.TIMED_CASES]
+
+
 def test_selftest_items_are_the_selftest_cases():
     from baton_fast import selftest
     labels = [label for label, _ in native.selftest_items(WHERE)]
