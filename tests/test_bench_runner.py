@@ -1,6 +1,7 @@
 """`baton-fast bench`: the unfused baseline's numerics, measured records, results file, report and hooks."""
 import importlib.machinery
 import json
+import os
 import sys
 import time
 import types
@@ -206,3 +207,41 @@ def test_quick_static_jobs_pick_the_models_head_dim_per_arch():
     assert all(job.kernel == "rope_attention" and job.D == 128 for job in jobs)
     assert len(jobs) <= 2 * len(static_check.ARCHS)
     assert any(dict(job.flags)["ROTATE_K"] for job in jobs)  # the heaviest variant rotates K in the loop
+
+
+def test_headline_counts_the_eager_path_among_the_cpu_paths():
+    def timing(case, backend, ms):
+        return dict(section="kernels", case=case, backend=backend, device="cpu", metric="time", value=ms)
+
+    results = [{"records": [timing("self-attn", report.EAGER_CPU, 2.0), timing("self-attn", "compiled", 4.0),
+                            timing("cross-attn", report.EAGER_CPU, 2.0), timing("cross-attn", "compiled", 0.5)]}]
+    headline = report._headline(results)
+    assert f"self-attn: {report.EAGER_CPU} 1x" in headline  # eager is the fastest here: no speed-up claimed
+    assert "cross-attn: compiled 4x" in headline
+
+
+def test_static_section_shows_the_compiles_own_progress(monkeypatch):
+    static_check = pytest.importorskip("baton_fast.static_check")
+    calls = []
+    monkeypatch.setattr(static_check, "check", lambda jobs, progress=False: calls.append(progress) or [])
+    for progress in (True, False):
+        [(_, _, task)] = runner._tasks("cpu", True, ["static"], progress)
+        assert task() == []
+    assert calls == [True, False]
+
+
+def test_bench_output_has_no_profiler_usdt_lines(capfd):
+    """The torch profiler's USDT lines (written to fd 2 by kineto) are dropped; everything else, progress
+    bars' carriage returns and lines split across writes included, passes through in order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from baton_fast.bench.stderr_filter import filtered_stderr
+
+    with filtered_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            torch.ones(3).add_(1)
+        for chunk in (b"kept 1\nUS", b"DT: split line\nbar 10%\rbar", b" 50%\rUSDT:", b" x\nkept 2 (USDT: inside)\nU"):
+            os.write(2, chunk)
+            time.sleep(0.02)  # separate reads, so that a line is split across them
+    err = capfd.readouterr().err
+    assert err == "kept 1\nbar 10%\rbar 50%\rkept 2 (USDT: inside)\nU", err
