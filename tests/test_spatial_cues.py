@@ -1,10 +1,15 @@
 """Spatial cues on synthetic signals with known answers, and the errors bad audio gets."""
+import warnings
+
 import numpy as np
 import pytest
 import scipy.io.wavfile
 import torch
 
 from baton_fast.spatial import cue_report, load_audio, spatial_cues
+from baton_fast.spatial.cues import SPEED_OF_SOUND
+from baton_fast.spatial.rooms import diffuse_noise
+from baton_fast.spatial.tfcues import grid, position_map
 
 FS = 16000
 RNG = np.random.default_rng(1234)
@@ -51,7 +56,7 @@ def test_ild_is_nan_in_silent_bands():
 def test_gcc_phat_itd_sign_and_size(delay):
     n = noise(seconds=9.0)  # > 256 frames: more than one GCC-PHAT chunk
     left, right = (n, delayed(n, delay)) if delay >= 0 else (delayed(n, -delay), n)
-    cues = spatial_cues(np.stack([left, right]), FS)
+    cues = spatial_cues(np.stack([left, right]), FS, mic_spacing=0.3)  # range 1.1 * 0.3 / c = 0.96 ms
     # right channel delayed by `delay` samples: the left channel leads, ITD > 0
     np.testing.assert_allclose(cues.itd_s[1:-1], delay / FS, atol=0.6 / (8 * FS))
     assert np.all(cues.itd_strength[1:-1] > 0.9)
@@ -91,10 +96,58 @@ def test_report_of_a_stereo_recording_shows_the_louder_side():
     assert all(abs(float(row[3]) - 12.04) < 0.1 for row in rows)  # ild column
 
 
-def test_accepts_torch_and_short_clips():
-    s = torch.from_numpy(np.stack([sine(440.0, 0.01), sine(440.0, 0.01)]))
+def test_accepts_torch_and_refuses_clips_too_short_to_analyse():
+    s = torch.from_numpy(np.stack([sine(440.0, 0.3), sine(440.0, 0.3)]))
     cues = spatial_cues(s, FS)
-    assert len(cues.times) == 1 and cues.duration == pytest.approx(0.01)
+    assert len(cues.times) == 9 and cues.duration == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"waveform lasts 0\.030 s, too short to analyse: at least 0\.25 s"):
+        spatial_cues(s[:, :480], FS)
+
+
+def test_truncated_wav_is_refused_without_a_library_warning(tmp_path):
+    path = tmp_path / "cut.wav"
+    scipy.io.wavfile.write(path, FS, np.round(np.stack([sine(440.0), sine(440.0)]).T * 32767).astype(np.int16))
+    path.write_bytes(path.read_bytes()[:44 + 4 * 480])  # header (which still claims 1 s) + 0.03 s
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any library warning fails the test
+        waveform, rate = load_audio(path)
+        with pytest.raises(ValueError, match="too short to analyse"):
+            spatial_cues(waveform, rate)
+
+
+@pytest.mark.parametrize("spacing", [0.1, 0.2, 0.4])
+def test_time_difference_range_and_position_follow_the_mic_spacing(spacing):
+    """A broadband source at 90 degrees (delay d / c) reads hard left, one at 30 degrees x = 0.25."""
+    source = noise(1.0 + 0.01)
+    for azimuth, expected_x in ((90.0, 0.0), (30.0, 0.25), (-30.0, 0.75)):
+        delay = spacing * np.sin(np.radians(azimuth)) / SPEED_OF_SOUND * FS
+        spectrum = np.fft.rfft(source)
+        right = np.fft.irfft(spectrum * np.exp(-2j * np.pi * np.fft.rfftfreq(len(source)) * delay), len(source))
+        cues = spatial_cues(np.stack([source, right]), FS, mic_spacing=spacing)
+        assert cues.max_itd_seconds == pytest.approx(1.1 * spacing / SPEED_OF_SOUND)
+        fused, _, (a_time, a_level) = position_map(cues)
+        assert a_time > 0.9  # the level difference is 0: the time cue carries the position
+        x = grid()[fused[2:-2].mean(axis=0).argmax()]
+        assert abs(x - expected_x) <= 0.02, (azimuth, x)
+
+
+def test_coherent_to_diffuse_ratio_separates_direct_sound_from_a_diffuse_field():
+    rng = np.random.default_rng(5)
+    direct = np.stack([noise(1.0), noise(1.0)])
+    direct[1] = direct[0]  # fully coherent: a source straight ahead
+    diffuse = 0.1 * diffuse_noise(rng, FS, FS, 0.2)
+    high = lambda cues: np.nanmedian(cues.cdr[5:-5, cues.freqs > 1000])  # noqa: E731
+    assert high(spatial_cues(direct, FS)) > 100
+    assert high(spatial_cues(diffuse, FS)) < 0.5
+    assert 0.5 < high(spatial_cues(direct + diffuse, FS)) < 2.5  # equal powers: CDR 1
+
+
+@pytest.mark.parametrize("argument, value, match", [("mic_spacing", 0.0, "mic_spacing must be a distance"),
+                                                    ("mic_spacing", "0.2", "mic_spacing must be a distance"),
+                                                    ("head_shadow_db", -3.0, "head_shadow_db must be None")])
+def test_geometry_arguments_are_checked(argument, value, match):
+    with pytest.raises(ValueError, match=match):
+        spatial_cues(np.stack([noise(), noise()]), FS, **{argument: value})
 
 
 @pytest.mark.parametrize("waveform, sample_rate, error, match", [

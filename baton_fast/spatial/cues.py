@@ -190,12 +190,12 @@ def check_waveform(waveform, sample_rate, *, min_seconds: float = MIN_SECONDS) -
                          f"got shape {tuple(waveform.shape)} (a [samples, channels] array needs .T)")
     if waveform.shape[1] == 0:
         raise ValueError("waveform is empty (0 samples)")
-    if waveform.shape[1] < min_seconds * sample_rate:
-        raise ValueError(f"waveform lasts {waveform.shape[1] / sample_rate:.3f} s, too short to analyse: "
-                         f"at least {min_seconds:g} s needed")
     waveform = waveform.astype(np.float64)
     if not np.all(np.isfinite(waveform)):
         raise ValueError("waveform contains NaN or infinite samples")
+    if waveform.shape[1] < min_seconds * sample_rate:
+        raise ValueError(f"waveform lasts {waveform.shape[1] / sample_rate:.3f} s, too short to analyse: "
+                         f"at least {min_seconds:g} s needed")
     return waveform, int(sample_rate)
 
 

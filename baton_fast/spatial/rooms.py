@@ -1,11 +1,10 @@
 """Physically simulated stereo recordings: a spaced microphone pair in a shoebox room.
 
 Early reflections come from pyroomacoustics' image-source method (``ism_order`` reflections, wall
-absorption from Sabine's formula for the asked RT60); the late tail, which a full image-source run
-would need thousands of images for (minutes per clip at RT60 0.9 s), is the statistical one: noise with
-an exponential decay of 60 dB per RT60, at the diffuse-field energy of the room (the direct energy at
-the critical distance ``sqrt(A / 16 pi)``, ``A = 0.161 V / RT60``), with the two microphones' diffuse
-coherence ``sinc(2 f d / c)``. A moving source is rendered block by block (Hann cross-fades, one
+absorption from Sabine's formula for the asked RT60) up to ``mix_seconds`` after the direct sound; the
+late tail, which a full image-source run would need thousands of images for (minutes per clip at
+RT60 0.9 s), is the statistical one: noise with an exponential decay of 60 dB per RT60, starting at the
+image sources' energy density there, with the two microphones' diffuse coherence ``sinc(2 f d / c)``. A moving source is rendered block by block (Hann cross-fades, one
 room impulse response per block position; no Doppler shift).
 
 Coordinates: metres; the array looks along +x, its left microphone (channel 0) is at +y. Azimuth is
@@ -96,20 +95,20 @@ def diffuse_noise(rng: np.random.Generator, samples: int, sample_rate: int, mic_
 
 
 def _late_tail(room: Room, responses: np.ndarray, sample_rate: int, tail_noise: np.ndarray) -> np.ndarray:
-    """The statistical late reverberation after ``mix_seconds`` past each response's direct sound."""
-    volume = float(np.prod(room.dimensions))
-    absorption_area = 0.161 * volume / room.rt60
-    critical_distance = math.sqrt(absorption_area / (16 * math.pi))
-    total_energy = (1 / (4 * math.pi * critical_distance)) ** 2  # sum of h^2 of the whole reverberation
+    """The statistical late reverberation after ``mix_seconds`` past each response's direct sound: it
+    continues the image sources' energy density over the 20 ms before that point and decays by 60 dB
+    per RT60."""
     decay = 6 * math.log(10) / room.rt60  # energy decay rate, 1/s (60 dB per RT60)
     taps = responses.shape[2]
+    window = round(0.02 * sample_rate)
     tail = np.zeros_like(responses)
     for s in range(len(responses)):
         direct = int(np.abs(responses[s]).max(axis=0).argmax())
         start = direct + round(room.mix_seconds * sample_rate)
-        tau = (np.arange(start, taps) - direct) / sample_rate
-        envelope = np.sqrt(total_energy * decay / sample_rate * np.exp(-decay * tau))
-        tail[s, :, start:] = envelope * tail_noise[:, :taps - start]
+        density = float(np.mean(responses[s, :, start - window:start] ** 2))  # energy per sample at the join
+        tau = (np.arange(start, taps) - start) / sample_rate
+        tail[s, :, start:] = np.sqrt(density * np.exp(-decay * tau)) * tail_noise[:, :taps - start]
+        responses[s, :, start:] = 0.0  # the image sources beyond the join are incomplete: replaced
     return tail
 
 
