@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--names", default="",
                         help="comma-separated object names, loudest source first (none given: 'sound source')")
     parser.add_argument("--fps", type=finite_float, default=6.0, help="keyframes per second")
+    parser.add_argument("--mic-spacing", type=finite_float, default=0.2,
+                        help="metres between the recording's two microphones (default 0.2: a spaced pair, about a head)")
     parser.add_argument("--max-sources", type=positive_int, default=4, help="keep at most this many sources")
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"--fps: {err}") from None
     try:
-        cues = spatial_cues(*load_audio(args.audio))
+        cues = spatial_cues(*load_audio(args.audio), mic_spacing=args.mic_spacing)
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"audio: {err}") from None
     vsl = planner.plan(cues, names)
