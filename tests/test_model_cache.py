@@ -250,7 +250,7 @@ def test_generate_cli_refuses_bad_cache_flags(tmp_path, capsys, extra, message):
 
 @pytest.mark.slow
 def test_sweep_benchmark_records_table_and_plot(monkeypatch, tmp_path):
-    """The ``cache`` bench section, cut down (the tiny preset, 3 steps, one threshold besides the default):
+    """The ``cache`` bench section, cut down (the tiny preset, 3 steps, the default threshold only):
     records per setting, uncached as the reference, and the report's table and PNG plot."""
     from baton_fast.bench import cache_bench, report
 
@@ -258,18 +258,19 @@ def test_sweep_benchmark_records_table_and_plot(monkeypatch, tmp_path):
     assert cache_bench.deep_preset().video.num_layers == 6
     monkeypatch.setattr(cache_bench, "presets", lambda: [CFG])
     monkeypatch.setattr(cache_bench, "STEPS", 3)
-    monkeypatch.setattr(cache_bench, "THRESHOLDS", {True: (0.3,)})
+    monkeypatch.setattr(cache_bench, "THRESHOLDS", {True: ()})
     records = cache_bench.run(True)
     assert {r["case"] for r in records} == {"tiny, 2 s, 3 Euler steps"}
-    assert len(records) == 5 * 6  # (uncached + 2 policies x 2 thresholds) x metrics
+    assert len(records) == 3 * 8  # (uncached + 2 policies at their default) x metrics
     value = {(r["case"].split(",")[0], r["backend"], r["metric"]): r["value"] for r in records}
     assert value[("tiny", "uncached", "fewer evaluations")] == 1.0
     assert value[("tiny", "uncached", "final-latent rel. L2 (video)")] == 0.0
+    assert value[("tiny", "uncached", "DiT CPU-time speed-up")] == 1.0 and value[("tiny", "uncached", "DiT CPU time")] > 0
     assert value[("tiny", "teacache, threshold 0.1 (default)", "evaluations computed")] <= 3
     assert all(r["kind"] == "measured" and r["device"] == "cpu" and "random weights" in r["notes"] for r in records)
     results = [dict(schema=report.RESULTS_SCHEMA, records=records)]
     plots = report.write_plots(results, tmp_path)
     assert (tmp_path / "cache_sweep.png").stat().st_size > 0
     section = report._cache(results, plots)
-    assert "| cpu | tiny, 2 s, 3 Euler steps | first-block, threshold 0.3 |" in section
+    assert "| cpu | tiny, 2 s, 3 Euler steps | first-block, threshold 0.1 (default) |" in section
     assert "random weights" in section and "![step-caching sweep](" in section
