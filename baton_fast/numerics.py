@@ -1,4 +1,4 @@
-"""The error budget every kernel is held to (DESIGN.md §5).
+"""The error budget every kernel is held to (docs/design.md §5).
 
 A result in dtype X passes when its max abs error against the float64 reference is at
 most twice the error of the plain PyTorch implementation computed in dtype X, plus a
