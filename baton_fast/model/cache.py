@@ -13,7 +13,7 @@ Two policies (``POLICIES``), each a small class that says what it measures and h
   change onto the output's.  The default is **none** (the identity): the weights here are random, so there
   is no trained model whose input/output relation a fit would capture, and published coefficients (fitted
   on Wan's or HunyuanVideo's outputs) would rescale by a curve that belongs to another network.  With real
-  weights, fit one from an uncached run and pass it as ``rescale``.
+  weights, fit one from an uncached run and pass it as ``SamplerOptions(cache_rescale=...)``.
 - ``first-block`` (ParaAttention's first-block cache, diffusers' ``FirstBlockCache``): fusion block 0 always
   runs; the indicator is its residual ``block0(x) - x`` per branch, compared (relative L1, no
   accumulation) with the residual at the last evaluation that ran every block.  Below the threshold the
@@ -155,6 +155,11 @@ class FirstBlockPolicy:
 
 class StepCache:
     """Step caching for one sampling run (see the module docstring); build a new one per run.
+
+    Args:
+        policy: ``"teacache"`` or ``"first-block"``; threshold: the skip threshold (None: the policy's
+            default); steps: the run's sampler steps; first_steps / last_steps: steps always computed at
+            the start / end; rescale: teacache's polynomial coefficients, highest power first (None: identity).
 
     The sampler calls :meth:`begin` before each evaluation; the DiT then calls the instance in place of its
     block loop.  ``records`` holds one entry per evaluation (see :meth:`report`).
