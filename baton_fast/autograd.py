@@ -1,11 +1,11 @@
 """Backward formulas of the public ops, registered with ``torch.library.register_autograd``.
 
-Each backward is itself a custom op (``baton_fast::rope_attention_backward``,
-``baton_fast::rmsnorm_rope_backward``) with a fake implementation, so ``torch.compile`` traces forward and
-backward without graph breaks and ``torch.library.opcheck`` checks both.  A backward runs the Triton
-kernels (``kernels/rope_attention_bwd.py``, ``kernels/rope_norm_bwd.py``) exactly when the forward ran
-them; otherwise it differentiates the reference math (:mod:`baton_fast.reference`) with autograd in the
-inputs' dtype.
+A backward runs the Triton kernels (``kernels/rope_attention_bwd.py``, ``kernels/rope_norm_bwd.py``)
+exactly when the forward ran them, through the custom ops ``baton_fast::rope_attention_backward`` and
+``baton_fast::rmsnorm_rope_backward`` (fake implementations included, so ``torch.compile`` traces forward
+and backward without graph breaks and ``torch.library.opcheck`` checks them).  Otherwise (the reference
+backend: CPU tensors by default) it differentiates the reference math (:mod:`baton_fast.reference`) in
+the inputs' dtype with ``torch.func.vjp``, which AOT autograd traces like any PyTorch code.
 
 Differentiable: q, k, v of ``rope_attention`` (and its returned LSE), x / q / k and the RMSNorm weights
 of ``apply_rope``, ``rmsnorm_rope`` and ``qk_rmsnorm_rope``.  Coordinates, RoPE tables, key lengths and
@@ -61,6 +61,11 @@ def _zeros_like_each(*tensors):
 
 
 # --------------------------------------------------------------------------- rope_attention
+def _attention_on_triton(q, k) -> bool:
+    """Whether ``baton_fast::rope_attention`` ran the Triton kernel for these inputs (its own dispatch rule)."""
+    return bool(ops._attention_on_triton(q) and q.numel() and k.shape[1])
+
+
 @torch.library.custom_op("baton_fast::rope_attention_backward", mutates_args=())
 def _rope_attention_backward_op(
         dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -68,40 +73,45 @@ def _rope_attention_backward_op(
         q_axes: torch.Tensor, k_freqs: torch.Tensor, k_axes: torch.Tensor, interleaved: bool, rotate_q: bool,
         rotate_k: bool, k_lens: Optional[torch.Tensor], scale: float, q_groups: Optional[torch.Tensor],
         k_groups: Optional[torch.Tensor], deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of ``baton_fast::rope_attention`` (same arguments, plus its outputs and their
-    gradients ``dout`` and ``dlse`` (None when the LSE was not returned)); contiguous, in q's dtype."""
-    if not (q.numel() and k.shape[1]):  # no query or no key: the output does not depend on q, k, v
-        return _zeros_like_each(q, k, v)
-    if ops._attention_on_triton(q):
-        from .kernels.rope_attention import rope_attention_fwd
-        from .kernels.rope_attention_bwd import rope_attention_bwd
-        rope = dict(rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale, q_groups=q_groups,
-                    k_groups=k_groups)
-        if lse.numel() == 0:  # forward called directly without its LSE: recompute it
-            out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
-                                          return_lse=True, **rope)
-        return rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
-                                  interleaved, dlse=dlse, deterministic=deterministic, **rope)
-    if dlse is not None and not bool(torch.isfinite(lse).all()):
-        raise NotImplementedError("rope_attention: the reference backend cannot differentiate the LSE of a row with "
-                                  "no key (k_lens = 0 or no shared layout group): its log(0) has no gradient")
-    qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2])
-    kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2])
-    def forward(q, k, v):  # the reference math, differentiated with torch.func (the op runs below autograd)
-        out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
-                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True,
-                                            q_groups=q_groups, k_groups=k_groups)
-        return (out.to(q.dtype), lse) if dlse is not None else out.to(q.dtype)
-
-    _, vjp = torch.func.vjp(forward, q, k, v)
-    grads = vjp((dout.to(q.dtype), dlse) if dlse is not None else dout.to(q.dtype))
-    return tuple(g.contiguous() for g in grads)
+    """``(dq, dk, dv)`` of ``baton_fast::rope_attention`` by the Triton backward kernels (CUDA, or the
+    interpreter): the forward's arguments, its outputs ``out, lse`` (an empty ``lse`` is recomputed) and their
+    gradients ``dout``, ``dlse`` (None when the LSE was not returned).  Contiguous, in q's dtype."""
+    from .kernels.rope_attention import rope_attention_fwd
+    from .kernels.rope_attention_bwd import rope_attention_bwd
+    rope = dict(rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale, q_groups=q_groups,
+                k_groups=k_groups)
+    if lse.numel() == 0:  # forward called without its LSE
+        out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
+                                      return_lse=True, **rope)
+    return rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
+                              interleaved, dlse=dlse, deterministic=deterministic, **rope)
 
 
 @_rope_attention_backward_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q,
       rotate_k, k_lens, scale, q_groups, k_groups, deterministic):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _attention_reference_backward(dout, dlse, q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
+                                  interleaved, rotate_q, rotate_k, k_lens, scale, q_groups, k_groups):
+    """``(dq, dk, dv)`` by ``torch.func.vjp`` of :func:`baton_fast.reference.rope_attention` in q's dtype."""
+    if k.shape[1] == 0:  # no key: the output (zeros) depends on nothing
+        return _zeros_like_each(q, k, v)
+    qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2])
+    kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2])
+
+    def forward(q, k, v):
+        out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, k_table=kt, rotate_q=rotate_q,
+                                            rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=True,
+                                            q_groups=q_groups, k_groups=k_groups)
+        if dlse is None:
+            return out.to(q.dtype)
+        # a row with no key has lse = log(0) = -inf and no gradient: keep 0 * inf out of it
+        return out.to(q.dtype), torch.where(torch.isfinite(lse), lse, 0.0)
+
+    _, vjp = torch.func.vjp(forward, q, k, v)
+    return vjp(dout.to(q.dtype) if dlse is None else (dout.to(q.dtype), dlse))
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -111,18 +121,21 @@ def _attention_setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, q_groups,
                           k_groups)
-    ctx.flags = (interleaved, rotate_q, rotate_k, scale, return_lse)
+    ctx.flags = (interleaved, rotate_q, rotate_k, scale, return_lse, _attention_on_triton(q, k))
 
 
 def _attention_backward(ctx, dout, dlse):
     q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, q_groups, k_groups = \
         ctx.saved_tensors
-    interleaved, rotate_q, rotate_k, scale, return_lse = ctx.flags
-    dq, dk, dv = _rope_attention_backward_op(
-        dout, dlse if return_lse and dlse is not None else None, q, k, v, out, lse, q_coords, k_coords, q_freqs,
-        q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale, q_groups, k_groups,
-        deterministic_enabled())
-    return (dq, dk, dv) + (None,) * 14
+    interleaved, rotate_q, rotate_k, scale, return_lse, on_triton = ctx.flags
+    dlse = dlse if return_lse else None
+    rope = (q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale,
+            q_groups, k_groups)
+    if on_triton:
+        grads = _rope_attention_backward_op(dout, dlse, q, k, v, out, lse, *rope, deterministic_enabled())
+    else:
+        grads = _attention_reference_backward(dout, dlse, q, k, v, *rope)
+    return tuple(grads) + (None,) * 14
 
 
 torch.library.register_autograd("baton_fast::rope_attention", _attention_backward,
@@ -130,27 +143,20 @@ torch.library.register_autograd("baton_fast::rope_attention", _attention_backwar
 
 
 # --------------------------------------------------------------------------- rmsnorm + rope
+def _norm_on_triton(x) -> bool:
+    """Whether ``baton_fast::rmsnorm_rope`` ran the Triton kernel on ``x`` (its own dispatch rule)."""
+    return bool(ops.backend_for(x.device) == "triton" and x.numel())
+
+
 @torch.library.custom_op("baton_fast::rmsnorm_rope_backward", mutates_args=())
 def _rmsnorm_rope_backward_op(dout: torch.Tensor, x: torch.Tensor, coords: torch.Tensor, freqs: torch.Tensor,
                               axes: torch.Tensor, interleaved: bool, weight: Optional[torch.Tensor], norm: int,
                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dx, dweight)`` of ``baton_fast::rmsnorm_rope``: dx contiguous in x's dtype; dweight in weight's dtype
-    (empty ``[0]`` when there is no weight or no norm)."""
-    has_weight = weight is not None and norm != 0
-    if ops.backend_for(x.device) == "triton" and x.numel():
-        from .kernels.rope_norm_bwd import rmsnorm_rope_bwd
-        dx, dweight = rmsnorm_rope_bwd(dout, x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
-    else:
-        table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
-
-        def forward(x, *weight):
-            y = reference.rms_norm(x, weight[0] if weight else None, eps, norm == 2) if norm else x
-            return reference.apply_rope(y, coords, table)
-
-        _, vjp = torch.func.vjp(forward, x, *([weight] if has_weight else []))
-        dx, *dweight = vjp(dout.to(x.dtype))
-        dx, dweight = dx.contiguous(), (dweight[0] if has_weight else None)
-    return dx, (dweight if has_weight else x.new_empty((0,)))
+    """``(dx, dweight)`` of ``baton_fast::rmsnorm_rope`` by the Triton backward kernel: dx contiguous in x's
+    dtype; dweight in weight's dtype (empty ``[0]`` when there is no weight or no norm)."""
+    from .kernels.rope_norm_bwd import rmsnorm_rope_bwd
+    dx, dweight = rmsnorm_rope_bwd(dout, x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps)
+    return dx, (dweight if dweight is not None else x.new_empty((0,)))
 
 
 @_rmsnorm_rope_backward_op.register_fake
@@ -161,9 +167,20 @@ def _(dout, x, coords, freqs, axes, interleaved, weight, norm, eps):
 
 
 def _side_backward(dout, x, coords, freqs, axes, interleaved, weight, norm, eps):
-    """``(dx, dweight or None)`` of one side of a norm/rope op."""
-    dx, dweight = _rmsnorm_rope_backward_op(dout, x, coords, freqs, axes, interleaved, weight, norm, eps)
-    return dx, (dweight if weight is not None and norm != 0 else None)
+    """``(dx, dweight or None)`` of one side of a norm/rope op, on the backend its forward ran on."""
+    has_weight = weight is not None and norm != 0
+    if _norm_on_triton(x):
+        dx, dweight = _rmsnorm_rope_backward_op(dout, x, coords, freqs, axes, interleaved, weight, norm, eps)
+        return dx, (dweight if has_weight else None)
+    table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
+
+    def forward(x, *weight):
+        y = reference.rms_norm(x, weight[0] if weight else None, eps, norm == 2) if norm else x
+        return reference.apply_rope(y, coords, table)
+
+    _, vjp = torch.func.vjp(forward, x, *([weight] if has_weight else []))
+    dx, *dweight = vjp(dout.to(x.dtype))
+    return dx, (dweight[0] if has_weight else None)
 
 
 def _rmsnorm_setup_context(ctx, inputs, output):

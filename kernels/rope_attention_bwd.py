@@ -370,7 +370,7 @@ def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_a
     """Gradients of :func:`rope_attention_fwd` w.r.t. the *unrotated* q, k, v, from its saved output and LSE.
 
     dout, out ``[B, Nq, H, D]``; q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides, one dtype);
-    lse float32 ``[B, H, Nq]`` contiguous (natural log, ``-inf`` for rows with no key); dlse optional float32
+    lse float32 ``[B, H, Nq]`` (natural log, ``-inf`` for rows with no key); dlse optional float32
     ``[B, H, Nq]`` (gradient of a returned LSE).  Other arguments as the forward's.  ``deterministic``:
     no atomics (bit-identical runs) for grouped-query heads.  Returns ``(dq, dk, dv)`` in q's dtype and
     shapes, contiguous.
@@ -385,6 +385,8 @@ def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_a
                   DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast,
                   num_warps=num_warps, num_stages=num_stages)
 
+    lse = lse.contiguous()  # rows are addressed as (b * H + h) * Nq + i
+    dlse = dlse.float().contiguous() if dlse is not None else None
     delta = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32)
     _bwd_delta[(triton.cdiv(n_q, block_m2), B * H)](
         out, dout, dlse if dlse is not None else lse, delta, *out.stride(), *dout.stride(), n_q, H,
