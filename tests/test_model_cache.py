@@ -241,7 +241,7 @@ def test_generate_cli_refuses_bad_cache_flags(tmp_path, capsys, extra, message):
     from baton_fast import cli
 
     out = tmp_path / "out.mp4"
-    argv = ["generate", "--video-prompt", "a", "--audio-prompt", "b", "--out", str(out), *extra]
+    argv = ["generate", "--video-prompt", "a", "--audio-prompt", "b", "--no-progress", "--out", str(out), *extra]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
