@@ -300,7 +300,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
                    rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None, return_lse: bool = False,
                    q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None,
-                   check_values: bool = True):
+                   check_values: bool = True, quant: Optional[str] = None):
     """Attention with coordinate RoPE fused into the kernel.
 
     Args:
@@ -319,13 +319,26 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
         check_values: read the coordinates and key lengths back to check their values (finite, angles in range,
             lengths in ``[0, Nk]``; one device sync).  Pass False for values checked once per run
             (:func:`check_coords`, :func:`check_key_lengths`): the call then never synchronises.
+        quant: None (full precision), ``"fp8"``, ``"int8"`` or ``"int8+fp8"``: quantised attention
+            (:mod:`baton_fast.quant`; no LSE, gradient or layout masks).  q and k may also be the
+            :class:`~baton_fast.quant.QuantizedTensor` results of ``qk_rmsnorm_rope(..., quant=...)``
+            (``rotate_q=rotate_k=False``).
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype, or ``(out, lse)``.  Rows with no key give zeros and ``lse = -inf``.
     """
+    from . import quant as _quant
+
+    if isinstance(q, _quant.QuantizedTensor) or isinstance(k, _quant.QuantizedTensor):
+        return _quant.prequantized_attention(q, k, v, quant, rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens,
+                                             scale=scale, return_lse=return_lse, q_groups=q_groups)
     args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale)
     _check_layout_groups(q, k, q_groups, k_groups)
+    scheme = _quant.scheme_for_call(quant, return_lse=return_lse, masked=q_groups is not None,
+                                    grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     if check_values:
         args = _attention_values_checked(args)
+    if scheme is not None:
+        return _quant.rope_attention(args, scheme)
     # the backward (baton_fast/autograd.py) recomputes scores from the LSE: compute it when a gradient is wanted
     need_lse = return_lse or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     out, lse = _rope_attention_op(*args, need_lse, q_groups, k_groups)
@@ -567,13 +580,15 @@ def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: 
 
 def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *, q_weight=None,
                     k_weight=None, k_table: Optional[RopeTable] = None, eps: float = 1e-6, across_heads: bool = True,
-                    check_values: bool = True):
+                    check_values: bool = True, quant: Optional[str] = None):
     """RMSNorm then RoPE for q ``[B, N, H, D]`` and k ``[B, Nk, Hk, D]``, one pass each.
 
     ``across_heads=True`` normalises over the whole inner dim ``H*D`` (Wan, LTX-2; weights ``[H*D]``),
     ``False`` per head (weights ``[D]``).  Returns ``(q_rot, k_rot)``, contiguous, in the inputs' dtypes;
     pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.  With no table (and no coordinates)
     it is the RMSNorm alone (text cross-attention).  ``check_values`` as in :func:`rope_attention`.
+    ``quant="fp8"`` / ``"int8"`` / ``"int8+fp8"``: the same pass also quantises (K smoothed by its token mean first)
+    and returns two :class:`~baton_fast.quant.QuantizedTensor` for ``rope_attention`` (:mod:`baton_fast.quant`).
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
     eps = _check_eps(eps)
@@ -591,4 +606,7 @@ def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTabl
     _check_devices(q=q, k=k)
     q_args, k_args = _sides_values_checked([("q_coords", q_args, rotated), ("k_coords", k_args, rotated)],
                                            check_values)
+    if quant is not None:
+        from . import quant as _quant
+        return _quant.quantize_qk(q_args, k_args, norm, eps, quant, rotate=rotated)
     return _qk_rmsnorm_rope_op(*q_args, *k_args, norm, eps)
