@@ -273,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     if args.static:
-        records = static_check.check(progress=True)
+        records = static_check.check(static_check.shipped_jobs() + static_check.quant_jobs(), progress=True)
         print(format_static_table(records))
     else:
         records = numeric_records(args.seed, progress=True)

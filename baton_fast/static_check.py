@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-__all__ = ["Job", "shipped_jobs", "check", "compile_job", "spawn_pool", "ARCHS"]
+__all__ = ["Job", "shipped_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "ARCHS"]
 
 ARCHS = (90, 80)
 EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
@@ -72,6 +72,13 @@ NORM_CASES = (
 )
 
 
+# Quantised attention (kernels/rope_attention_quant.py): each scheme on the arch it is for, and the matrix
+# instructions its dots must use there (fp8 wgmma: QGMMA; int8 wgmma: IGMMA; int8 mma.sync: IMMA).
+QUANT_ARCH_MMA = {"fp8": (90, ("QGMMA",)), "int8": (80, ("IMMA",)), "int8+fp8": (90, ("IGMMA", "QGMMA"))}
+QUANT_HEAD_DIMS = {64: 64, 128: 128}  # padded head dim -> head dim compiled
+MMA_OPCODES = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
+
+
 @dataclass(frozen=True)
 class Job:
     """One compilation: ``kernel`` ("rope_attention" or "rmsnorm_rope"), ``arch`` (90 or 80), ``config``
@@ -110,6 +117,16 @@ def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
     return jobs
 
 
+def quant_jobs() -> list[Job]:
+    """Every shipped configuration of the quantised attention on its scheme's arch (:data:`QUANT_ARCH_MMA`), with
+    key lengths (the flag that changes the loop); ``dtype`` holds the scheme."""
+    from .kernels.rope_attention_quant import SHIPPED_CONFIGS as QUANT_CONFIGS
+
+    return [Job("quant_attention", QUANT_ARCH_MMA[scheme][0], tuple(config), scheme, QUANT_HEAD_DIMS[pad], 2,
+                (("HAS_KLENS", True),))
+            for (scheme, pad), configs in sorted(QUANT_CONFIGS.items()) for config in configs]
+
+
 # --------------------------------------------------------------------------- launch recording
 class _RecordingKernel:
     """Stands in for a jit kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
@@ -125,8 +142,10 @@ def _record_launch(job: Job):
     """Run the job's real launcher on small CPU tensors; return ``(jit kernel, args, kwargs)`` it launches."""
     import torch
 
-    from .kernels import rope_attention, rope_norm
+    from .kernels import rope_attention, rope_attention_quant, rope_norm
 
+    if job.kernel == "quant_attention":
+        return _record_quant_launch(job, rope_attention_quant)
     dtype = getattr(torch, job.dtype)
     flags = job.flag_dict
     n, heads, D = 17, job.heads, job.D
@@ -156,6 +175,28 @@ def _record_launch(job: Job):
                                        weight=weight)
     finally:
         setattr(module, name, kernel)
+    (args, kwargs), = recorder.calls
+    return kernel, args, kwargs
+
+
+def _record_quant_launch(job: Job, module):
+    """:func:`_record_launch` for the quantised attention (scheme in ``job.dtype``)."""
+    import torch
+
+    n, heads, D, scheme = 17, job.heads, job.D, job.dtype
+    qk = torch.zeros(1, n, heads, D, dtype=module.STORAGE[module.QK_FORMAT[scheme]])
+    fp8_pv = module.FP8_PV[scheme]
+    v = torch.zeros(1, n, heads, D, dtype=torch.float8_e4m3fn if fp8_pv else torch.float16)
+    scales = torch.ones(1, heads, n)
+    v_scale = torch.ones(1, heads, 1, D) if fp8_pv else None
+    kernel, recorder = module._quant_attention_fwd, _RecordingKernel()
+    module._quant_attention_fwd = recorder
+    try:
+        module.quant_attention_fwd(qk, scales, qk, scales, v, v_scale, scheme=scheme,
+                                   k_lens=torch.full((1,), n, dtype=torch.int32) if job.flag_dict["HAS_KLENS"] else None,
+                                   scale=D ** -0.5, out_dtype=torch.bfloat16, config=job.config)
+    finally:
+        module._quant_attention_fwd = kernel
     (args, kwargs), = recorder.calls
     return kernel, args, kwargs
 
@@ -225,6 +266,7 @@ def _cubin_report(cubin: bytes) -> dict:
     opcodes = _SASS_OPCODE.findall(sass)
     mma = "HGMMA" if "HGMMA" in opcodes else "HMMA" if "HMMA" in opcodes else "none"
     return dict(regs=regs, stack=stack, mma=mma, mma_count=opcodes.count(mma) if mma != "none" else 0,
+                mma_ops={op: opcodes.count(op) for op in MMA_OPCODES if op in opcodes},
                 local_mem_ops=opcodes.count("LDL") + opcodes.count("STL"))
 
 
@@ -243,7 +285,14 @@ def compile_job(job: Job) -> dict:
     if ptxas["spill_stores"] or ptxas["spill_loads"] or cubin["local_mem_ops"] or cubin["stack"]:
         problems.append(f"local memory: {ptxas['spill_stores']} B spill stores, {ptxas['spill_loads']} B spill loads, "
                         f"{cubin['local_mem_ops']} LDL/STL, {cubin['stack']} B stack")
-    if cubin["mma"] != expected_mma:
+    if job.kernel == "quant_attention":  # every instruction its scheme needs (fp8 and int8 wgmma: QGMMA, IGMMA)
+        required = QUANT_ARCH_MMA[job.dtype][1]
+        cubin["mma"] = "+".join(cubin["mma_ops"]) or "none"
+        cubin["mma_count"] = sum(cubin["mma_ops"].get(op, 0) for op in required)
+        missing = [op for op in required if op not in cubin["mma_ops"]]
+        if missing:
+            problems.append(f"matrix instructions: expected {'+'.join(required)}, found {cubin['mma']}")
+    elif cubin["mma"] != expected_mma:
         problems.append(f"matrix instructions: expected {expected_mma}, found {cubin['mma']}")
     if meta.shared > SMEM_LIMIT[job.arch]:
         problems.append(f"shared memory {meta.shared} B > {SMEM_LIMIT[job.arch]} B")
