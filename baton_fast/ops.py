@@ -300,7 +300,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
                    rotate_q: bool = True, rotate_k: bool = True, k_lens: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None, return_lse: bool = False,
                    q_groups: Optional[torch.Tensor] = None, k_groups: Optional[torch.Tensor] = None,
-                   check_values: bool = True, quant: Optional[str] = None):
+                   check_values: bool = True, quant: Optional[str] = None, block_mask=None):
     """Attention with coordinate RoPE fused into the kernel.
 
     Args:
@@ -323,6 +323,11 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
             (:mod:`baton_fast.quant`; no LSE, gradient or layout masks).  q and k may also be the
             :class:`~baton_fast.quant.QuantizedTensor` results of ``qk_rmsnorm_rope(..., quant=...)``
             (``rotate_q=rotate_k=False``).
+        block_mask: optional :class:`~baton_fast.block_mask.BlockMask` for ``[B or 1, H or 1]``, ``Nq`` queries
+            and ``Nk`` keys, on q's device (build it once per run): only its listed key blocks are visited, full
+            blocks without a per-token mask (:mod:`baton_fast.block_sparse_op`).  Not with ``q_groups``
+            (``BlockMask.from_groups`` turns layout masks into one).  On a GPU its block sizes must be a shipped
+            tile of the kernel.  Not with ``quant``.
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype, or ``(out, lse)``.  Rows with no key give zeros and ``lse = -inf``.
     """
@@ -335,14 +340,36 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
     _check_layout_groups(q, k, q_groups, k_groups)
     scheme = _quant.scheme_for_call(quant, return_lse=return_lse, masked=q_groups is not None,
                                     grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    if block_mask is not None:
+        _check_block_mask(block_mask, q, k, q_groups, scheme)
     if check_values:
         args = _attention_values_checked(args)
     if scheme is not None:
         return _quant.rope_attention(args, scheme)
+    if block_mask is not None:
+        from .block_sparse_op import block_sparse_rope_attention
+        out, lse = block_sparse_rope_attention(args, return_lse, block_mask)
+        return (out, lse) if return_lse else out
     # the backward (baton_fast/autograd.py) recomputes scores from the LSE: compute it when a gradient is wanted
     need_lse = return_lse or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     out, lse = _rope_attention_op(*args, need_lse, q_groups, k_groups)
     return (out, lse) if return_lse else out
+
+
+def _check_block_mask(block_mask, q, k, q_groups, scheme) -> None:
+    from .block_mask import BlockMask
+
+    if not isinstance(block_mask, BlockMask):
+        raise TypeError(f"block_mask: expected a baton_fast.BlockMask, got {type(block_mask).__name__}")
+    if q_groups is not None:
+        raise ValueError("block_mask, q_groups: pass one of them (BlockMask.from_groups turns layout masks into a "
+                         "block mask)")
+    if scheme is not None:
+        raise ValueError("block_mask, quant: block-sparse attention runs unquantised; pass one of them")
+    block_mask.check(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if block_mask.device != q.device:
+        raise ValueError(f"block_mask: expected it on q's device {q.device} (move it once per run with .to), "
+                         f"got {block_mask.device}")
 
 
 def _attention_values_checked(args: tuple) -> tuple:

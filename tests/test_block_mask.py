@@ -151,3 +151,31 @@ def test_cpu_path_per_head_masks_and_empty_rows():
     assert torch.isneginf(lse[:, 0, :16]).all() and torch.allclose(lse.double(), ref_lse.double(), atol=1e-5)
     assert torch.allclose(block_sparse_attention(q, k, v, mask).double(), ref, atol=1e-5)
 
+
+
+def test_op_refuses_a_mask_of_other_sizes():
+    q, k, v = _qkv(1, 40, 40, 2, 2, 16, torch.float32, seed=5)
+    mask = BlockMask.from_dense(torch.ones(40, 41, dtype=torch.bool), 16, 16)
+    with pytest.raises(ValueError, match="block_mask: built for"):
+        bf.rope_attention(q, k, v, rotate_q=False, rotate_k=False, block_mask=mask)
+
+
+@pytest.mark.parametrize("family", ["wan", "ovi", "ltx2"])
+def test_public_op_reference_backend_rotates_and_visits_the_lists(family, monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    grid = (3, 5, 7)
+    to_tiles, _ = tile_order(grid, (2, 2, 3))
+    coords = bf.video_grid_coords(*grid)[None][:, to_tiles]
+    table = {"wan": bf.RopeTable.wan(32), "ovi": bf.RopeTable.ovi_temporal(32),
+             "ltx2": bf.RopeTable.ltx2(4 * 32, 4)}[family]
+    mask = BlockMask.sliding_tile(grid, (2, 2, 3), (1, 3, 3), 16, 16)
+    q, k, v = _qkv(1, 105, 105, 4, 4, 32, torch.float32, seed=6)
+    coords = coords / 8 if family == "ltx2" else coords
+    out, lse = bf.rope_attention(q, k, v, coords, coords, table, block_mask=mask, return_lse=True)
+    q64, k64 = reference._rotated(q.double(), k.double(), coords, coords, table, table, True, True)
+    ref, ref_lse = masked_attention(q64, k64, v.double(), mask.to_dense(), return_lse=True)
+    q32, k32 = reference._rotated(q, k, coords, coords, table, table, True, True)
+    plain, plain_lse = masked_attention(q32, k32, v, mask.to_dense(), return_lse=True)
+    for name, x, p, r in (("out", out, plain, ref), ("lse", lse, plain_lse, ref_lse)):
+        c = check(x, p, r, torch.float32)
+        assert c.ok, f"{name}: {c}"
