@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["BlockMask", "tile_order", "DEFAULT_BLOCK"]
+__all__ = ["BlockMask", "tile_order", "sliding_tile_block_counts", "DEFAULT_BLOCK"]
 
 DEFAULT_BLOCK = (128, 64)  # (block_q, block_k): the kernels' main sm_90 / sm_80 tile
 
@@ -231,13 +231,7 @@ class BlockMask:
         (:func:`tile_order`; tiles of ``tile = (t, h, w)`` tokens): a query in tile ``a`` attends to a key in tile
         ``b`` iff ``|a_i - b_i| <= window_i // 2`` on every axis, with ``window = (wt, wh, ww)`` odd, in tiles,
         centred on the query's tile and clipped at the grid border."""
-        grid = _check_triple("grid", grid, 1)
-        tile = _check_triple("tile", tile, 1)
-        window = _check_triple("window", window, 1, odd=True)
-        tile_of = _tile_coords(grid, tile, device)[tile_order(grid, tile, device)[0]]  # tile-major order
-        tiles, token_class = torch.unique(tile_of, dim=0, return_inverse=True)
-        reach = torch.tensor([w // 2 for w in window], device=tiles.device)
-        compat = ((tiles[:, None, :] - tiles[None, :, :]).abs() <= reach).all(dim=-1)
+        token_class, compat = _sliding_tile_classes(grid, tile, window, device)
         return cls._from_classes(token_class, token_class, compat, block_q, block_k)
 
     @classmethod
@@ -281,35 +275,15 @@ class BlockMask:
         """One mask row from token classes: query ``i`` may attend to key ``j`` iff ``compat[q_class[i],
         k_class[j]]``.  ``q_class`` int ``[Nq]`` in ``[0, Uq)``, ``k_class`` int ``[Nk]``, ``compat`` bool
         ``[Uq, Uk]``.  Block flags come from class incidence products (no token-pair tensor)."""
-        bq, bk = _check_block("block_q", block_q), _check_block("block_k", block_k)
-        nq, nk = q_class.shape[0], k_class.shape[0]
-        Mq, Mk = -(-nq // bq), -(-nk // bk)
-
-        def padded(classes, blocks, size):  # [blocks, size], -1 past the last token
-            out = torch.full((blocks * size,), -1, dtype=torch.long, device=classes.device)
-            out[:classes.shape[0]] = classes
-            return out.reshape(blocks, size)
-
-        qc, kc = padded(q_class, Mq, bq), padded(k_class, Mk, bk)
-
-        def incidence(classes, count):  # float [blocks, count]: 1 where the block holds a token of the class
-            inc = torch.zeros(classes.shape[0], count + 1, device=classes.device)
-            inc.scatter_(1, torch.where(classes < 0, count, classes), 1.0)
-            return inc[:, :count]
-
-        iq, ik = incidence(qc, compat.shape[0]), incidence(kc, compat.shape[1])
-        allowed = compat.float()
-        any_ = (iq @ allowed @ ik.T) > 0
-        some_refused = (iq @ (1.0 - allowed) @ ik.T) > 0
-        complete_k = (kc >= 0).all(dim=1)
-        full = any_ & ~some_refused & complete_k[None, :]
+        any_, full, qc, kc = _class_block_flags(q_class, k_class, compat, block_q, block_k)
 
         def token_mask(b, h, m, kb):
             rows, cols = qc[m], kc[kb]
             tiles = compat[rows.clamp(min=0)[:, :, None], cols.clamp(min=0)[:, None, :]]
             return tiles & (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
 
-        return cls._from_block_flags(any_[None, None], full[None, None], token_mask, nq, nk, bq, bk)
+        return cls._from_block_flags(any_[None, None], full[None, None], token_mask, q_class.shape[0],
+                                     k_class.shape[0], block_q, block_k)
 
     @classmethod
     def _from_block_flags(cls, any_: torch.Tensor, full: torch.Tensor, token_mask, q_len: int, k_len: int,
@@ -355,6 +329,54 @@ class BlockMask:
                    stack("full_kv_num_blocks"), stack("full_kv_indices"),
                    torch.cat([mask.partial_masks for mask in masks]), first.q_len, first.k_len, first.block_q,
                    first.block_k)
+
+
+def _padded_classes(classes: torch.Tensor, blocks: int, size: int) -> torch.Tensor:
+    """int64 ``[blocks, size]``: the token classes block by block, -1 past the last token."""
+    out = torch.full((blocks * size,), -1, dtype=torch.long, device=classes.device)
+    out[:classes.shape[0]] = classes
+    return out.reshape(blocks, size)
+
+
+def _incidence(classes: torch.Tensor, count: int) -> torch.Tensor:
+    """float ``[blocks, count]``: 1 where a block of ``classes [blocks, size]`` holds a token of the class."""
+    inc = torch.zeros(classes.shape[0], count + 1, device=classes.device)
+    inc.scatter_(1, torch.where(classes < 0, count, classes), 1.0)
+    return inc[:, :count]
+
+
+def _class_block_flags(q_class, k_class, compat, block_q: int, block_k: int):
+    """Block flags of a class rule (:meth:`BlockMask._from_classes`): ``(any_ bool [Mq, Mk], full bool [Mq, Mk],
+    q classes [Mq, block_q], k classes [Mk, block_k])``, from class incidence products."""
+    bq, bk = _check_block("block_q", block_q), _check_block("block_k", block_k)
+    qc = _padded_classes(q_class, -(-q_class.shape[0] // bq), bq)
+    kc = _padded_classes(k_class, -(-k_class.shape[0] // bk), bk)
+    iq, ik = _incidence(qc, compat.shape[0]), _incidence(kc, compat.shape[1])
+    allowed = compat.float()
+    any_ = (iq @ allowed @ ik.T) > 0
+    some_refused = (iq @ (1.0 - allowed) @ ik.T) > 0
+    full = any_ & ~some_refused & (kc >= 0).all(dim=1)[None, :]
+    return any_, full, qc, kc
+
+
+def _sliding_tile_classes(grid, tile, window, device):
+    """``(token class int64 [N] in tile-major order, compat bool [tiles, tiles])`` of :meth:`BlockMask.sliding_tile`."""
+    grid = _check_triple("grid", grid, 1)
+    tile = _check_triple("tile", tile, 1)
+    window = _check_triple("window", window, 1, odd=True)
+    tile_of = _tile_coords(grid, tile, device)[tile_order(grid, tile, device)[0]]
+    tiles, token_class = torch.unique(tile_of, dim=0, return_inverse=True)
+    reach = torch.tensor([w // 2 for w in window], device=tiles.device)
+    return token_class, ((tiles[:, None, :] - tiles[None, :, :]).abs() <= reach).all(dim=-1)
+
+
+def sliding_tile_block_counts(grid, tile, window, block_q: int = DEFAULT_BLOCK[0],
+                              block_k: int = DEFAULT_BLOCK[1]) -> dict:
+    """The block counts of :meth:`BlockMask.sliding_tile` without building its lists or tiles (for full-size cost
+    models): ``{"visited", "full", "total"}`` block pairs of one ``[query blocks, key blocks]`` mask."""
+    token_class, compat = _sliding_tile_classes(grid, tile, window, None)
+    any_, full, _, _ = _class_block_flags(token_class, token_class, compat, block_q, block_k)
+    return {"visited": int(any_.sum()), "full": int((full & any_).sum()), "total": any_.numel()}
 
 
 _TENSOR_FIELDS = ("kv_num_blocks", "kv_indices", "kv_mask_ids", "full_kv_num_blocks", "full_kv_indices",
