@@ -350,3 +350,50 @@ def sp_records(cfg, seconds: float, forward_flops: float, device: Device = DEVIC
                 out.append(record(f"step, {link.name}, ideal overlap", max(compute, comm) * 1e3, "ms",
                                   link=link.source))
     return out
+
+
+# --------------------------------------------------------------------------- block-sparse attention
+# Sliding-tile (STA-like) video self-attention at full size: the kernel computes the visited blocks
+# (partial ones whole, masked lanes included) of baton_fast.BlockMask.sliding_tile in tile-major order,
+# with its default (128, 64) blocks; Q, K, V and O still cross HBM once.  Published figures of the
+# sparse-attention methods, quoted beside the model (published by their authors, not measured here).
+SPARSE_CASES = (
+    # name, grid (T, H, W) latent tokens, heads, head dim, tile (t, h, w), windows in tiles
+    ("Ovi-720p-5s video self-attn", (31, 22, 22), 24, 128, (4, 8, 8), ((3, 3, 3), (5, 3, 3))),
+    ("Wan-14B-720p video self-attn", (21, 45, 80), 40, 128, (4, 8, 8), ((3, 3, 3), (3, 5, 5))),
+)
+PUBLISHED_SPARSE = (
+    "STA (FastVideo, Zhang et al. 2025): sliding-tile attention 2.8-17x over FlashAttention-2, HunyuanVideo "
+    "end to end 945 s -> 501 s training-free; VSA: 6x attention speedup on Wan-1.3B at 85 % of FA3's MFU; "
+    "Radial Attention: 1.8x end to end on Wan-14B; Sparse VideoGen: 1.5-2x (published figures as cited in issue 12)")
+
+
+def sparse_records(device: Device = DEVICES["H200 SXM"]) -> list[dict]:
+    """Modelled records of :data:`SPARSE_CASES`: block density, matrix FLOPs, roofline time dense and sparse,
+    and the modelled speedup, per window; the published figures ride along in ``extra``."""
+    from baton_fast.block_mask import DEFAULT_BLOCK, sliding_tile_block_counts
+
+    out = []
+    for name, grid, heads, head_dim, tile, windows in SPARSE_CASES:
+        tokens = grid[0] * grid[1] * grid[2]
+        s = AttentionShape(name, 1, tokens, tokens, heads, heads, head_dim, 0, 0, 0, 0, True, 1)
+        dense_flops = attention_flops(s)
+        dense_time = max(dense_flops / device.matrix_flops_per_s, _qkvo_bytes(s) / device.hbm_bytes_per_s)
+        for window in windows:
+            counts = sliding_tile_block_counts(grid, tile, window, *DEFAULT_BLOCK)
+            density = counts["visited"] / counts["total"]
+            flops = 4.0 * heads * counts["visited"] * DEFAULT_BLOCK[0] * DEFAULT_BLOCK[1] * head_dim
+            sparse_time = max(flops / device.matrix_flops_per_s, _qkvo_bytes(s) / device.hbm_bytes_per_s)
+
+            def record(metric, value, unit, **extra):
+                return dict(section="sparse_model", case=name, backend=f"tile {tile}, window {window}",
+                            device="modelled", kind="modelled", metric=metric, value=value, unit=unit,
+                            shape=dict(B=1, Nq=tokens, Nk=tokens, H=heads, Hk=heads, D=head_dim), dtype="bfloat16",
+                            extra=dict(extra, grid=grid, blocks=DEFAULT_BLOCK, published=PUBLISHED_SPARSE))
+
+            out += [record("block density", density, "", full_blocks=counts["full"], visited_blocks=counts["visited"]),
+                    record("matrix FLOPs", flops, "FLOP", dense=dense_flops),
+                    record(f"roofline time {device.name}", sparse_time * 1e3, "ms", dense_ms=dense_time * 1e3,
+                           ceilings=device.source),
+                    record(f"speedup over dense {device.name}", dense_time / sparse_time, "x")]
+    return out
