@@ -39,6 +39,7 @@ QMAX = {"fp8": 448.0, "int8": 127.0}  # largest magnitude of e4m3 / symmetric in
 STORAGE = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
 V_BLOCK = 64   # keys per V scale block (fp8): every attention BLOCK_N divides it
 P_SCALE = 448.0  # P in [0, 1] times 448 uses e4m3's whole range (no subnormal flush of small weights)
+MEAN_CHUNK = 16  # tokens summed per program of K's mean pass
 
 
 # ----------------------------------------------------------------------------- pre-pass
@@ -77,66 +78,70 @@ def _quantize_rows(
     n_tokens, n_chunks, num_heads, eps, qmax,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROTATE: tl.constexpr, MEAN_PASS: tl.constexpr,
-    HAS_MEAN: tl.constexpr, INT8: tl.constexpr, EXACT_CAST: tl.constexpr, TOKENS: tl.constexpr,
+    HAS_MEAN: tl.constexpr, INT8: tl.constexpr, EXACT_CAST: tl.constexpr, CHUNK: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
-    """One program per chunk of ``TOKENS`` tokens, all heads: RMSNorm (``NORM`` as in rope_norm.py), RoPE, then
-    either (``MEAN_PASS``) the chunk's sum of the result into ``Mean[b, chunk]`` or the quantised tokens into
-    ``Out`` with one scale per (token, head) into ``Scale[b, h, n]``, after subtracting ``Mean[b]``
-    (``HAS_MEAN``)."""
+    """One program per chunk of ``CHUNK`` tokens, all heads, ``TOKENS`` tokens at a time (``[TOKENS, heads, pairs]``
+    tiles): RMSNorm (``NORM`` as in rope_norm.py), RoPE, then either (``MEAN_PASS``) the chunk's sum of the result
+    into ``Mean[b, chunk]`` or the quantised tokens into ``Out`` with one scale per (token, head) into
+    ``Scale[b, h, n]``, after subtracting ``Mean[b]`` (``HAS_MEAN``)."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     chunk = pid % n_chunks
     offs_h = tl.arange(0, HEADS_PAD)
-    heads = offs_h.to(tl.int64)
     offs_j = tl.arange(0, HALF_PAD)
-    mask = (offs_h[:, None] < num_heads) & (offs_j[None, :] < HALF)
-    j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
+    mask_hj = (offs_h[:, None] < num_heads) & (offs_j[None, :] < HALF)  # [HEADS_PAD, HALF_PAD]
+    p1, p2 = pair_offsets(offs_j, HALF, INTERLEAVED)
+    j1, j2 = p1[None, None, :], p2[None, None, :]
+    heads = offs_h.to(tl.int64)[None, :, None]
     if ROTATE:
-        freq = tl.load(F + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask, other=0.0)
-        axis = tl.load(Ax + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask, other=0)
-    mean_row = Mean + b * stride_mb + chunk * stride_mc + heads[:, None] * stride_mh
+        freq = tl.load(F + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask_hj, other=0.0)[None]
+        axis = tl.load(Ax + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask_hj, other=0)[None]
+    mean_row = Mean + b * stride_mb + chunk * stride_mc + offs_h.to(tl.int64)[:, None] * stride_mh
     if HAS_MEAN:
-        mean1 = tl.load(mean_row + j1[None, :], mask=mask, other=0.0)
-        mean2 = tl.load(mean_row + j2[None, :], mask=mask, other=0.0)
+        mean1 = tl.load(mean_row + p1[None, :], mask=mask_hj, other=0.0)[None]
+        mean2 = tl.load(mean_row + p2[None, :], mask=mask_hj, other=0.0)[None]
     sum1 = tl.zeros([HEADS_PAD, HALF_PAD], tl.float32)
     sum2 = tl.zeros([HEADS_PAD, HALF_PAD], tl.float32)
-    for t in range(TOKENS):
-        n = chunk * TOKENS + t
-        mask_t = mask & (n < n_tokens)
-        x_row = X + b * stride_xb + n * stride_xn + heads[:, None] * stride_xh
-        x1 = tl.load(x_row + j1[None, :] * stride_xd, mask=mask_t, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + j2[None, :] * stride_xd, mask=mask_t, other=0.0).to(tl.float32)
+    for start in range(0, CHUNK, TOKENS):
+        n = chunk * CHUNK + start + tl.arange(0, TOKENS).to(tl.int64)  # [TOKENS]
+        mask = mask_hj[None] & (n < n_tokens)[:, None, None]
+        x_row = X + b * stride_xb + n[:, None, None] * stride_xn + heads * stride_xh
+        x1 = tl.load(x_row + j1 * stride_xd, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + j2 * stride_xd, mask=mask, other=0.0).to(tl.float32)
         if NORM == 1:
-            inv = (1.0 / tl.sqrt(tl.sum(x1 * x1 + x2 * x2, 1) / (2 * HALF) + eps))[:, None]
+            inv = (1.0 / tl.sqrt(tl.sum(x1 * x1 + x2 * x2, 2) / (2 * HALF) + eps))[:, :, None]
         elif NORM == 2:
-            inv = 1.0 / tl.sqrt(tl.sum(tl.sum(x1 * x1 + x2 * x2, 1), 0) / (2 * HALF * num_heads) + eps)
+            inv = (1.0 / tl.sqrt(tl.sum(tl.sum(x1 * x1 + x2 * x2, 2), 1) / (2 * HALF * num_heads) + eps))[:, None, None]
         if NORM != 0:
             x1 = x1 * inv
             x2 = x2 * inv
             if HAS_WEIGHT:
-                w_row = W + (offs_h[:, None] * (2 * HALF) if NORM == 2 else 0 * offs_h[:, None])
-                x1 = x1 * tl.load(w_row + j1[None, :], mask=mask, other=0.0).to(tl.float32)
-                x2 = x2 * tl.load(w_row + j2[None, :], mask=mask, other=0.0).to(tl.float32)
+                w_row = W + (offs_h[None, :, None] * (2 * HALF) if NORM == 2 else 0 * offs_h[None, :, None])
+                x1 = x1 * tl.load(w_row + j1, mask=mask_hj[None], other=0.0).to(tl.float32)
+                x2 = x2 * tl.load(w_row + j2, mask=mask_hj[None], other=0.0).to(tl.float32)
         if ROTATE:
-            x1, x2 = rotate_pairs(x1, x2, C + b * stride_cb + n * stride_cn, axis * stride_ca, freq, mask_t)
+            x1, x2 = rotate_pairs(x1, x2, C + b * stride_cb + n[:, None, None] * stride_cn, axis * stride_ca, freq,
+                                  mask)
         if MEAN_PASS:
-            sum1 += x1
-            sum2 += x2
+            sum1 += tl.sum(x1, 0)
+            sum2 += tl.sum(x2, 0)
         else:
             if HAS_MEAN:
-                x1 = tl.where(mask_t, x1 - mean1, 0.0)
-                x2 = tl.where(mask_t, x2 - mean2, 0.0)
-            amax = tl.maximum(tl.max(tl.abs(x1), 1), tl.max(tl.abs(x2), 1))
+                x1 = tl.where(mask, x1 - mean1, 0.0)
+                x2 = tl.where(mask, x2 - mean2, 0.0)
+            amax = tl.maximum(tl.max(tl.abs(x1), 2), tl.max(tl.abs(x2), 2))  # [TOKENS, HEADS_PAD]
             has_range = amax > 0.0
-            inv_scale = tl.where(has_range, qmax / tl.where(has_range, amax, 1.0), 1.0)[:, None]
-            o_row = Out + b * stride_ob + n * stride_on + heads[:, None] * stride_oh
-            tl.store(o_row + j1[None, :] * stride_od, _quantize(x1, inv_scale, INT8, EXACT_CAST), mask=mask_t)
-            tl.store(o_row + j2[None, :] * stride_od, _quantize(x2, inv_scale, INT8, EXACT_CAST), mask=mask_t)
-            tl.store(Scale + b * stride_sb + heads * stride_sh + n, tl.where(has_range, amax / qmax, 1.0),
-                     mask=(offs_h < num_heads) & (n < n_tokens))
+            inv_scale = tl.where(has_range, qmax / tl.where(has_range, amax, 1.0), 1.0)[:, :, None]
+            o_row = Out + b * stride_ob + n[:, None, None] * stride_on + heads * stride_oh
+            tl.store(o_row + j1 * stride_od, _quantize(x1, inv_scale, INT8, EXACT_CAST), mask=mask)
+            tl.store(o_row + j2 * stride_od, _quantize(x2, inv_scale, INT8, EXACT_CAST), mask=mask)
+            tl.store(Scale + b * stride_sb + offs_h.to(tl.int64)[None, :] * stride_sh + n[:, None],
+                     tl.where(has_range, amax / qmax, 1.0),
+                     mask=(offs_h[None, :] < num_heads) & (n < n_tokens)[:, None])
     if MEAN_PASS:
-        tl.store(mean_row + j1[None, :], sum1, mask=mask)
-        tl.store(mean_row + j2[None, :], sum2, mask=mask)
+        tl.store(mean_row + p1[None, :], sum1, mask=mask_hj)
+        tl.store(mean_row + p2[None, :], sum2, mask=mask_hj)
 
 
 @triton.jit
@@ -257,7 +262,7 @@ SHIPPED_CONFIGS = {
     ("int8+fp8", 64): [(128, 64, 4, 3), (128, 64, 8, 2)],
     ("int8+fp8", 128): [(128, 64, 8, 2), (64, 64, 4, 2)],
 }
-INTERPRETER_CONFIG = (16, 16, 1, 1)
+INTERPRETER_CONFIG = (32, 32, 1, 1)  # pinned under the interpreter (whose cost is per operation)
 
 
 def exact_fp8_cast() -> bool:
@@ -298,19 +303,24 @@ def quantize_rows_fwd(x, coords, freqs, axes, interleaved: bool, *, scheme: str,
     tensors = (weight if weight is not None else freqs, coords, freqs, axes)
     coord_strides = (coords.stride(0) if coords.shape[0] > 1 else 0, coords.stride(1), coords.stride(2),
                      freqs.stride(0) if freqs.shape[0] > 1 else 0)
+    # tokens per tile: one on a GPU (a token's H*D values fill the program, as in rope_norm.py); 16 under the
+    # interpreter, whose cost is per operation, not per element
+    tokens = 16 if _interpreting() else 1
     mean = None
     if smooth:
-        tokens = 16
-        chunks = triton.cdiv(N, tokens)
+        chunks = triton.cdiv(N, MEAN_CHUNK)
         partial = torch.empty((B, chunks, H, D), device=x.device, dtype=torch.float32)
         _quantize_rows[(B * chunks,)](
             x, data, scale, partial, *tensors, *x.stride(), *data.stride(), 0, 0, *partial.stride()[:3],
-            *coord_strides, N, chunks, H, eps, 1.0, MEAN_PASS=True, HAS_MEAN=False, TOKENS=tokens, **common)
-        mean = partial.sum(1) / N
-    _quantize_rows[(B * N,)](
+            *coord_strides, N, chunks, H, eps, 1.0, MEAN_PASS=True, HAS_MEAN=False, CHUNK=MEAN_CHUNK,
+            TOKENS=min(tokens, MEAN_CHUNK), **common)
+        mean = partial.sum(1) / N  # fixed order: deterministic
+    chunks = triton.cdiv(N, tokens)
+    _quantize_rows[(B * chunks,)](
         x, data, scale, mean if smooth else scale, *tensors, *x.stride(), *data.stride(), *scale.stride()[:2],
         mean.stride(0) if smooth else 0, 0, mean.stride(1) if smooth else 0,
-        *coord_strides, N, N, H, eps, QMAX[fmt], MEAN_PASS=False, HAS_MEAN=smooth, TOKENS=1, **common)
+        *coord_strides, N, chunks, H, eps, QMAX[fmt], MEAN_PASS=False, HAS_MEAN=smooth, CHUNK=tokens, TOKENS=tokens,
+        **common)
     return data, scale, mean
 
 

@@ -1,0 +1,180 @@
+"""Quantised attention (baton_fast.quant, kernels/rope_attention_quant.py) against float64.
+
+Budget (docs/quantization.md): the kernel's max error against the float64 attention of the same normalised and
+rotated inputs is at most twice that of the plain PyTorch implementation of the same scheme (quantise,
+dequantise, fp32 attention) plus a floor of 1e-3 x max|reference|, and its cosine similarity is at least
+COSINE[scheme].  Under the interpreter the int8 / fp8 dots are exact (the kernels' fp8 casts are made exact
+there, see ``to_fp8``), so what is measured is the scheme, the kernels' rounding and P's fp8 quantisation.
+"""
+import pytest
+import torch
+
+import baton_fast
+from baton_fast import numerics, quant, reference
+from baton_fast.kernels.rope_attention_quant import SHIPPED_CONFIGS as QUANT_CONFIGS
+from baton_fast.rope import RopeTable, video_grid_coords
+
+FLOOR = 1e-3
+# fp8 e4m3 Q.K (3 mantissa bits) measures 0.9989-0.9990 on Gaussian inputs, the plain scheme as much
+COSINE = {"fp8": 0.998, "int8": 0.999, "int8+fp8": 0.999}
+
+
+def _truth_and_plain(q_rot, k_rot, v, scheme, k_lens=None):
+    """float64 attention of the rotated inputs, and the plain quantise-dequantise-fp32 implementation."""
+    truth = reference.rope_attention(q_rot.double(), k_rot.double(), v.double(), rotate_q=False, rotate_k=False,
+                                     k_lens=k_lens)
+    qq = quant.quantize_rows_reference(q_rot, scheme)
+    kq = quant.quantize_rows_reference(k_rot, scheme, smooth=True)
+    vq = quant.quantize_v_reference(v, scheme) if quant.FP8_PV[scheme] else v.half()
+    return truth, quant.dequantized_attention(qq, kq, vq, k_lens=k_lens)
+
+
+def _assert_within_budget(out, truth, plain, scheme):
+    baseline = numerics.max_error(plain, truth)
+    check = numerics.ErrorCheck(numerics.max_error(out, truth), baseline,
+                                2 * baseline + FLOOR * max(1.0, float(truth.abs().max())))
+    cosine = quant.cosine_similarity(out, truth)
+    assert check.ok, f"{scheme}: {check}"
+    assert cosine >= COSINE[scheme], f"{scheme}: cosine similarity {cosine:.5f} < {COSINE[scheme]}"
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "triton")
+
+
+def _grid(n, device=None):
+    frames = -(-n // 12)
+    return video_grid_coords(frames, 3, 4)[:n][None]
+
+
+def test_prepass_self_attention_wan_fp8(triton_backend):
+    """Wan self-attention: qk_rmsnorm_rope(quant="fp8") (norm across heads with weights, RoPE, quantise in one
+    pass; K smoothed), then rope_attention on the quantised tensors.  N = 37 (odd), D = 64."""
+    torch.manual_seed(0)
+    B, N, H, D = 1, 37, 2, 64
+    q, k, v = (torch.randn(B, N, H, D) for _ in range(3))
+    wq, wk = 1 + 0.1 * torch.randn(H * D), 1 + 0.1 * torch.randn(H * D)
+    coords, table = _grid(N), RopeTable.wan(D)
+    qq, kq = baton_fast.qk_rmsnorm_rope(q, k, coords, coords, table, q_weight=wq, k_weight=wk, quant="fp8")
+    q_rot, k_rot = reference.qk_rmsnorm_rope(q, k, coords, coords, table, q_weight=wq, k_weight=wk)
+    # the pre-pass writes the reference quantisation (up to a rounding tie here and there)
+    ref_k = quant.quantize_rows_reference(k_rot, "fp8", smooth=True)
+    assert torch.allclose(kq.mean, ref_k.mean, atol=1e-6)
+    assert torch.allclose(kq.dequantize(), ref_k.dequantize(), rtol=2 ** -3, atol=1e-6)
+    out = baton_fast.rope_attention(qq, kq, v, rotate_q=False, rotate_k=False)
+    _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v, "fp8"), "fp8")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_cross_attention_gqa_key_lengths_ovi(triton_backend, scheme):
+    """Ovi audio->video style cross-attention rotated in rope_attention(quant=...): GQA (H=4, Hk=2), Nq=17,
+    Nk=70 (two V scale blocks), key lengths 70 and 41, separate query/key tables; K with outlier channels."""
+    torch.manual_seed(1)
+    B, Nq, Nk, H, Hk, D = 2, 17, 70, 4, 2, 64
+    q = torch.randn(B, Nq, H, D)
+    k = torch.randn(B, Nk, Hk, D)
+    k[..., [3, 40]] += 12.0  # outlier channels (a per-channel bias, as in real K): smoothing takes them
+    v = torch.randn(B, Nk, Hk, D)
+    k_lens = torch.tensor([70, 41])
+    q_table, k_table = RopeTable.ovi_temporal(D, scale=0.19676), RopeTable.ovi_temporal(D)
+    q_coords = torch.arange(Nq, dtype=torch.float32)[None, :, None]
+    k_coords = (torch.arange(Nk, dtype=torch.float32) // 12)[None, :, None]
+    out = baton_fast.rope_attention(q, k, v, q_coords, k_coords, q_table, k_table=k_table, k_lens=k_lens,
+                                    quant=scheme)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    q_rot, k_rot = reference.apply_rope(q, q_coords, q_table), reference.apply_rope(k, k_coords, k_table)
+    _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v, scheme, k_lens), scheme)
+
+
+def test_ltx2_split_pairs_int8_fp8(triton_backend):
+    """LTX-2 per-head table with split pairs (identity padding pairs first), D = 80 (padded to 128 in the kernel),
+    N = 33, bf16 inputs, SageAttention2's int8 Q.K + fp8 P.V."""
+    torch.manual_seed(2)
+    B, N, H, D = 1, 33, 2, 80
+    q, k, v = (torch.randn(B, N, H, D, dtype=torch.bfloat16) for _ in range(3))
+    table = RopeTable.ltx2(H * D, H, interleaved=False)
+    coords = torch.rand(1, N, 3) * 2 - 1
+    out = baton_fast.rope_attention(q, k, v, coords, coords, table, quant="int8+fp8")
+    assert out.dtype == torch.bfloat16
+    q_rot, k_rot = reference.apply_rope(q.float(), coords, table), reference.apply_rope(k.float(), coords, table)
+    _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v.float(), "int8+fp8"), "int8+fp8")
+
+
+@pytest.mark.parametrize("scheme", quant.SCHEMES)
+def test_smoothing_keeps_outlier_channels_from_breaking_k(scheme):
+    """Plain scheme (no kernel): K with a few large channels loses Q.K precision to its scale unless smoothed."""
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 64, 2, 64), torch.randn(1, 96, 2, 64), torch.randn(1, 96, 2, 64)
+    k[..., [5, 17, 33]] += 20.0
+    truth = reference.rope_attention(q.double(), k.double(), v.double(), rotate_q=False, rotate_k=False)
+    qq = quant.quantize_rows_reference(q, scheme)
+    smoothed = quant.dequantized_attention(qq, quant.quantize_rows_reference(k, scheme, smooth=True), v)
+    raw = quant.dequantized_attention(qq, quant.quantize_rows_reference(k, scheme, smooth=False), v)
+    assert quant.cosine_similarity(smoothed, truth) >= COSINE[scheme]
+    assert numerics.max_error(raw, truth) > 2 * numerics.max_error(smoothed, truth)
+
+
+def test_reference_backend_is_the_plain_scheme():
+    """On the reference backend (CPU default) quant= runs the quantise-dequantise reference itself."""
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 20, 2, 32) for _ in range(3))
+    coords, table = _grid(20), RopeTable.wan(32)
+    for scheme in quant.SCHEMES:
+        out = baton_fast.rope_attention(q, k, v, coords, coords, table, quant=scheme)
+        q_rot, k_rot = reference.apply_rope(q, coords, table), reference.apply_rope(k, coords, table)
+        _, plain = _truth_and_plain(q_rot, k_rot, v, scheme)
+        torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
+
+
+def test_default_is_full_precision_and_the_context_selects():
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(1, 24, 2, 32) for _ in range(3))
+    full = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
+    torch.testing.assert_close(full, reference.rope_attention(q, k, v, rotate_q=False, rotate_k=False))
+    with quant.attention_quant("int8"):
+        assert quant.active_scheme() == "int8"
+        selected = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
+        # calls that need an LSE run in full precision
+        _, lse = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, return_lse=True)
+    assert quant.active_scheme() is None
+    torch.testing.assert_close(selected, baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False,
+                                                                   quant="int8"))
+    assert not torch.equal(selected, full)
+    assert lse.shape == (1, 2, 24)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda q, k, v: baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, quant="fp16"), "quant:"),
+    (lambda q, k, v: baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, quant="fp8",
+                                               return_lse=True), "quant: the quantised attention gives no LSE"),
+    (lambda q, k, v: baton_fast.rope_attention(*baton_fast.qk_rmsnorm_rope(q, k, quant="int8"), v), "rotate_q"),
+    (lambda q, k, v: baton_fast.rope_attention(*baton_fast.qk_rmsnorm_rope(q, k, quant="int8"), v,
+                                               rotate_q=False, rotate_k=False, quant="fp8"), "quant: expected"),
+    (lambda q, k, v: quant.quant_attention(q, q, v), "q: expected a QuantizedTensor"),
+    (lambda q, k, v: baton_fast.qk_rmsnorm_rope(q, k, quant="int4"), "quant:"),
+])
+def test_bad_arguments_are_named(call, message):
+    q, k, v = (torch.randn(1, 8, 2, 32) for _ in range(3))
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(q, k, v)
+
+
+def test_head_dim_above_the_shipped_range_is_refused():
+    q = torch.randn(1, 4, 1, 256)
+    with pytest.raises(ValueError, match="q: expected an even head dim between 2 and 128"):
+        baton_fast.rope_attention(q, q, q, rotate_q=False, rotate_k=False, quant="fp8")
+
+
+@pytest.mark.slow
+def test_machine_code_of_every_shipped_quant_config():
+    """fp8 on sm_90 uses QGMMA, int8+fp8 IGMMA and QGMMA, int8 on sm_80 IMMA; all spill-free, no local memory."""
+    from baton_fast import static_check
+
+    records = static_check.check(static_check.quant_jobs())
+    assert len(records) == sum(len(configs) for configs in QUANT_CONFIGS.values())
+    for r in records:
+        required = static_check.QUANT_ARCH_MMA[r["dtype"]][1]
+        assert all(r["mma_ops"].get(op, 0) > 0 for op in required), r
+        assert (r["spill_stores"], r["spill_loads"], r["stack"], r["local_mem_ops"]) == (0, 0, 0, 0), r
+        assert r["ok"], r
