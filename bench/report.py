@@ -474,6 +474,19 @@ def _cache(results, plots: dict) -> str:
     return text
 
 
+def _sparse(results) -> str:
+    """Block-sparse attention: the modelled full-size table, then the CPU measurement (docs/sparsity.md)."""
+    modelled = _generic(results, "sparse_model", "Block-sparse video attention, full size (modelled; docs/sparsity.md)",
+                        "Not in these results (`baton-fast bench --sections sparse_model`).")
+    published = next((r["extra"]["published"] for r in _records(results, section="sparse_model")
+                      if (r.get("extra") or {}).get("published")), None)
+    if published:
+        modelled += f"\nPublished, not measured here: {published}.\n"
+    measured = _generic(results, "sparse", "Block-sparse attention on this CPU (measured)",
+                        "Not in these results (`baton-fast bench --sections sparse`).")
+    return modelled + "\n" + measured
+
+
 def render_markdown(results: list[dict], plots: Optional[dict] = None, command: Optional[str] = None) -> str:
     """The whole report; ``plots`` maps plot names to the links to use (from :func:`write_plots`);
     ``command`` is the command that regenerates it (shown at the top)."""
@@ -494,6 +507,7 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
                  "Not in these results (`bench/diffusers_bench.py` was not available when they were taken)."),
         _end_to_end(results, plots),
         _cache(results, plots),
+        _sparse(results),
         SPEED_REGRESSION,
     ]
     return "\n".join(p for p in parts if p)

@@ -17,7 +17,10 @@ Sections (all by default):
 - ``end_to_end`` (measured): ``baton_fast.model.benchmark_end_to_end(quick)`` when the model layer
   provides it.  Extension point: that function returns a list of records of the form below
   (``section="end_to_end"``); nothing else needs to change;
-- ``cache`` (measured): the step-caching threshold sweep, ``baton_fast.bench.cache_bench.run(quick)``.
+- ``cache`` (measured): the step-caching threshold sweep, ``baton_fast.bench.cache_bench.run(quick)``;
+- ``sparse_model`` (modelled): sliding-tile block-sparse video self-attention at full size, FLOPs and roofline
+  against dense (:func:`.cost_model.sparse_records`);
+- ``sparse`` (measured): the CPU block-sparse path against dense SDPA, ``baton_fast.bench.sparse_bench.run(quick)``.
 
 Output in ``--out`` (default ``out/bench``): ``results.json`` (``schema``, ``mode``, ``device``,
 ``machine`` from :func:`.machine.machine_info`, ``wall_s`` and ``records``), ``report.md`` and
@@ -46,14 +49,14 @@ from baton_fast.outputs import check_output_folder
 
 from . import kernels_bench, report
 from .cases import FULL_CASES
-from .cost_model import model_records
+from .cost_model import model_records, sparse_records
 from .kernels_bench import error_summary
 from .machine import machine_info
 from .stderr_filter import filtered_stderr
 
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
 
-SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache")
+SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache", "sparse_model", "sparse")
 END_TO_END_FUNCTION = "benchmark_end_to_end"
 QUICK_STATIC_HEAD_DIM = 128
 
@@ -165,6 +168,11 @@ def _tasks(device, quick: bool, sections, progress: bool = False) -> list:
     if "cache" in sections:
         tasks.append(("cache", "step-caching sweep",
                       lambda: _optional_records("cache", "baton_fast.bench.cache_bench", "run", quick)))
+    if "sparse_model" in sections:
+        tasks.append(("sparse_model", "block-sparse model", sparse_records))
+    if "sparse" in sections:
+        tasks.append(("sparse", "block-sparse attention on CPU",
+                      lambda: _optional_records("sparse", "baton_fast.bench.sparse_bench", "run", quick)))
     return tasks
 
 
