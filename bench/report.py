@@ -474,6 +474,32 @@ def _cache(results, plots: dict) -> str:
     return text
 
 
+SP_MODEL_COLUMNS = ("bytes sent per rank per step", "compute per step at H200 SXM peak",
+                    "communication per step, NVLink 4", "communication per step, PCIe 5.0 x16",
+                    "step, NVLink 4, no overlap", "step, PCIe 5.0 x16, no overlap")  # bench/cost_model.sp_records
+
+
+def _sequence_parallel(results) -> str:
+    """Sequence parallelism: the modelled communication beside compute per preset, then the CPU measurement."""
+    text = "## Sequence parallelism (docs/distributed.md)\n\n"
+    modelled = [r for r in _records(results, section="sp_model") if r.get("value") is not None]
+    cells = {}
+    for r in modelled:
+        value = _scaled(r["value"], r["unit"]) if r["unit"] == "B" else f"{_num(r['value'])} {r['unit']}"
+        cells.setdefault((r["case"], r["backend"]), {})[r["metric"]] = value
+    if cells:
+        text += ("**Modelled** per DiT step (CFG batch 2, bf16): bytes each rank sends, link time at the "
+                 "per-direction bandwidth, compute at the dense BF16 peak split over the ranks "
+                 "(`bench/cost_model.py` `sp_records`).\n\n"
+                 + _table(["case", "scheme x degree", *SP_MODEL_COLUMNS],
+                          [[*key, *(row.get(m, "–") for m in SP_MODEL_COLUMNS)] for key, row in cells.items()]) + "\n")
+    text += "".join(f"- Skipped (modelled): {r['extra']['reason']}\n" for r in _records(results, section="sp_model")
+                    if r.get("value") is None)
+    measured = _generic(results, "sequence_parallel", "Sequence parallelism on this CPU (measured, gloo)",
+                        "Not in these results (`baton-fast bench --sections sequence_parallel`).")
+    return text + "\n" + measured
+
+
 def _sparse(results) -> str:
     """Block-sparse attention: the modelled full-size table, then the CPU measurement (docs/sparsity.md)."""
     modelled = _generic(results, "sparse_model", "Block-sparse video attention, full size (modelled; docs/sparsity.md)",
@@ -507,6 +533,7 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
                  "Not in these results (`bench/diffusers_bench.py` was not available when they were taken)."),
         _end_to_end(results, plots),
         _cache(results, plots),
+        _sequence_parallel(results),
         _sparse(results),
         SPEED_REGRESSION,
     ]

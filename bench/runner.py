@@ -18,6 +18,9 @@ Sections (all by default):
   provides it.  Extension point: that function returns a list of records of the form below
   (``section="end_to_end"``); nothing else needs to change;
 - ``cache`` (measured): the step-caching threshold sweep, ``baton_fast.bench.cache_bench.run(quick)``;
+- ``sp_model`` (modelled): sequence-parallel communication per DiT step beside compute, degrees 1-8 at the
+  full presets (:func:`.cost_model.sp_records`);
+- ``sequence_parallel`` (measured): 2 gloo ranks against 1 process on this CPU, ``baton_fast.bench.sp_bench.run(quick)``;
 - ``sparse_model`` (modelled): sliding-tile block-sparse video self-attention at full size, FLOPs and roofline
   against dense (:func:`.cost_model.sparse_records`);
 - ``sparse`` (measured): the CPU block-sparse path against dense SDPA, ``baton_fast.bench.sparse_bench.run(quick)``.
@@ -49,14 +52,15 @@ from baton_fast.outputs import check_output_folder
 
 from . import kernels_bench, report
 from .cases import FULL_CASES
-from .cost_model import model_records, sparse_records
+from .cost_model import model_records, sp_records, sparse_records
 from .kernels_bench import error_summary
 from .machine import machine_info
 from .stderr_filter import filtered_stderr
 
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
 
-SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache", "sparse_model", "sparse")
+SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache", "sp_model",
+            "sequence_parallel", "sparse_model", "sparse")
 END_TO_END_FUNCTION = "benchmark_end_to_end"
 QUICK_STATIC_HEAD_DIM = 128
 
@@ -92,6 +96,20 @@ def _skipped(section, backend, reason) -> list:
 
 def _cost_model_records() -> list:
     return [r for case in FULL_CASES for r in model_records(case.shape())]
+
+
+SP_PRESETS, SP_SECONDS = ("ovi-720p-5s", "baton-paper"), 5.0
+
+
+def _sp_model_records() -> list:
+    from baton_fast.model.config import PRESETS
+    from baton_fast.model.costs import flop_counts
+
+    try:
+        return [r for name in SP_PRESETS for r in sp_records(
+            PRESETS[name], SP_SECONDS, flop_counts(PRESETS[name], SP_SECONDS, evaluations=1)["dit_forward"])]
+    except Exception as exc:  # the FLOP count failing must not lose the rest of the run
+        return _skipped("sp_model", "bench.cost_model.sp_records", error_summary(exc))
 
 
 def _flags_on(job) -> int:
@@ -168,6 +186,11 @@ def _tasks(device, quick: bool, sections, progress: bool = False) -> list:
     if "cache" in sections:
         tasks.append(("cache", "step-caching sweep",
                       lambda: _optional_records("cache", "baton_fast.bench.cache_bench", "run", quick)))
+    if "sp_model" in sections:
+        tasks.append(("sp_model", "sequence-parallel model", _sp_model_records))
+    if "sequence_parallel" in sections:
+        tasks.append(("sequence_parallel", "sequence parallelism, 2 gloo ranks",
+                      lambda: _optional_records("sequence_parallel", "baton_fast.bench.sp_bench", "run", quick)))
     if "sparse_model" in sections:
         tasks.append(("sparse_model", "block-sparse model", sparse_records))
     if "sparse" in sections:

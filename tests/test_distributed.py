@@ -341,3 +341,22 @@ def test_generate_under_torchrun_writes_one_clip_from_rank_zero(tmp_path):
     assert done.stdout.count("wrote ") == 1  # rank 0 only
     report = json.loads((tmp_path / "sp.json").read_text())
     assert report["sequence_parallel"] == {"degree": 2, "ulysses": 2, "ring": 1}
+
+
+def test_communication_model_counts_by_hand():
+    from baton_fast.model.config import get_preset
+    from bench.cost_model import sp_traffic
+
+    cfg = get_preset("baton-paper")  # 15,004 video tokens, 22,599 plan tokens, 157 audio tokens, 30 blocks
+    assert sum(sp_traffic(cfg, 5.0, 1, "ulysses").values()) == 0
+    width = 2 * 3072 * 2  # CFG rows x dim x bf16 bytes, per token
+    ulysses = sp_traffic(cfg, 5.0, 2, "ulysses")
+    assert ulysses["video self-attention"] == 30 * 4 * 0.5 * 7502 * width
+    assert ulysses["plan cross-attention"] == 30 * 2 * 0.5 * (7502 + 11300) * width
+    ring = sp_traffic(cfg, 5.0, 8, "ring")
+    assert ring["video self-attention"] == 30 * 2 * 7 * 1876 * width
+    assert ring["audio -> video cross-attention"] == 30 * 7 * (157 * width + 2 * 24 * 157 * 4)
+    assert sum(ring.values()) > sum(sp_traffic(cfg, 5.0, 8, "ulysses").values())
+    assert sp_traffic(get_preset("ovi-720p-5s"), 5.0, 4, "ring")["plan cross-attention"] == 0
+    with pytest.raises(ValueError, match="dividing 24 heads"):
+        sp_traffic(cfg, 5.0, 5, "ulysses")

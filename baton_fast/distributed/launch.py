@@ -18,12 +18,13 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["run_local_group"]
+__all__ = ["run_local_group", "free_port"]
 
 PRELOAD = ["torch", "torch._dynamo", "baton_fast", "baton_fast.distributed"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now (for a rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,7 +56,7 @@ def run_local_group(fn: Callable, world: int, *args, timeout_s: float = 240.0, c
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     results = context.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [context.Process(target=_rank_main, args=(fn, r, world, port, collective_timeout_s, threads, results, args),
                              daemon=True) for r in range(world)]
     for p in procs:
