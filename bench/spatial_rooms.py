@@ -1,6 +1,9 @@
 """The SpA2V planner on physically simulated rooms: accuracy per category and condition.
 
-    python -m baton_fast.bench.spatial_rooms [--per-category 12] [--conditions all] [--json out.json]
+    OPENBLAS_NUM_THREADS=1 python -m baton_fast.bench.spatial_rooms [--per-category 12] [--conditions all] [--json out.json]
+
+(one BLAS thread: the planner's matrix products are small, and an idle-spinning thread pool on a loaded
+machine is counted as CPU time.)
 
 Every scene is simulated at run time from its seed (:mod:`baton_fast.spatial.scenes`: pyroomacoustics
 image sources + a statistical late tail, a 0.2 m pair), planned with ``spatial_cues`` + ``CuePlanner``
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -26,13 +30,14 @@ from baton_fast.spatial.scenes import CATEGORIES, CONDITIONS, MIC_SPACING, SAMPL
 def evaluate(category: str, condition: str, number: int, planner: CuePlanner) -> dict:
     """Simulate scene ``number`` of ``category`` under ``condition``, plan it and score the plan."""
     stereo, truth = scene(category, condition, number)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cues = spatial_cues(stereo, SAMPLE_RATE, mic_spacing=MIC_SPACING)
     vsl = planner.plan(cues)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tracks = planner.tracks(cues)
     return {"category": category, "condition": condition, "number": number, "kinds": list(truth.kinds),
             "truth": list(truth.motions), "found": [t.motion for t in tracks], "plan_s": seconds,
+            "plan_cpu_s": cpu_seconds,
             **score(category, truth, [t.motion for t in tracks], vsl)}
 
 
@@ -66,10 +71,11 @@ def main(argv=None) -> int:
     planner = CuePlanner()
     jobs = [(c, k, n) for k in conditions for c in CATEGORIES for n in range(args.per_category)]
     results = [evaluate(c, k, n, planner) for c, k, n in tqdm(jobs, desc="scenes", file=sys.stderr)]
-    plan_ms = 1e3 * np.array([r["plan_s"] for r in results])
+    wall_ms, cpu_ms = (1e3 * np.median([r[key] for r in results]) for key in ("plan_s", "plan_cpu_s"))
     print(table(results, conditions))
-    print(f"\n{len(results)} scenes, {args.per_category} per category and condition; cues + plan per 4 s clip: "
-          f"median {np.median(plan_ms):.1f} ms ({platform.node()}, {platform.processor() or platform.machine()})")
+    print(f"\n{len(results)} scenes, {args.per_category} per category and condition; cues + plan per 4 s clip, "
+          f"median: {cpu_ms:.1f} ms CPU time, {wall_ms:.1f} ms wall clock, measured on {platform.node()} "
+          f"({platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(results, file, indent=1)

@@ -13,24 +13,24 @@ and per time-frequency bin (what :mod:`.tfcues` turns into positions):
 - the cross-spectrum ``left * conj(right)`` (its phase is the bin's time difference),
 - a precedence weight in [0, 1]: how much of the bin's power is new, i.e. direct sound arriving
   (onsets weigh 1, a steady partial about 0.6, a reverberant decay 0),
-- the coherent-to-diffuse ratio (CDR) of the two microphones' recursively averaged spectra, against
-  the diffuse-field coherence ``sinc(2 f d / c)`` of the pair (Schwarz & Kellermann's DOA-independent
-  estimator): the direct-to-reverberant power ratio of that bin.
+- the coherent-to-diffuse ratio (CDR) of the two microphones' recursively averaged spectra (on a 16 ms
+  STFT, so that early reflections do not count as direct sound), against the diffuse-field coherence
+  ``sinc(2 f d / c)`` of the pair (Schwarz & Kellermann's DOA-independent estimator): the
+  direct-to-reverberant power ratio of that bin.
 
 A mono recording gives ``ild_db = itd_s = cross = cdr = None``: "no spatial cue".
 Channel 0 is the left channel, channel 1 the right one (the WAV convention).
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 import scipy.io.wavfile
+import scipy.ndimage
 import scipy.signal
 
 MIN_SAMPLE_RATE = 4000
@@ -202,7 +202,7 @@ def check_waveform(waveform, sample_rate, *, min_seconds: float = MIN_SECONDS) -
 def spatial_cues(waveform, sample_rate: int, *, mic_spacing: float = DEFAULT_MIC_SPACING,
                  head_shadow_db: float | None = None, frame_seconds: float = 0.064, hop_seconds: float = 0.032,
                  bands_per_octave: int = 3, min_frequency_hz: float = 50.0, max_itd_seconds: float | None = None,
-                 silence_db: float = -80.0, coherence_seconds: float = 0.4) -> SpatialCues:
+                 silence_db: float = -80.0, coherence_seconds: float = 0.2) -> SpatialCues:
     """Compute :class:`SpatialCues` of ``waveform`` (see :func:`check_waveform` for accepted layouts).
 
     ``mic_spacing``: metres between the two microphones (sets the time-difference range ``d / c`` and the
@@ -241,8 +241,7 @@ def spatial_cues(waveform, sample_rate: int, *, mic_spacing: float = DEFAULT_MIC
         itd[~frame_active] = np.nan
         ild = _band_ild(power, freqs, edges, silence_db)
         cross = scale * spectrum[..., 0] * np.conj(spectrum[..., 1])
-        cdr = _coherent_to_diffuse(power, cross, freqs, mic_spacing, head_shadow_db,
-                                   math.exp(-hop_seconds / coherence_seconds))
+        cdr = _coherent_to_diffuse(waveform, sample_rate, times, freqs, mic_spacing, coherence_seconds)
     else:
         itd = strength = ild = None
     usable = freqs >= min_frequency_hz
@@ -268,24 +267,41 @@ def _precedence_weight(power: np.ndarray, hop_seconds: float, decay_db_per_s: fl
     return np.clip(1.0 - g * previous / np.maximum(power, 1e-30), 0.0, 1.0)
 
 
-def _coherent_to_diffuse(power: np.ndarray, cross: np.ndarray, freqs: np.ndarray, mic_spacing: float,
-                         head_shadow_db: float | None, forget: float) -> np.ndarray:
-    """CDR per bin ``[F, K]`` from recursively averaged (``forget`` per hop) auto- and cross-spectra.
+def _coherent_to_diffuse(waveform: np.ndarray, sample_rate: int, times: np.ndarray, freqs: np.ndarray,
+                         mic_spacing: float, coherence_seconds: float, frame_seconds: float = 0.016) -> np.ndarray:
+    """CDR at the analysis frames ``times`` and bins ``freqs``: float64 ``[F, K]``.
 
-    Schwarz & Kellermann (2015), DOA-independent estimator, with the diffuse coherence of two omni
-    microphones ``sinc(2 f d / c)`` (a head's is lower still; the same model is used, a mild
-    underestimate of the CDR). NaN where that coherence exceeds 0.9: at low frequencies a diffuse field
-    is as coherent as a direct wave and the two cannot be told apart.
+    Measured on a short STFT (``frame_seconds``, half-overlapping): within one frame any echo shorter than
+    the frame is part of a fixed per-bin transfer function and so as coherent as the direct sound; 16 ms
+    keeps most early reflections out. Auto- and cross-spectra are averaged over time by a centred
+    Gaussian of standard deviation ``coherence_seconds`` (a causal average lags behind a moving source
+    and makes receding read stronger than approaching), then Schwarz & Kellermann's
+    (2015) DOA-independent estimator against the diffuse coherence of two omni microphones
+    ``sinc(2 f d / c)``; each analysis bin takes the nearest short frame and bin. NaN where that
+    coherence exceeds 0.9: at low frequencies a diffuse field is as coherent as a direct wave.
     """
-    smooth = functools.partial(scipy.signal.lfilter, [1 - forget], [1, -forget], axis=0)
-    auto = smooth(power)
-    gamma = smooth(cross) / np.sqrt(np.maximum(auto[..., 0] * auto[..., 1], 1e-60))
-    diffuse = np.sinc(2 * freqs * mic_spacing / SPEED_OF_SOUND)[None, :]
+    frame = max(16, round(frame_seconds * sample_rate))
+    short_freqs, short_times, spectrum = scipy.signal.stft(waveform, sample_rate, window="hann", nperseg=frame,
+                                                           noverlap=frame // 2, boundary=None, padded=True)
+    left, right = spectrum[0].T, spectrum[1].T  # [T, Ks]
+    width = coherence_seconds / ((frame // 2) / sample_rate)  # in short frames
+
+    def smooth(x):
+        if np.iscomplexobj(x):
+            return smooth(x.real) + 1j * smooth(x.imag)
+        return scipy.ndimage.gaussian_filter1d(x, width, axis=0, mode="nearest")
+
+    auto_left, auto_right = smooth(np.abs(left) ** 2), smooth(np.abs(right) ** 2)
+    gamma = smooth(left * np.conj(right)) / np.sqrt(np.maximum(auto_left * auto_right, 1e-60))
+    diffuse = np.sinc(2 * short_freqs * mic_spacing / SPEED_OF_SOUND)[None, :]
     real, squared = gamma.real, np.minimum(np.abs(gamma) ** 2, 1 - 1e-6)
     root = np.sqrt(np.maximum(diffuse ** 2 * real ** 2 - diffuse ** 2 * squared + diffuse ** 2
                               - 2 * diffuse * real + squared, 0.0))
-    ratio = (diffuse * real - squared - root) / (squared - 1)
-    return np.where(np.abs(diffuse) <= 0.9, np.clip(ratio, 0.0, 1e4), np.nan)
+    ratio = np.where(np.abs(diffuse) <= 0.9, np.clip((diffuse * real - squared - root) / (squared - 1), 0.0, 1e4),
+                     np.nan)
+    rows = np.clip(np.searchsorted(short_times, times), 0, len(short_times) - 1)
+    columns = np.clip(np.rint(freqs / short_freqs[1]).astype(np.int64), 0, len(short_freqs) - 1)
+    return ratio[rows][:, columns]
 
 
 def _one_sided_weights(bins: int, length: int) -> np.ndarray:
@@ -319,28 +335,27 @@ def _band_ild(power: np.ndarray, freqs: np.ndarray, edges: np.ndarray, silence_d
 
 
 def _gcc_phat_itd(spectrum: np.ndarray, power: np.ndarray, sample_rate: int, frame: int, max_itd_seconds: float,
-                  silence_db: float, upsample: int = 8, frames_per_chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                  silence_db: float, upsample: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """GCC-PHAT per frame on the STFT ``spectrum [F, K, 2]``: (ITD seconds ``[F]``, peak strength ``[F]``).
 
-    The cross-spectrum is whitened (PHAT) over the bins above the silence floor and transformed back
-    ``upsample`` times finer than one sample; the peak within ``+-max_itd_seconds`` gives the lag.
-    Frames go ``frames_per_chunk`` at a time to bound the memory of the upsampled correlation.
+    The cross-spectrum is whitened (PHAT) over the bins above the silence floor and its inverse transform
+    evaluated at the lags within ``+-max_itd_seconds``, ``upsample`` times finer than one sample (the
+    inverse FFT of the zero-padded spectrum at those lags only, as one matrix product); the peak gives
+    the lag.
     """
     audible = power.min(axis=2) > 10.0 ** (silence_db / 10.0)
     n = frame * upsample
     max_lag = max(1, int(max_itd_seconds * sample_rate * upsample))
     lags = np.arange(-max_lag, max_lag + 1)
-    peak_value = np.empty(len(spectrum))
-    peak_lag = np.empty(len(spectrum), dtype=np.int64)
-    for start in range(0, len(spectrum), frames_per_chunk):
-        chunk = slice(start, start + frames_per_chunk)
-        cross = spectrum[chunk, :, 0] * np.conj(spectrum[chunk, :, 1])
-        whitened = np.where(audible[chunk], cross / np.maximum(np.abs(cross), 1e-30), 0.0)
-        correlation = scipy.fft.irfft(whitened, n=n, axis=1)[:, lags % n] * n  # lag unit: 1/upsample sample
-        best = correlation.argmax(axis=1)
-        peak_lag[chunk], peak_value[chunk] = lags[best], correlation[np.arange(len(best)), best]
     # after zero-padding to n points the last STFT bin is no longer a Nyquist bin: it counts twice
-    used = (audible * _one_sided_weights(spectrum.shape[1], n)).sum(axis=1)
+    weights = _one_sided_weights(spectrum.shape[1], n)
+    steering = (weights[:, None] * np.exp(2j * np.pi * np.arange(spectrum.shape[1])[:, None] * lags[None, :] / n))
+    cross = spectrum[..., 0] * np.conj(spectrum[..., 1])
+    whitened = np.where(audible, cross / np.maximum(np.abs(cross), 1e-30), 0.0).astype(np.complex64)
+    correlation = (whitened @ steering.astype(np.complex64)).real  # [F, lags], lag unit: 1/upsample sample
+    best = correlation.argmax(axis=1)
+    peak_lag, peak_value = lags[best], correlation[np.arange(len(best)), best]
+    used = (audible * weights).sum(axis=1)
     strength = np.where(used > 0, peak_value / np.maximum(used, 1e-30), 0.0)
     # correlation peaks at lag -d when the right channel is the left one delayed by d: left leads -> ITD > 0
     itd = -peak_lag / (sample_rate * upsample)

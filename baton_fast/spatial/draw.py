@@ -13,7 +13,12 @@ from .vsl import VSL
 
 def draw_vsl(vsl: VSL, path: str | os.PathLike, *, max_panels: int = 7, frame_aspect: float = 16 / 9,
              columns: int = 4) -> None:
-    """Write a PNG of ``vsl`` to ``path``.
+    """Write a PNG of ``vsl`` to ``path`` (the figure of :func:`vsl_figure`)."""
+    vsl_figure(vsl, max_panels=max_panels, frame_aspect=frame_aspect, columns=columns).savefig(os.fspath(path), dpi=110)
+
+
+def vsl_figure(vsl: VSL, *, max_panels: int = 7, frame_aspect: float = 16 / 9, columns: int = 4) -> Figure:
+    """The figure of ``vsl``: one panel per keyframe with its boxes and labels, and a track panel.
 
     At most ``max_panels`` keyframes are drawn (evenly spaced, first and last included); the last panel
     shows every object's horizontal extent and centre at every keyframe, time running downwards.
@@ -44,7 +49,7 @@ def draw_vsl(vsl: VSL, path: str | os.PathLike, *, max_panels: int = 7, frame_as
     _track_axes(axes, vsl, colours)
     figure.suptitle(textwrap.fill(vsl.caption, 110), fontsize=10)
     figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=110)
+    return figure
 
 
 LABEL_HEIGHT = 0.11  # of the frame height at 8 pt in a 3.2-inch panel

@@ -75,7 +75,7 @@ class CuePlanner:
     peak_prominence_db: float = 10.0
     dynamic_range_db: float = 30.0
     crossing_threshold: float = 0.25
-    loudness_threshold_db: float = 6.0
+    loudness_threshold_db: float = 5.0
     size_exponent: float = 0.5
     box_aspect: float = 1.0
     min_height: float = 0.08

@@ -43,7 +43,7 @@ class Track:
 class Tracker:
     """Peak picking and tracking parameters (positions in frame widths, times in seconds)."""
     smooth_seconds: float = 0.25
-    relative_height: float = 0.4   # a peak must reach this share of the frame's highest
+    relative_height: float = 0.25  # a peak must reach this share of the frame's highest
     min_height: float = 0.12       # and this share of the frame's weight (a bin-consistent direction)
     gate: float = 0.12
     max_gap_seconds: float = 0.6
