@@ -179,3 +179,13 @@ def test_public_op_reference_backend_rotates_and_visits_the_lists(family, monkey
     for name, x, p, r in (("out", out, plain, ref), ("lse", lse, plain_lse, ref_lse)):
         c = check(x, p, r, torch.float32)
         assert c.ok, f"{name}: {c}"
+
+
+def test_block_counts_without_lists_match_the_mask():
+    from baton_fast.block_mask import sliding_tile_block_counts
+
+    grid, tile, window = (5, 7, 9), (2, 3, 4), (3, 1, 3)
+    mask = BlockMask.sliding_tile(grid, tile, window, 32, 16)
+    counts = sliding_tile_block_counts(grid, tile, window, 32, 16)
+    assert counts == {"visited": mask.visited_blocks(), "full": int(mask.full_kv_num_blocks.sum()),
+                      "total": mask.shape[2] * mask.num_k_blocks}
