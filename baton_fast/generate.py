@@ -43,6 +43,7 @@ def add_arguments(parser) -> None:
     from .cli import finite_float, positive_int
     from .model.cache import DEFAULT_THRESHOLDS, POLICIES
     from .model.config import PRESETS
+    from .kernels.quant_formats import SCHEMES
     from .model.sampler import SOLVERS
 
     caps = ", ".join(f"{name} {cfg.max_seconds:g} s" for name, cfg in PRESETS.items())
@@ -85,6 +86,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-threshold", type=finite_float, default=None,
                         help=f"--cache: skip while the change stays below this (default "
                              f"{', '.join(f'{p} {t:g}' for p, t in DEFAULT_THRESHOLDS.items())})")
+    parser.add_argument("--quant", default=None, choices=SCHEMES,
+                        help="quantised attention between the first and last --quant-full-steps steps "
+                             "(docs/quantization.md); the report compares the final latents with a full-precision run")
+    parser.add_argument("--quant-full-steps", type=int, default=1, metavar="N",
+                        help="--quant: steps in full precision at the start and at the end (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
     spatial = parser.add_argument_group("SpA2V layout grounding")
     spatial.add_argument("--audio", help="recording (stereo for positions): plans the layout and is muxed into the mp4")
@@ -282,7 +288,8 @@ def _sampler_options(args):
         return SamplerOptions(steps=args.steps, solver=args.solver, shift=args.shift,
                               video_guidance=args.video_guidance, audio_guidance=args.audio_guidance,
                               compile_backend=args.compile, cuda_graph=args.cuda_graph, cache=args.cache,
-                              cache_threshold=args.cache_threshold, progress=not args.no_progress)
+                              cache_threshold=args.cache_threshold, quant=args.quant,
+                              quant_full_steps=args.quant_full_steps, progress=not args.no_progress)
     except (ValueError, TypeError) as err:
         raise _flag_error(err) from None
 

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from . import reference
-from .kernels.rope_attention_quant import FP8_PV, MAX_HEAD_DIM, QK_FORMAT, QMAX, SCHEMES, STORAGE, V_BLOCK
+from .kernels.quant_formats import FP8_PV, MAX_HEAD_DIM, QK_FORMAT, QMAX, SCHEMES, STORAGE, V_BLOCK
 from .rope import RopeTable
 
 __all__ = ["SCHEMES", "QuantizedTensor", "attention_quant", "active_scheme", "check_scheme", "quantize_v",

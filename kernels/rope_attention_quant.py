@@ -1,6 +1,6 @@
 """Quantised attention (SageAttention-style): int8 or fp8 Q and K, fp8 or fp16 P.V, and its pre-passes.
 
-Schemes (``SCHEMES``):
+Schemes (``quant_formats.SCHEMES``):
 - ``"fp8"`` (sm_90): Q and K in fp8 e4m3 with one scale per (token, head); S = Q.K^T on the fp8 tensor cores
   (QGMMA) with fp32 accumulation; P.V in fp8 too: P (in [0, 1]) is multiplied by 448 and cast to e4m3, V is
   e4m3 with one scale per (key block of ``V_BLOCK`` tokens, channel).  Two-level accumulation (as
@@ -29,16 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .quant_formats import FP8_PV, P_SCALE, QK_FORMAT, QMAX, STORAGE, V_BLOCK
 from .rope_attention import _interpreting
 from .rope_math import pair_offsets, rotate_pairs
 
-SCHEMES = ("fp8", "int8", "int8+fp8")
-QK_FORMAT = {"fp8": "fp8", "int8": "int8", "int8+fp8": "int8"}  # storage of Q and K per scheme
-FP8_PV = {"fp8": True, "int8": False, "int8+fp8": True}          # P.V in fp8 (else fp16)
-QMAX = {"fp8": 448.0, "int8": 127.0}  # largest magnitude of e4m3 / symmetric int8, per storage format
-STORAGE = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
-V_BLOCK = 64   # keys per V scale block (fp8): every attention BLOCK_N divides it
-P_SCALE = 448.0  # P in [0, 1] times 448 uses e4m3's whole range (no subnormal flush of small weights)
 MEAN_CHUNK = 16  # tokens summed per program of K's mean pass
 
 
@@ -274,9 +268,6 @@ def exact_fp8_cast() -> bool:
 def d_pad(head_dim: int) -> int:
     """Padded head dim: a power of two >= 32 (8-bit ``tl.dot`` needs K >= 32)."""
     return max(32, triton.next_power_of_2(head_dim))
-
-
-MAX_HEAD_DIM = 128
 
 
 def shipped_configs(scheme: str, head_dim: int):

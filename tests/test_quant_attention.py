@@ -178,3 +178,63 @@ def test_machine_code_of_every_shipped_quant_config():
         assert all(r["mma_ops"].get(op, 0) > 0 for op in required), r
         assert (r["spill_stores"], r["spill_loads"], r["stack"], r["local_mem_ops"]) == (0, 0, 0, 0), r
         assert r["ok"], r
+
+
+# --------------------------------------------------------------------------- hybrid schedule (sampler)
+def test_schedule_runs_the_middle_steps_quantised():
+    from baton_fast.model.sampler import SamplerOptions, sample
+
+    options = SamplerOptions(steps=6, solver="heun", quant="fp8", quant_full_steps=2, progress=False)
+    assert options.quantized_steps == [2, 3]
+    seen = []
+
+    def velocity(video, audio, sigma):
+        seen.append(quant.active_scheme())
+        return torch.zeros_like(video), torch.zeros_like(audio)
+
+    sample(velocity, torch.randn(1, 2, 1, 2, 2), torch.randn(1, 3, 2), options)
+    # Heun: two evaluations per step, one on the last
+    assert seen == [None] * 4 + ["fp8"] * 4 + [None] * 3
+    assert SamplerOptions(steps=4, quant="int8", quant_full_steps=2).quantized_steps == []
+    assert SamplerOptions(steps=4).quantized_steps == []
+    with pytest.raises(ValueError, match="quant:"):
+        SamplerOptions(quant="fp4")
+    with pytest.raises(ValueError, match="quant_full_steps:"):
+        SamplerOptions(quant="fp8", quant_full_steps=-1)
+
+
+def test_full_precision_difference_is_against_an_all_full_run():
+    from baton_fast.model.sampler import SamplerOptions, full_precision_difference, sample
+
+    def velocity(video, audio, sigma):  # the quantised steps push the latents by 0.5 per unit sigma
+        shift = 0.5 if quant.active_scheme() else 0.0
+        return video * 0 + shift, audio * 0 - shift
+
+    options = SamplerOptions(steps=5, shift=1.0, quant="int8", quant_full_steps=1, progress=False)
+    video0, audio0 = torch.randn(1, 2, 1, 2, 2), torch.randn(1, 3, 2)
+    video, audio = sample(velocity, video0, audio0, options)
+    report = full_precision_difference(velocity, video0, audio0, options, video, audio)
+    assert report["quantized_steps"] == [1, 2, 3] and report["full_precision_steps"] == 1
+    diff = report["final_latent_difference_vs_full_precision"]
+    # three steps of dt = -0.2 moved every latent by 0.5 * 0.6 = 0.3 (the full-precision run left them)
+    assert diff["video"]["max_abs"] == pytest.approx(0.3) and diff["audio"]["max_abs"] == pytest.approx(0.3)
+    assert diff["video"]["rel_l2"] == pytest.approx(0.3 * 8 ** 0.5 / float(video0.double().norm()))
+
+
+@pytest.mark.slow
+def test_pipeline_reports_quantised_steps_and_latent_difference():
+    """Tiny preset on CPU (Ovi-style, no planner): the quantised steps run the quantise-dequantise reference; the
+    report names them and the final-latent difference against the same run in full precision."""
+    import dataclasses
+
+    from baton_fast.model.config import PRESETS
+    from baton_fast.model.pipeline import BatonPipeline
+    from baton_fast.model.sampler import SamplerOptions
+
+    pipe = BatonPipeline.build(dataclasses.replace(PRESETS["tiny"], name="tiny-ovi", planner=None))
+    options = SamplerOptions(steps=3, quant="int8", quant_full_steps=1, progress=False)
+    report = pipe.generate(["a dog"], ["barking"], seconds=1.0, options=options).report["quant"]
+    assert report["quantized_steps"] == [1] and report["scheme"] == "int8"
+    for modality in ("video", "audio"):
+        diff = report["final_latent_difference_vs_full_precision"][modality]
+        assert 0 < diff["rel_l2"] < 0.05, diff  # the quantised step changed the latents, a little

@@ -24,7 +24,7 @@ from .dit import DualBranchDiT
 from .cache import StepCache
 from .layout import DEFAULT_LAYOUT_FRACTION
 from .planner import VAPlanner, load_language_model
-from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, sample
+from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, full_precision_difference, sample
 from .text_encoder import TextEncoder
 
 __all__ = ["Generation", "BatonPipeline"]
@@ -200,6 +200,13 @@ class BatonPipeline:
                                               cache=cache)
         timings["steps"] = step_seconds
         timings["denoise"] = sum(step_seconds)
+        quant_report = None
+        if options.quant is not None:  # the same run all in full precision, for the report
+            reference = GuidedVelocity(self.dit, ctx, options.video_guidance, options.audio_guidance,
+                                       StepCache.from_options(options))
+            quant_report = full_precision_difference(reference, video_noise, audio_noise, options, video_latents,
+                                                     audio_latents, layout=guidance, cache=reference.cache)
+            timings["denoise_full_precision"] = clock.lap()
 
         on_phase("decode")
         # the decoders cover the latents (1 + tc * (F - 1) frames, L * samples_per_latent samples); the clip
@@ -227,6 +234,8 @@ class BatonPipeline:
         if guidance is not None:
             report["layout"] = _layout_report(layout, guidance, video_prompts, options.steps)
         report["cache"] = cache.report() if cache is not None else {"policy": "none"}
+        if quant_report is not None:
+            report["quant"] = quant_report
         if mesh is not None:
             report["sequence_parallel"] = {"degree": mesh.size, "ulysses": mesh.ulysses_degree,
                                            "ring": mesh.ring_degree}

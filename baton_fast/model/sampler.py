@@ -13,21 +13,26 @@ Speed options (all off by default, and documented in ``docs/model.md``):
   input/output buffers and replayed every step (no launch overhead).
 - ``cache``: step caching (:mod:`baton_fast.model.cache`): ``teacache`` or ``first-block`` skip the fusion
   blocks on evaluations whose input changed by less than ``cache_threshold``.
+- ``quant``: the hybrid schedule of quantised attention (:mod:`baton_fast.quant`, what xDiT and SageAttention3
+  recommend for video): full precision for the first and last ``quant_full_steps`` steps, ``quant``
+  (``"fp8"``, ``"int8"`` or ``"int8+fp8"``) in between.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from ..quant import attention_quant, check_scheme
 from .cache import StepCache, check_cache_settings
 from .dit import DualBranchDiT, RunContext
 from .layout import LayoutGuidance
 
 __all__ = ["SOLVERS", "SamplerOptions", "flow_sigmas", "GuidedVelocity", "CudaGraphVelocity", "compile_blocks",
-           "sample"]
+           "sample", "full_precision_difference"]
 
 SOLVERS = ("euler", "heun")
 
@@ -48,6 +53,8 @@ class SamplerOptions:
     cache_first_steps: int = 1               # steps always computed at the start ...
     cache_last_steps: int = 1                # ... and at the end
     cache_rescale: Optional[tuple] = None    # teacache: polynomial on the input change (None: identity)
+    quant: Optional[str] = None              # quantised attention between the full-precision steps
+    quant_full_steps: int = 1                # full-precision steps at the start and at the end
     progress: bool = True
 
     def __post_init__(self):
@@ -66,11 +73,26 @@ class SamplerOptions:
         if self.cuda_graph and self.cache != "none":
             raise ValueError(f"cache: {self.cache!r} decides per evaluation on the host; it cannot run inside a "
                              f"CUDA-graph replay (cuda_graph=True)")
+        if self.quant is not None:
+            check_scheme(self.quant)
+            if self.cuda_graph:
+                raise ValueError("quant: the hybrid schedule switches precision per step; one CUDA graph cannot "
+                                 "(cuda_graph=True)")
+        if isinstance(self.quant_full_steps, bool) or not isinstance(self.quant_full_steps, int) or \
+                self.quant_full_steps < 0:
+            raise ValueError(f"quant_full_steps: expected an integer >= 0, got {self.quant_full_steps!r}")
 
     @property
     def evaluations(self) -> int:
         """Guided velocity evaluations per run (Heun: two per step, one on the last step)."""
         return self.steps if self.solver == "euler" else 2 * self.steps - 1
+
+    @property
+    def quantized_steps(self) -> list:
+        """The steps whose attention runs quantised (both evaluations of a Heun step): none without ``quant``."""
+        if self.quant is None:
+            return []
+        return list(range(self.quant_full_steps, self.steps - self.quant_full_steps))
 
 
 def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
@@ -156,7 +178,8 @@ def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Ten
     steps (both evaluations of a Heun step) call ``velocity(..., layout=layout)``, the others run
     unmasked.  ``on_step(i)`` runs after step ``i``.  ``cache``: the :class:`~baton_fast.model.cache.StepCache`
     that ``velocity`` runs its DiT through (the same object); each evaluation is announced to it first (the
-    first unmasked step after masked ones is forced to compute).  Returns the denoised ``(video, audio)``
+    first unmasked step after masked ones is forced to compute).  The steps of ``options.quantized_steps`` run
+    their attention quantised (:func:`baton_fast.quant.attention_quant`).  Returns the denoised ``(video, audio)``
     latents (float32).
     """
     from tqdm.auto import tqdm
@@ -170,19 +193,45 @@ def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Ten
         if masked is not None:
             masked = CudaGraphVelocity(masked, video_noise, audio_noise, levels[0])
     video, audio = video_noise, audio_noise
+    quantized = set(options.quantized_steps)
     for i in tqdm(range(options.steps), desc="denoise", disable=not options.progress, leave=False):
-        dt = float(sigmas[i + 1] - sigmas[i])
-        step_velocity = masked if i < masked_steps else velocity
-        forced = "layout switch" if 0 < masked_steps == i else None
-        if cache is not None:
-            cache.begin(i, 0, sigmas[i], forced)
-        d_video, d_audio = step_velocity(video, audio, levels[i])
-        if options.solver == "heun" and i + 1 < options.steps:  # the last step ends at sigma = 0: Euler
-            if cache is not None:
-                cache.begin(i, 1, sigmas[i + 1], forced)
-            e_video, e_audio = step_velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
-            d_video, d_audio = (d_video + e_video) / 2, (d_audio + e_audio) / 2
-        video, audio = video + dt * d_video, audio + dt * d_audio
+        with attention_quant(options.quant if i in quantized else None):
+            video, audio = _step(i, video, audio, sigmas, levels, options, masked if i < masked_steps else velocity,
+                                 "layout switch" if 0 < masked_steps == i else None, cache)
         if on_step is not None:
             on_step(i)
     return video, audio
+
+
+def _step(i, video, audio, sigmas, levels, options, step_velocity, forced, cache):
+    """Step ``i`` of :func:`sample` (Euler, or Heun before the last step): the new ``(video, audio)``."""
+    dt = float(sigmas[i + 1] - sigmas[i])
+    if cache is not None:
+        cache.begin(i, 0, sigmas[i], forced)
+    d_video, d_audio = step_velocity(video, audio, levels[i])
+    if options.solver == "heun" and i + 1 < options.steps:  # the last step ends at sigma = 0: Euler
+        if cache is not None:
+            cache.begin(i, 1, sigmas[i + 1], forced)
+        e_video, e_audio = step_velocity(video + dt * d_video, audio + dt * d_audio, levels[i + 1])
+        d_video, d_audio = (d_video + e_video) / 2, (d_audio + e_audio) / 2
+    return video + dt * d_video, audio + dt * d_audio
+
+
+def full_precision_difference(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Tensor,
+                              options: SamplerOptions, video: torch.Tensor, audio: torch.Tensor,
+                              layout: Optional[LayoutGuidance] = None, cache: Optional[StepCache] = None) -> dict:
+    """What the hybrid schedule changed: sample again from the same noise with every step in full precision and
+    compare the final latents ``video``, ``audio`` of the ``options.quant`` run with them.  ``velocity`` / ``cache``
+    as in :func:`sample` (a fresh cache: it keeps state).  Returns the report entry: scheme, full-precision steps,
+    the quantised steps and, per modality, the max abs and relative L2 difference of the final latents."""
+    ref_video, ref_audio = sample(velocity, video_noise, audio_noise,
+                                  dataclasses.replace(options, quant=None, progress=False), layout=layout, cache=cache)
+
+    def difference(x, ref):
+        x, ref = x.double(), ref.double()
+        return {"max_abs": float((x - ref).abs().max()), "rel_l2": float((x - ref).norm() / ref.norm().clamp_min(1e-30))}
+
+    return {"scheme": options.quant, "full_precision_steps": options.quant_full_steps,
+            "quantized_steps": options.quantized_steps,
+            "final_latent_difference_vs_full_precision": {"video": difference(video, ref_video),
+                                                          "audio": difference(audio, ref_audio)}}
