@@ -17,9 +17,11 @@ on CPU) and ``BATON_FAST_BACKEND=reference`` forces the reference.
 """
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -486,24 +488,54 @@ NORM_MODES = {"none": 0, "head": 1, "across_heads": 2}
 
 def _rmsnorm_rope_run(sides, norm, eps):
     """RMSNorm (mode ``norm``) then RoPE of each checked side ``(x, coords, freqs, axes, interleaved, weight)``, on
-    the selected backend.  The reference path computes cos/sin once for sides that share coordinates and table
-    (self-attention q and k) and skips the rotation by the cached identity table (RMSNorm alone)."""
-    outs, cos_sin = [], {}
+    the selected backend.  The PyTorch path (torch's fused RMSNorm, then the reference rotation) takes cos/sin from
+    :data:`_COS_SIN` and skips the rotation by the cached identity table (RMSNorm alone)."""
+    outs = []
     for x, coords, freqs, axes, interleaved, weight in sides:
         if backend_for(x.device) == "triton" and x.numel():
             from .kernels.rope_norm import rmsnorm_rope_fwd
             outs.append(rmsnorm_rope_fwd(x, coords, freqs, axes, interleaved, norm=norm, weight=weight, eps=eps))
             continue
         if norm:
-            x = reference.rms_norm(x, weight, eps, across_heads=norm == 2)
+            x = reference.fused_rms_norm(x, weight, eps, across_heads=norm == 2)
         if not _is_identity(freqs):
-            key = (id(coords), id(freqs), id(axes), x.dtype)
-            if key not in cos_sin:
-                table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
-                cos_sin[key] = reference.rope_cos_sin(coords, table, x.dtype)
-            x = reference.rotate(x, *cos_sin[key], interleaved)
+            x = reference.rotate(x, *_COS_SIN.get(coords, freqs, axes, interleaved, x.dtype), interleaved)
         outs.append(x.contiguous())
     return outs
+
+
+class _CosSinCache:
+    """cos/sin of the PyTorch path for the coordinates of the last few calls.  The layers of a forward rotate by
+    the same coordinate tensors (and q and k of a self-attention by the same ones), so the CPU path computes
+    their cos/sin once per forward, as diffusers does.  An entry is reused only while its coordinate and table
+    tensors are alive and unchanged (same objects, same version counters); inference-mode tensors, which have no
+    version counter, are not cached.  Entries of dead coordinates are dropped at the next miss."""
+
+    SIZE = 8
+
+    def __init__(self):
+        self._entries = collections.OrderedDict()
+
+    def get(self, coords, freqs, axes, interleaved: bool, dtype):
+        """``(cos, sin)`` ``[B or 1, N, Ht, D/2]`` in ``dtype`` of ``coords`` under the table ``(freqs, axes)``."""
+        try:
+            key = (id(coords), coords._version, id(freqs), freqs._version, id(axes), axes._version, dtype)
+        except RuntimeError:  # inference tensor
+            return reference.rope_cos_sin(coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2]), dtype)
+        entry = self._entries.get(key)
+        if entry is not None and all(ref() is t for ref, t in zip(entry[0], (coords, freqs, axes))):
+            self._entries.move_to_end(key)
+            return entry[1]
+        for stale in [k for k, (refs, _) in self._entries.items() if any(ref() is None for ref in refs)]:
+            del self._entries[stale]
+        value = reference.rope_cos_sin(coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2]), dtype)
+        self._entries[key] = (tuple(weakref.ref(t) for t in (coords, freqs, axes)), value)
+        if len(self._entries) > self.SIZE:
+            self._entries.popitem(last=False)
+        return value
+
+
+_COS_SIN = _CosSinCache()
 
 
 def _is_identity(freqs: torch.Tensor) -> bool:

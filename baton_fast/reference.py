@@ -13,7 +13,7 @@ import torch
 from .rope import RopeTable
 
 __all__ = ["rope_angles", "rope_cos_sin", "rotate", "apply_rope", "rope_attention", "sdpa_rope_attention", "rms_norm",
-           "rmsnorm_rope", "qk_rmsnorm_rope"]
+           "fused_rms_norm", "rmsnorm_rope", "qk_rmsnorm_rope"]
 
 
 def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> torch.Tensor:
@@ -24,23 +24,26 @@ def rope_angles(coords: torch.Tensor, table: RopeTable, dtype=torch.float32) -> 
 
 
 def rope_cos_sin(coords: torch.Tensor, table: RopeTable, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos phi, sin phi)`` ``[B, N, Ht, D/2]`` in ``dtype``, the angles computed in float32 (float64 for float64)."""
+    """Rotation factors over the whole head dim, ``[B or 1, N, Ht, D]`` in ``dtype``: ``cos phi`` on both dims of
+    a pair and ``sin phi`` signed ``(-, +)`` (first, second dim of the pair), so that :func:`rotate` is two
+    products of contiguous tensors.  Angles in float32 (float64 for float64)."""
     angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     phi = rope_angles(coords, table, angle_dtype)
-    return phi.cos().to(dtype), phi.sin().to(dtype)
+    cos, sin = phi.cos().to(dtype), phi.sin().to(dtype)
+    if table.interleaved:
+        return torch.stack([cos, cos], dim=-1).flatten(-2), torch.stack([-sin, sin], dim=-1).flatten(-2)
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Turn the pairs of ``x [B, N, H, D]`` by the angles whose ``cos, sin`` (``[B or 1, N, 1 or H, D/2]``) are given."""
+    """Turn the pairs ``(x1, x2)`` of ``x [B, N, H, D]`` to ``(x1 cos - x2 sin, x2 cos + x1 sin)``, given the
+    factors of :func:`rope_cos_sin`: ``x * cos + swap(x) * sin`` with ``swap`` exchanging the dims of each pair."""
     if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
+        swapped = torch.stack([x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)  # (flip is slower on CPU)
     else:
         x1, x2 = x.chunk(2, dim=-1)
-    r1 = x1 * cos - x2 * sin
-    r2 = x1 * sin + x2 * cos
-    if interleaved:
-        return torch.stack([r1, r2], dim=-1).flatten(-2)
-    return torch.cat([r1, r2], dim=-1)
+        swapped = torch.cat([x2, x1], dim=-1)
+    return x * cos + swapped * sin
 
 
 def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
@@ -113,9 +116,11 @@ def sdpa_rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable 
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
         enable_gqa=k.shape[2] != q.shape[2]).transpose(1, 2)
-    if k_lens is not None:  # rows with no key: zeros (SDPA would give NaN)
-        out = out.masked_fill((k_lens.to(q.device) == 0)[:, None, None, None], 0.0)
-    return out
+    if k_lens is None:
+        return out
+    # rows with no key: zeros (SDPA would give NaN), written contiguous in the same pass
+    has_keys = (k_lens.to(q.device) > 0)[:, None, None, None]
+    return torch.where(has_keys, out, out.new_zeros(()), out=torch.empty(out.shape, dtype=out.dtype, device=out.device))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_heads: bool) -> torch.Tensor:
@@ -126,6 +131,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_he
     if weight is not None:
         y = y * weight.to(y.dtype)
     return y.reshape(B, N, H, D)
+
+
+def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, across_heads: bool) -> torch.Tensor:
+    """:func:`rms_norm` through torch's fused ``rms_norm`` kernel (the CPU fallback of the ops): the same values
+    in fp32 and fp64, accumulated at higher precision in 16-bit dtypes."""
+    B, N, H, D = x.shape
+    dims = (H * D,) if across_heads else (D,)
+    y = x.reshape(B, N, H * D) if across_heads else x
+    weight = weight.to(x.dtype) if weight is not None else None
+    return torch.nn.functional.rms_norm(y, dims, weight, eps).reshape(B, N, H, D)
 
 
 def rmsnorm_rope(x: torch.Tensor, coords=None, table: RopeTable | None = None, *, weight=None, eps: float = 1e-6,

@@ -4,7 +4,9 @@ Two kinds of figures, as records for the benchmark runner (``section="diffusers"
 
 - **measured** on this machine: time per forward (median of several runs after a warm-up) and peak
   tensor memory of one forward, same random-weight model and inputs, unpatched vs patched, at a
-  mid-size configuration of LTX-2 and of Wan (:data:`MEASURED_CONFIGS`).  On a CPU the baton-fast
+  mid-size configuration of LTX-2 at 768, 1,920 and 6,144 video tokens and of Wan at 768
+  (:data:`MEASURED_CONFIGS`); the time ratio is reported per configuration (per size), on a CPU also
+  the ratio of the process's CPU time (steadier than wall time on a shared machine).  On a CPU the baton-fast
   ops run their PyTorch path (RoPE from coordinates, then SDPA) against diffusers' processors, so
   the CPU ratio measures the integration's overhead on CPU, not the kernels.
   Peak memory: the torch profiler's allocation events of the CPU allocator (CUDA:
@@ -144,26 +146,41 @@ def modelled_records() -> list:
 # ------------------------------------------------------------------------------ measured
 @dataclass(frozen=True)
 class MeasuredConfig:
+    """One measured model and input size; ``latents``: LTX-2 ``(frames, height, width, audio latents)``, Wan
+    ``(frames, height, width)`` of the latent video."""
+
     name: str
     model_kwargs: dict
     shape: dict
     notes: str
+    latents: tuple
+
+
+LTX2_KWARGS = dict(in_channels=32, out_channels=32, num_attention_heads=4, attention_head_dim=64,
+                   cross_attention_dim=256, audio_in_channels=16, audio_out_channels=16, audio_num_attention_heads=4,
+                   audio_attention_head_dim=32, audio_cross_attention_dim=128, num_layers=2, caption_channels=64)
+
+
+def _ltx2_config(frames: int, height: int, width: int, audio: int) -> MeasuredConfig:
+    tokens = frames * height * width
+    return MeasuredConfig(
+        f"LTX-2 mid-size, {tokens:,} video tokens", LTX2_KWARGS,
+        dict(B=2, video_tokens=tokens, audio_tokens=audio, text_tokens=128, blocks=2),
+        f"2 blocks, video 4 x 64 heads, audio 4 x 32, batch 2, video latents {frames} x {height} x {width} ({tokens} "
+        f"tokens), {audio} audio latents, 128 text tokens padded (one row right-, one left-padded), fp32, random weights",
+        (frames, height, width, audio))
 
 
 MEASURED_CONFIGS = (
-    MeasuredConfig("LTX-2 mid-size", dict(
-        in_channels=32, out_channels=32, num_attention_heads=4, attention_head_dim=64, cross_attention_dim=256,
-        audio_in_channels=16, audio_out_channels=16, audio_num_attention_heads=4, audio_attention_head_dim=32,
-        audio_cross_attention_dim=128, num_layers=2, caption_channels=64),
-        dict(B=2, video_tokens=768, audio_tokens=64, text_tokens=128, blocks=2),
-        "2 blocks, video 4 x 64 heads, audio 4 x 32, batch 2, video latents 4 x 12 x 16 (768 tokens), 64 audio "
-        "latents, 128 text tokens padded (one row right-, one left-padded), fp32, random weights"),
+    _ltx2_config(4, 12, 16, 64),
+    _ltx2_config(5, 16, 24, 80),
+    _ltx2_config(8, 24, 32, 128),
     MeasuredConfig("Wan mid-size", dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16,
         text_dim=64, freq_dim=64, ffn_dim=1024, num_layers=2),
         dict(B=2, video_tokens=768, text_tokens=128, blocks=2),
         "2 blocks, 2 x 128 heads, batch 2, latents 4 x 24 x 32 (768 tokens after 1 x 2 x 2 patches), "
-        "128 text tokens, fp32, random weights"),
+        "128 text tokens, fp32, random weights", (4, 24, 32)),
 )
 
 
@@ -177,17 +194,18 @@ def _model_and_inputs(config: MeasuredConfig, device, dtype):
         return torch.randn(*shape, generator=g).to(device, dtype)
 
     if config.name.startswith("LTX-2"):
+        frames, height, width, audio = config.latents
         model = LTX2VideoTransformer3DModel(**config.model_kwargs)
         keep = torch.arange(128)
         mask = torch.stack([keep < 96, keep >= 40]).long().to(device)
-        inputs = dict(hidden_states=randn(2, 4 * 12 * 16, 32), audio_hidden_states=randn(2, 64, 16),
+        inputs = dict(hidden_states=randn(2, frames * height * width, 32), audio_hidden_states=randn(2, audio, 16),
                       encoder_hidden_states=randn(2, 128, 64), audio_encoder_hidden_states=randn(2, 128, 64),
-                      timestep=torch.tensor([300.0, 700.0], device=device), num_frames=4, height=12, width=16,
-                      audio_num_frames=64, encoder_attention_mask=mask, audio_encoder_attention_mask=mask,
-                      return_dict=False)
+                      timestep=torch.tensor([300.0, 700.0], device=device), num_frames=frames, height=height,
+                      width=width, audio_num_frames=audio, encoder_attention_mask=mask,
+                      audio_encoder_attention_mask=mask, return_dict=False)
     else:
         model = WanTransformer3DModel(**config.model_kwargs)
-        inputs = dict(hidden_states=randn(2, 16, 4, 24, 32), timestep=torch.tensor([300, 700], device=device),
+        inputs = dict(hidden_states=randn(2, 16, *config.latents), timestep=torch.tensor([300, 700], device=device),
                       encoder_hidden_states=randn(2, 128, 64), return_dict=False)
     model = model.to(device) if dtype == torch.float32 else model.to(device, dtype)
     return model.eval(), inputs
@@ -221,28 +239,29 @@ def peak_allocated_bytes(fn, device: str) -> int:
     return max(total for _, _, total in allocations) - before
 
 
-def _seconds(fn, cuda: bool) -> float:
+def _seconds(fn, cuda: bool) -> tuple:
+    """``(wall seconds, CPU seconds of this process)`` of ``fn()``."""
     if cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def measured_records(quick: bool = True) -> list:
     """Time per forward and peak memory, unpatched vs patched, per :data:`MEASURED_CONFIGS`.
 
-    The two paths alternate forward by forward (patching is outside the timed region), so that a
-    change of machine load hits both; the first round is a warm-up.
+    The two paths alternate forward by forward (patching is outside the timed region; the order flips every
+    round), so that a change of machine load hits both; a warm-up forward of each comes first.
     """
     from baton_fast.integrations import diffusers as baton_diffusers
 
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     dtype_name = str(dtype).replace("torch.", "")
-    rounds = 3 if quick else 9
+    rounds = 4 if quick else 10
     records = []
     for config in MEASURED_CONFIGS:
         model, inputs = _model_and_inputs(config, device, dtype)
@@ -254,15 +273,17 @@ def measured_records(quick: bool = True) -> list:
         def patched(backend):
             return baton_diffusers.apply(model) if backend == BATON else contextlib.nullcontext()
 
-        seconds, peak, output = {DIFFUSERS: [], BATON: []}, {}, {}
+        seconds, cpu_seconds, peak, output = {DIFFUSERS: [], BATON: []}, {DIFFUSERS: [], BATON: []}, {}, {}
         for backend in (DIFFUSERS, BATON):
             with patched(backend):
                 output[backend] = forward()  # warm-up
                 peak[backend] = peak_allocated_bytes(forward, device)
-        for _ in range(rounds):
-            for backend in (DIFFUSERS, BATON):
+        for i in range(rounds):  # alternating which path goes first (ABBA), so that neither always runs warm
+            for backend in (DIFFUSERS, BATON) if i % 2 == 0 else (BATON, DIFFUSERS):
                 with patched(backend):
-                    seconds[backend].append(_seconds(forward, cuda))
+                    wall, cpu = _seconds(forward, cuda)
+                seconds[backend].append(wall)
+                cpu_seconds[backend].append(cpu)
 
         common = dict(measured=True, shape=config.shape, dtype=dtype_name, notes=config.notes,
                       torch_threads=torch.get_num_threads())
@@ -280,6 +301,12 @@ def measured_records(quick: bool = True) -> list:
         records.append(dict(_record(config.name, ratio_name, "time ratio (median of paired runs)",
                                     statistics.median(pair_ratios), "x", **common,
                                     max_relative_output_difference=error), device=device))
+        if not cuda:  # CPU time of the process: far steadier than wall time on a shared machine
+            cpu_ratios = [b / d for b, d in zip(cpu_seconds[BATON], cpu_seconds[DIFFUSERS])]
+            records.append(dict(_record(config.name, ratio_name, "CPU-time ratio (median of paired runs)",
+                                        statistics.median(cpu_ratios), "x", **common,
+                                        cpu_runs_ms={b: [t * 1e3 for t in cpu_seconds[b]] for b in cpu_seconds}),
+                                device=device))
         records.append(dict(_record(config.name, ratio_name, "peak memory ratio",
                                     peak[BATON] / peak[DIFFUSERS] if peak[DIFFUSERS] else None, "x", **common),
                             device=device))

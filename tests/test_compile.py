@@ -76,3 +76,34 @@ def test_dynamic_shapes_compile_once_across_sequence_lengths(monkeypatch):
         for out, expected in zip(compiled(*args), block(*args)):
             torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     assert len(counting.graphs) == 1
+
+
+def attention(q, k, v, q_coords, k_coords, k_lens):
+    return bf.rope_attention(q, k, v, q_coords, k_coords, TABLE, k_lens=k_lens).flatten(2) * 2.0
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_calls_still_check_values(backend, monkeypatch):
+    """Under torch.compile the value checks run in the op ``baton_fast::check_values``, which the graph keeps (its
+    copies feed the attention): bad coordinates and key lengths still raise, naming the argument."""
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    q, k, v, q_coords, k_coords, k_lens, _, _ = inputs(17, 11)
+    compiled = torch.compile(attention, fullgraph=True, backend=backend)
+    torch.testing.assert_close(compiled(q, k, v, q_coords, k_coords, k_lens), attention(q, k, v, q_coords, k_coords,
+                                                                                        k_lens))
+    bad = k_coords.clone()
+    bad[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="k_coords: expected finite coordinates"):
+        compiled(q, k, v, q_coords, bad, k_lens)
+    with pytest.raises(ValueError, match="k_lens: expected values in"):
+        compiled(q, k, v, q_coords, k_coords, k_lens + 1)
+
+
+def test_trusted_calls_compile_without_the_check_op(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    counting = CountingBackend()
+    q, k, v, q_coords, k_coords, k_lens, _, _ = inputs(17, 11)
+    torch.compile(lambda *a: bf.rope_attention(*a, TABLE, k_lens=k_lens, check_values=False), fullgraph=True,
+                  backend=counting)(q, k, v, q_coords, k_coords)
+    targets = {str(node.target) for node in counting.graphs[0].graph.nodes if node.op == "call_function"}
+    assert "baton_fast.rope_attention.default" in targets and "baton_fast.check_values.default" not in targets

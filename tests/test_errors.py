@@ -104,6 +104,11 @@ ATTENTION_CASES = {  # name: (overrides, error, message fragment)
     "k_lens rank": (dict(k_lens=torch.tensor([[3, 2]])), ValueError, "k_lens"),
     "k_lens not a tensor": (dict(k_lens=[3, 2]), TypeError, "k_lens"),
     "scale not finite": (dict(scale=float("nan")), ValueError, "scale"),
+    "scale a string": (dict(scale="abc"), TypeError, "scale: expected a number.*got str"),
+    "scale a tensor": (dict(scale=torch.tensor([1.0, 2.0])), TypeError, r"scale: expected a number.*float\(x\)"),
+    "scale a bool": (dict(scale=True), TypeError, "scale: expected a number.*got bool"),
+    "table on meta": (dict(table=bf.RopeTable.wan(D).to("meta")), ValueError, "table: the RopeTable is on the meta"),
+    "k_table on meta": (dict(k_table=bf.RopeTable.wan(D).to("meta")), ValueError, "k_table: the RopeTable is on the meta"),
 }
 
 
@@ -112,6 +117,18 @@ def test_rope_attention_rejects_bad_input(case, no_launch):
     overrides, error, match = ATTENTION_CASES[case]
     with pytest.raises(error, match=match):
         bf.rope_attention(**{**valid_attention_args(), **overrides})
+
+
+def test_rmsnorm_rope_checks_like_the_others(no_launch):
+    x = torch.randn(B, NQ, H, D)
+    with pytest.raises(TypeError, match="eps: expected a number.*got bool"):
+        bf.rmsnorm_rope(x, weight=torch.rand(H * D), eps=True)
+    with pytest.raises(ValueError, match="coords.*finite"):
+        bf.rmsnorm_rope(x, bad_coords(float("nan")), bf.RopeTable.wan(D))
+    with pytest.raises(ValueError, match="weight: expected shape"):
+        bf.rmsnorm_rope(x, weight=torch.rand(D))
+    with pytest.raises(Launched):
+        bf.rmsnorm_rope(x, torch.rand(1, NQ, 3), bf.RopeTable.wan(D), weight=torch.rand(H * D))
 
 
 def test_valid_input_reaches_the_launcher(no_launch):
@@ -144,6 +161,7 @@ APPLY_ROPE_CASES = {
     "table rows != H": (dict(table=per_head_table(H - 1)), ValueError, "table.*rows"),
     "table not a RopeTable": (dict(table=None), TypeError, "table"),
     "x on another device": (dict(x=torch.randn(B, NQ, H, D, device="meta")), ValueError, "x on meta"),
+    "table on meta": (dict(table=bf.RopeTable.wan(D).to("meta")), ValueError, "table: the RopeTable is on the meta"),
 }
 
 
@@ -175,6 +193,11 @@ NORM_CASES = {
     "q_coords float16": (dict(q_coords=torch.rand(B, NQ, 3).half()), TypeError, "q_coords"),
     "grouped heads, k_table rows": (dict(k_table=per_head_table(H)), ValueError, "k_table.*rows"),
     "grouped heads, H-row table as k_table": (dict(table=per_head_table(H)), ValueError, r"table \(used as k_table\).*rows"),
+    "eps a bool": (dict(eps=True), TypeError, "eps: expected a number.*got bool"),
+    "eps a string": (dict(eps="1e-6"), TypeError, "eps: expected a number.*got str"),
+    "eps negative": (dict(eps=-1e-6), ValueError, "eps: expected a finite number >= 0"),
+    "eps NaN": (dict(eps=float("nan")), ValueError, "eps: expected a finite number"),
+    "k_table on meta": (dict(k_table=bf.RopeTable.wan(D).to("meta")), ValueError, "k_table: the RopeTable is on the meta"),
     "k side on another device": (dict(k=torch.randn(B, NK, HK, D, device="meta"), k_coords=torch.rand(1, NK, 3, device="meta"),
                                       k_weight=torch.rand(HK * D, device="meta")), ValueError, "k on meta"),
 }
