@@ -18,9 +18,8 @@ deterministic mode runs one program per *key* head that loops over the group in 
 All base offsets (batch, head, tile start) are computed in 64 bits.
 
 Interpreter work-around: under ``TRITON_INTERPRET=1`` the CPU emulation of ``tl.dot`` multiplies the raw
-bit patterns of bf16 operands, so with ``UPCAST_DOTS`` the dot operands are widened to fp32 first (exact:
-every bf16 value is an fp32 value, and the products are accumulated in fp32 either way).  It is set only
-when interpreting bf16; compiled kernels never take that branch.  The interpreter also truncates (rather
+bit patterns of bf16 operands, so with ``UPCAST_DOTS`` the forward's :func:`dot` widens the dot operands to fp32 first (set
+only when interpreting bf16; compiled kernels never take that branch).  The interpreter also truncates (rather
 than rounds) fp32 -> bf16 conversions, so there P and dS are rounded to nearest-even by hand
 (:func:`_dot_operand`) and the gradients are written to fp32 buffers and rounded by PyTorch.  Rotated Q
 and K keep the forward kernel's conversion, so that P is recomputed exactly as the forward computed it.
@@ -31,24 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .rope_attention import _interpreting, half_pad
+from .rope_attention import _bit_or, _interpreting, dot, half_pad, upcast_dots
 from .rope_math import pair_offsets, rotate_pairs
 
 LOG2E = math.log2(math.e)
-
-
-@triton.jit
-def _bit_or(a, b):
-    return a | b
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
-    """``acc + a @ b`` (fp32 accumulator); see the module docstring for ``UPCAST_DOTS``."""
-    if UPCAST_DOTS:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -218,17 +203,17 @@ def _bwd_dkdv(
                 lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # no key: P = 0
                 delta = tl.load(Delta + row0 + start_m + offs_m, mask=mask_m, other=0.0)
 
-                qk_t = _dot(k1, tl.trans(q1), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), DOT_PRECISION, UPCAST_DOTS)
-                qk_t = _dot(k2, tl.trans(q2), qk_t, DOT_PRECISION, UPCAST_DOTS)
+                qk_t = dot(k1, tl.trans(q1), None, DOT_PRECISION, UPCAST_DOTS)
+                qk_t = dot(k2, tl.trans(q2), qk_t, DOT_PRECISION, UPCAST_DOTS)
                 allowed = mask_n[:, None]
                 if HAS_GROUPS:
                     allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
                 p_t = tl.where(allowed, tl.math.exp2(qk_t * qk_scale - lse[None, :]), 0.0)
-                dv = _dot(_dot_operand(p_t, V.dtype.element_ty, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
-                dp_t = _dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), DOT_PRECISION, UPCAST_DOTS)
+                dv = dot(_dot_operand(p_t, V.dtype.element_ty, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
+                dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
                 ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), Q.dtype.element_ty, UPCAST_DOTS)
-                dk1 = _dot(ds_t, q1, dk1, DOT_PRECISION, UPCAST_DOTS)
-                dk2 = _dot(ds_t, q2, dk2, DOT_PRECISION, UPCAST_DOTS)
+                dk1 = dot(ds_t, q1, dk1, DOT_PRECISION, UPCAST_DOTS)
+                dk2 = dot(ds_t, q2, dk2, DOT_PRECISION, UPCAST_DOTS)
 
     dk_rows = dK + b * stride_dkb + hk * stride_dkh + start_n * stride_dkn
     # keys past k_len get a zero gradient (stored: the buffer is not pre-zeroed in deterministic mode)
@@ -321,16 +306,16 @@ def _bwd_dq(
             v = tl.load(V + b * stride_vb + hk * stride_vh + start_n * stride_vn
                         + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                         mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            qk = _dot(q1, tl.trans(k1), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_PRECISION, UPCAST_DOTS)
-            qk = _dot(q2, tl.trans(k2), qk, DOT_PRECISION, UPCAST_DOTS)
+            qk = dot(q1, tl.trans(k1), None, DOT_PRECISION, UPCAST_DOTS)
+            qk = dot(q2, tl.trans(k2), qk, DOT_PRECISION, UPCAST_DOTS)
             allowed = mask_n[None, :]
             if HAS_GROUPS:
                 allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
             p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
-            dp = _dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_PRECISION, UPCAST_DOTS)
+            dp = dot(do, tl.trans(v), None, DOT_PRECISION, UPCAST_DOTS)
             ds = _dot_operand(p * (dp - delta[:, None]), K.dtype.element_ty, UPCAST_DOTS)
-            dq1 = _dot(ds, k1, dq1, DOT_PRECISION, UPCAST_DOTS)
-            dq2 = _dot(ds, k2, dq2, DOT_PRECISION, UPCAST_DOTS)
+            dq1 = dot(ds, k1, dq1, DOT_PRECISION, UPCAST_DOTS)
+            dq2 = dot(ds, k2, dq2, DOT_PRECISION, UPCAST_DOTS)
 
     dq_rows = dQ + b * stride_dqb + h * stride_dqh + start_m * stride_dqn
     _store_pair_halves(dq_rows, offs_m, mask_m, stride_dqn, j1, j2, mask_j, stride_dqd, dq1 * sm_scale,
@@ -379,7 +364,7 @@ def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_a
     n_k, Hk = k.shape[1], k.shape[2]
     group = H // Hk
     block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = config or bwd_config(q)
-    upcast = _interpreting() and q.dtype == torch.bfloat16
+    upcast = upcast_dots(q.dtype)
     common = dict(HALF=D // 2, HALF_PAD=half_pad(D), INTERLEAVED=interleaved, ROTATE_Q=rotate_q, ROTATE_K=rotate_k,
                   HAS_KLENS=k_lens is not None, HAS_GROUPS=q_groups is not None,
                   DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast,
