@@ -399,3 +399,88 @@ def sparse_records(device: Device = DEVICES["H200 SXM"]) -> list[dict]:
                            ceilings=device.source),
                     record(f"speedup over dense {device.name}", dense_time / sparse_time, "x")]
     return out
+
+
+# --------------------------------------------------------------------------- quantised attention (FP8 vs BF16)
+# Long self-attention after the QK-norm + RoPE pre-pass, bf16 against the quantised path of baton_fast.quant
+# (docs/quantization.md): the pre-pass also quantises Q and K (fp8 / int8, one float32 scale per token and head)
+# and reads K a second time for its smoothing mean; V is quantised in a pass of its own (fp8, one scale per 64
+# keys and channel); the attention reads 1-byte Q, K, V and writes bf16 O.  Matrix FLOPs run at the dense FP8 /
+# INT8 tensor-core peak.  NVIDIA H100 datasheet (SXM): FP8 Tensor Core 3,958 TFLOP/s and INT8 3,958 TOPS *with
+# sparsity*, dense 1,979; H200 SXM: the same GH100 figures.
+LOW_PRECISION_PEAK = {"H100 SXM": 1979e12, "H200 SXM": 1979e12}
+LOW_PRECISION_SOURCE = "NVIDIA H100/H200 datasheets: FP8 / INT8 dense 1,979 TFLOP/s (3,958 sparse)"
+SCALE_BYTES = 4
+QUANT_CASES = (  # name, tokens, heads (head dim 128): Ovi 720p 5 s, Wan2.1-14B 720p 81 frames, LTX-2
+    ("Ovi video self-attn", 15004, 24),
+    ("Wan2.1-14B 720p video self-attn", 75600, 40),
+    ("LTX-2 video self-attn", 14080, 32),
+)
+
+
+def quant_passes(s: AttentionShape, quantized: bool) -> tuple:
+    """``(pass, matrix precision)`` of a self-attention after the pre-pass: bf16 (``quantized=False``), or the
+    pre-pass quantising Q and K, a V quantise pass and the 8-bit attention."""
+    q, k = s.q_elements, s.k_elements
+    rotation = _rotation_ops(s.batch * (s.heads * s.n_q + s.kv_heads * s.n_k), s.head_dim)
+    if not quantized:
+        return ((Pass("QK norm + RoPE pre-pass", 0.0, rotation, 2 * s.dtype_bytes * (q + k)), "bf16"),
+                (Pass("attention", attention_flops(s), 0.0, _qkvo_bytes(s)), "bf16"))
+    token_scales = SCALE_BYTES * s.batch * (s.heads * s.n_q + s.kv_heads * s.n_k)
+    v_scales = SCALE_BYTES * k // 64
+    prepass = Pass("QK norm + RoPE + quantise pre-pass (K read twice)", 0.0, rotation,
+                   s.dtype_bytes * (q + 2 * k) + (q + k) + token_scales)
+    v_pass = Pass("V quantise", 0.0, 0.0, s.dtype_bytes * k + k + v_scales)
+    attention = Pass("8-bit attention", attention_flops(s), 0.0, (q + 2 * k) + token_scales + v_scales
+                     + s.dtype_bytes * q)
+    return (prepass, "bf16"), (v_pass, "bf16"), (attention, "fp8")
+
+
+def _quant_seconds(passes, device: Device) -> float:
+    return sum(max(p.matrix_flops / (LOW_PRECISION_PEAK[device.name] if precision == "fp8" else
+                                     device.matrix_flops_per_s),
+                   p.vector_ops / device.vector_ops_per_s, p.bytes / device.hbm_bytes_per_s)
+               for p, precision in passes)
+
+
+def quant_records() -> list[dict]:
+    """Modelled records of :data:`QUANT_CASES`: matrix FLOPs, HBM bytes and roofline time of the bf16 and the
+    8-bit path (fp8 and int8+fp8 alike: same peak, same bytes) per device, and the modelled speed-up."""
+    out = []
+    for name, tokens, heads in QUANT_CASES:
+        s = AttentionShape(name, 1, tokens, tokens, heads, heads, 128, 0, 0, 0, 0, True, 1)
+        shape = dict(B=1, Nq=tokens, Nk=tokens, H=heads, Hk=heads, D=128)
+        paths = {"bf16": quant_passes(s, False), "fp8 / int8+fp8": quant_passes(s, True)}
+
+        def record(backend, metric, value, unit, **extra):
+            return dict(section="quant_model", case=name, backend=backend, device="modelled", kind="modelled",
+                        metric=metric, value=value, unit=unit, shape=shape, dtype=backend, extra=extra)
+
+        for backend, passes in paths.items():
+            names = [p.name for p, _ in passes]
+            out.append(record(backend, "matrix FLOPs", sum(p.matrix_flops for p, _ in passes), "FLOP", passes=names))
+            out.append(record(backend, "HBM bytes", sum(p.bytes for p, _ in passes), "B", passes=names))
+            for device in DEVICES.values():
+                out.append(record(backend, f"roofline time {device.name}", _quant_seconds(passes, device) * 1e3, "ms",
+                                  ceilings=f"{device.source}; {LOW_PRECISION_SOURCE}"))
+        for device in DEVICES.values():
+            ratio = _quant_seconds(paths["bf16"], device) / _quant_seconds(paths["fp8 / int8+fp8"], device)
+            out.append(record("bf16 / fp8", f"roofline speed-up {device.name}", ratio, "x"))
+    return out
+
+
+def quant_table() -> str:
+    """:func:`quant_records` as a markdown table (labelled modelled)."""
+    rows = {}
+    for r in quant_records():
+        rows.setdefault(r["case"], {})[(r["backend"], r["metric"])] = r["value"]
+    lines = ["| case (modelled) | bf16 GFLOP | HBM MB bf16 / 8-bit | H100 ms bf16 / 8-bit | H200 ms bf16 / 8-bit "
+             "| speed-up H100 / H200 |", "|---|---|---|---|---|---|"]
+    for case, v in rows.items():
+        b, q = "bf16", "fp8 / int8+fp8"
+        lines.append(f"| {case} | {v[(b, 'matrix FLOPs')] / 1e9:,.0f} | {v[(b, 'HBM bytes')] / 1e6:,.0f} / "
+                     f"{v[(q, 'HBM bytes')] / 1e6:,.0f} | {v[(b, 'roofline time H100 SXM')]:.2f} / "
+                     f"{v[(q, 'roofline time H100 SXM')]:.2f} | {v[(b, 'roofline time H200 SXM')]:.2f} / "
+                     f"{v[(q, 'roofline time H200 SXM')]:.2f} | {v[('bf16 / fp8', 'roofline speed-up H100 SXM')]:.2f}x"
+                     f" / {v[('bf16 / fp8', 'roofline speed-up H200 SXM')]:.2f}x |")
+    return "\n".join(lines)

@@ -238,3 +238,19 @@ def test_pipeline_reports_quantised_steps_and_latent_difference():
     for modality in ("video", "audio"):
         diff = report["final_latent_difference_vs_full_precision"][modality]
         assert 0 < diff["rel_l2"] < 0.05, diff  # the quantised step changed the latents, a little
+
+
+# --------------------------------------------------------------------------- cost model (modelled)
+def test_modelled_fp8_against_bf16():
+    from baton_fast.bench.cost_model import QUANT_CASES, quant_records, quant_table
+
+    records = quant_records()
+    assert {r["kind"] for r in records} == {"modelled"} and {r["device"] for r in records} == {"modelled"}
+    by_key = {(r["case"], r["backend"], r["metric"]): r["value"] for r in records}
+    for name, tokens, heads in QUANT_CASES:
+        flops = 4.0 * heads * tokens * tokens * 128
+        assert by_key[(name, "bf16", "matrix FLOPs")] == by_key[(name, "fp8 / int8+fp8", "matrix FLOPs")] == flops
+        for device in ("H100 SXM", "H200 SXM"):
+            speedup = by_key[(name, "bf16 / fp8", f"roofline speed-up {device}")]
+            assert 1.5 < speedup <= 2.0  # compute bound: at most the 2x of the FP8 peak; the passes cost a little
+    assert "modelled" in quant_table()
