@@ -131,6 +131,28 @@ def test_cached_plan_keys_equal_recomputed(dit, case):
     assert torch.allclose(cached, recomputed, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("branch", ["video", "audio"])
+def test_pre_rotated_cross_attention_equals_in_kernel_rotation(dit, case, branch):
+    """The text + cross-modal attention on Q, K normalised and rotated by the pre-pass (the fast ``plain`` tiles)
+    equals the module-level formulation: ``nn.RMSNorm`` of Q and K, then rotation inside ``rope_attention``."""
+    ctx = prepare(dit, case)
+    own, other = (ctx.video, ctx.audio) if branch == "video" else (ctx.audio, ctx.video)
+    attn = getattr(dit.blocks[0], branch).cross_attn
+    geo, g = own.geometry, torch.Generator().manual_seed(4)
+    x = torch.randn(2, geo.coords.shape[1], attn.q.in_features, generator=g)
+    others = torch.randn(2, other.geometry.coords.shape[1], attn.norm_other.normalized_shape[0], generator=g)
+    with torch.no_grad():
+        fast = attn(x, own.text, own.text_lens, others, geo, other.geometry.coords)
+        q = attn.queries(x)
+        k, v = attn.kv(own.text)
+        out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, k_lens=own.text_lens)
+        k, v = attn.other_kv(attn.norm_other(others))
+        out = out + baton_fast.rope_attention(q, k, v, geo.coords, other.geometry.coords, geo.temporal_table,
+                                              k_table=geo.other_temporal_table)
+        module_level = attn.o(out.flatten(2))
+    torch.testing.assert_close(fast, module_level, atol=1e-5, rtol=1e-5)
+
+
 def test_batched_guidance_equals_two_separate_passes(dit, case):
     """[cond; uncond] in one forward == a conditional and an unconditional forward, then CFG."""
     c = case
