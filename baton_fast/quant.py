@@ -27,7 +27,7 @@ from . import reference
 from .kernels.quant_formats import FP8_PV, MAX_HEAD_DIM, QK_FORMAT, QMAX, SCHEMES, STORAGE, V_BLOCK
 from .rope import RopeTable
 
-__all__ = ["SCHEMES", "QuantizedTensor", "attention_quant", "active_scheme", "check_scheme", "quantize_v",
+__all__ = ["SCHEMES", "QuantizedTensor", "attention_quant", "active_scheme", "check_scheme", "quantize", "quantize_v",
            "quantize_rows_reference", "quantize_v_reference", "dequantized_attention", "quant_attention",
            "cosine_similarity"]
 
@@ -219,6 +219,18 @@ def quantize_rows(side: tuple, norm: int, eps: float, scheme: str, *, rotate: bo
     data, scale, mean = _quantize_rows_op(x, coords, freqs, axes, interleaved, weight, norm, eps, rotate, smooth,
                                           scheme)
     return QuantizedTensor(data, scale, scheme, mean)
+
+
+def quantize(x: torch.Tensor, scheme: str, *, smooth: bool = False) -> QuantizedTensor:
+    """An already normalised and rotated Q or K ``[B, N, H, D]`` (fp16/bf16/fp32) quantised for ``scheme`` (one
+    scale per token and head; ``smooth``: minus its per-head token mean first, for K)."""
+    from .ops import _check_float, _check_tensor, _identity_table, _zero_coords
+
+    _check_tensor("x", x, 4, "[B, N, H, D]")
+    _check_float("x", x)
+    table = _identity_table(x.shape[3], x.device)
+    side = (x, _zero_coords(x.shape[1], x.device), table.freqs, table.axes, table.interleaved, None)
+    return quantize_rows(side, 0, 0.0, check_scheme(scheme), rotate=False, smooth=smooth)
 
 
 def quantize_v(v: torch.Tensor, scheme: str):

@@ -13,6 +13,7 @@ import torch
 from baton_fast import cli
 from baton_fast.bench import report
 from baton_fast.bench.cases import FULL_CASES
+from baton_fast.bench.cost_model import QUANT_CASES
 from baton_fast.gpu_check import command, graph, native, results, timings
 from baton_fast.gpu_check.checkout import REPO_ROOT
 from baton_fast.kernels.rope_attention import SHIPPED_CONFIGS, half_pad, rope_attention_fwd
@@ -99,7 +100,8 @@ def test_each_part_lists_its_items(monkeypatch):
     numerics = command._items("numerics", WHERE, 0)
     assert len(numerics) == len(selftest.ATTENTION_CASES + selftest.ROPE_CASES) + len(native.config_cases(9))
     assert [label for label, _ in command._items("cuda_graph", WHERE, 0)] == ["tiny denoise step, bf16"]
-    assert [label for label, _ in command._items("timings", WHERE, 0)] == [c.name for c in timings.TIMED_CASES]
+    assert [label for label, _ in command._items("timings", WHERE, 0)] == [c.name for c in timings.TIMED_CASES] + [
+        f"{case[0]} (quantised)" for case in QUANT_CASES]
 
 
 def test_selftest_items_are_the_selftest_cases():

@@ -254,3 +254,16 @@ def test_modelled_fp8_against_bf16():
             speedup = by_key[(name, "bf16 / fp8", f"roofline speed-up {device}")]
             assert 1.5 < speedup <= 2.0  # compute bound: at most the 2x of the FP8 peak; the passes cost a little
     assert "modelled" in quant_table()
+
+
+def test_gpu_check_quant_backends_agree_on_cpu():
+    """The callables gpu-check times (here on CPU tensors, reference backend): each gives the bf16 result closely."""
+    from baton_fast.gpu_check.quant_timings import _backends
+
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(1, 40, 2, 64, dtype=torch.bfloat16) for _ in range(3))
+    fns = _backends(q, k, v)
+    assert {"baton-fast bf16", "baton-fast fp8", "baton-fast int8+fp8, kernel only"} <= set(fns)
+    baseline = fns["baton-fast bf16"]().float()
+    for name, fn in fns.items():
+        assert quant.cosine_similarity(fn().float(), baseline) > 0.995, name

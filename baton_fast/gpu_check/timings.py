@@ -107,4 +107,6 @@ def timing_items(device, where: str, cases=TIMED_CASES, dtype=DTYPE) -> list[tup
                     for name in unavailable_backends()]
         return records
 
-    return [(case.name, lambda case=case: task(case)) for case in cases]
+    from .quant_timings import quant_timing_items  # fp8 / int8+fp8 against SageAttention, FA3-FP8
+
+    return [(case.name, lambda case=case: task(case)) for case in cases] + quant_timing_items(device, where)
