@@ -58,15 +58,19 @@ class SelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable, q_groups=None,
-                k_groups=None) -> torch.Tensor:
+                k_groups=None, block_mask=None) -> torch.Tensor:
         """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``; optional layout group
-        bitmasks ``[1, N]`` (the same tensor for queries and keys) are passed to ``rope_attention``."""
+        bitmasks ``[1, N]`` (the same tensor for queries and keys) are passed to ``rope_attention``, or a
+        :class:`~baton_fast.BlockMask` built once per run (sliding-tile windows: tokens in its order)."""
         h = self.num_heads
         q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
                                           q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps,
                                           check_values=False)
         v = split_heads(self.v(x), h)
-        if q_groups is None:
+        if block_mask is not None:
+            out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, block_mask=block_mask,
+                                            check_values=False)
+        elif q_groups is None:
             out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
         else:
             out = attention_in_group_order(q, k, v, q_groups, k_groups)

@@ -21,6 +21,7 @@ keys/values) lives in a :class:`RunContext`; a denoise step only reads it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,6 +35,7 @@ from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, spl
 from .config import BatonConfig, BranchConfig, RunShape
 from .layout import UNMASKED, AttentionGroups, LayoutGuidance
 from .planner import PlannedTokens
+from .sparsity import VideoSparsity
 
 __all__ = ["BranchGeometry", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video", "unpatchify_video",
            "patchify_audio", "unpatchify_audio", "timestep_embedding", "check_run_values"]
@@ -115,6 +117,7 @@ class RunContext:
     shape: RunShape
     video: BranchContext
     audio: BranchContext
+    sparsity: Optional[VideoSparsity] = None  # sliding-tile window: video tokens run in its tile-major order
 
     @property
     def batch(self) -> int:
@@ -176,7 +179,7 @@ class PlanCrossAttention(CrossAttention):
     def forward(self, x, kv, geo: BranchGeometry) -> torch.Tensor:
         """Q rotated by the fused pre-pass, K cached rotated: the largest attention of Baton on the ``plain`` tiles."""
         q = self.rotated_queries(x, geo.coords, geo.table)
-        attention = baton_fast.rope_attention if geo.shard is None else geo.shard.attention
+        attention = baton_fast.rope_attention if geo.shard is None else geo.shard.plan_attention
         return self.o(attention(q, *kv, rotate_q=False, rotate_k=False).flatten(2))
 
 
@@ -205,10 +208,11 @@ class BranchBlock(nn.Module):
         shift, scale = mod[0], mod[1]
         return self.norm1(x) * (1 + scale) + shift
 
-    def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED):
+    def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED, block_mask=None):
         attention = self.self_attn if geo.shard is None else geo.shard.self_attention(self.self_attn)
+        sparse = {} if block_mask is None else {"block_mask": block_mask}
         return x + attention(self.attention_input(x, mod), geo.coords, geo.table,
-                             q_groups=groups.q_groups, k_groups=groups.k_groups) * mod[2]
+                             q_groups=groups.q_groups, k_groups=groups.k_groups, **sparse) * mod[2]
 
     def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED,
                         other_shard=None):
@@ -234,14 +238,15 @@ class FusionBlock(nn.Module):
         self.audio = BranchBlock(cfg.audio, cfg.video.dim, planned, cfg.eps)
 
     def forward(self, video, audio, video_mod, audio_mod, video_ctx: BranchContext, audio_ctx: BranchContext,
-                video_plan_kv=None, audio_plan_kv=None, layout: Optional[LayoutGuidance] = None):
+                video_plan_kv=None, audio_plan_kv=None, layout: Optional[LayoutGuidance] = None, block_mask=None):
         """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; ``layout``
-        masks the video self- and text cross-attention; returns both updated."""
+        masks the video self- and text cross-attention, ``block_mask`` (a sliding-tile window) the video
+        self-attention; returns both updated."""
         gv, ga = video_ctx.geometry, audio_ctx.geometry
         mv, ma = self.video.modulation_terms(video_mod), self.audio.modulation_terms(audio_mod)
         self_groups, text_groups = ((layout.self_attention, layout.text_attention) if layout is not None
                                     else (UNMASKED, UNMASKED))
-        video = self.video.self_attention(video, mv, gv, self_groups)
+        video = self.video.self_attention(video, mv, gv, self_groups, block_mask)
         audio = self.audio.self_attention(audio, ma, ga)
         video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords, text_groups),
                         self.audio.cross_attention(audio, audio_ctx, video, gv.coords, other_shard=gv.shard))
@@ -331,13 +336,15 @@ class DualBranchDiT(nn.Module):
         return video, audio
 
     def prepare(self, shape: RunShape, video_text, video_text_lens, audio_text, audio_text_lens,
-                plan: Optional[PlannedTokens] = None, mesh=None) -> RunContext:
+                plan: Optional[PlannedTokens] = None, mesh=None, sparse_window=None) -> RunContext:
         """Build the :class:`RunContext`: geometry, embedded text and the plan keys/values of every block.
 
         ``*_text``: text-encoder states ``[B, L, text_dim]`` (same ``L`` for both), ``*_text_lens`` int ``[B]``;
         ``plan``: the planner's output for the same batch (required iff the config has a planner);
         ``mesh``: a :class:`~baton_fast.distributed.SequenceMesh` to shard the video and video plan tokens over
-        (every rank calls with the same inputs; see :mod:`baton_fast.distributed.dit`), or None.
+        (every rank calls with the same inputs; see :mod:`baton_fast.distributed.dit`), or None;
+        ``sparse_window``: ``(wt, wh, ww)`` odd, in tiles: the sliding-tile window of the video self-attention
+        (:mod:`baton_fast.model.sparsity`; the video tokens then run in tile-major order), or None.
         """
         if (plan is None) != (self.cfg.planner is None):
             raise ValueError(f"plan: preset {self.cfg.name!r} " + ("needs planned tokens" if plan is None
@@ -348,6 +355,12 @@ class DualBranchDiT(nn.Module):
         dtype, device = self.dtype, self.device
         gv, ga = self.geometry(shape, plan, device)
         check_run_values(gv, ga, (video_text_lens, audio_text_lens), video_text.shape[1])
+        sparsity = None
+        if sparse_window is not None:
+            if mesh is not None:
+                raise ValueError("sparse_window: not supported with a sequence-parallel mesh")
+            sparsity = VideoSparsity.build(shape.video_grid, sparse_window, device)
+            gv = dataclasses.replace(gv, coords=gv.coords[:, sparsity.to_tiles])  # coordinates travel with tokens
         video_plan = plan.video if plan is not None else None
         if mesh is not None:
             from baton_fast.distributed.dit import SequenceSharding
@@ -358,22 +371,28 @@ class DualBranchDiT(nn.Module):
             pv = self.video_io.plan_embed(video_plan.to(device, dtype))
             pa = self.audio_io.plan_embed(plan.audio.to(device, dtype))
             kv_v = [blk.video.plan_attn.keys_values(pv, gv) for blk in self.blocks]
+            if mesh is not None:  # in the layout the sharded plan attention reads
+                kv_v = [sharding.cache_plan(kv) for kv in kv_v]
             kv_a = [blk.audio.plan_attn.keys_values(pa, ga) for blk in self.blocks]
         return RunContext(
             shape=shape,
             video=BranchContext(self.video_io.text_embed(video_text.to(device, dtype)),
                                 video_text_lens.to(device, torch.int32), gv, kv_v),
             audio=BranchContext(self.audio_io.text_embed(audio_text.to(device, dtype)),
-                                audio_text_lens.to(device, torch.int32), ga, kv_a))
+                                audio_text_lens.to(device, torch.int32), ga, kv_a),
+            sparsity=sparsity)
 
     # ---------------------------------------------------------------- per evaluation
     def run_blocks(self, video, audio, video_mod, audio_mod, ctx: RunContext, layout: Optional[LayoutGuidance] = None,
-                   start: int = 0, stop: Optional[int] = None):
+                   start: int = 0, stop: Optional[int] = None, sparse: bool = False):
         """Fusion blocks ``start:stop`` (all by default) on the tokens ``video [B, Nv, dv]``, ``audio [B, Na, da]``
-        with the timestep modulation ``*_mod [B, 6, d]``; returns both updated."""
+        with the timestep modulation ``*_mod [B, 6, d]``; ``sparse``: the video self-attention visits only the
+        blocks of ``ctx.sparsity``'s window.  Returns both updated."""
+        block_mask = ctx.sparsity.mask if sparse else None
         for i in range(start, len(self.blocks) if stop is None else stop):
             plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
-            video, audio = self.blocks[i](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout)
+            video, audio = self.blocks[i](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout,
+                                          block_mask)
         return video, audio
 
     def first_block_inputs(self, video, audio, video_mod, audio_mod):
@@ -383,7 +402,7 @@ class DualBranchDiT(nn.Module):
                 block.audio.attention_input(audio, block.audio.modulation_terms(audio_mod)))
 
     def forward(self, video_latents: torch.Tensor, audio_latents: torch.Tensor, timesteps: torch.Tensor,
-                ctx: RunContext, layout: Optional[LayoutGuidance] = None, cache=None):
+                ctx: RunContext, layout: Optional[LayoutGuidance] = None, cache=None, sparse: bool = False):
         """Velocity of both modalities.
 
         Args:
@@ -391,6 +410,8 @@ class DualBranchDiT(nn.Module):
             timesteps: ``[B]`` in ``[0, 1000]``.
             layout: SpA2V layout masks for this evaluation (see :mod:`baton_fast.model.layout`), or None.
             cache: a :class:`~baton_fast.model.cache.StepCache` that runs (or skips) the fusion blocks, or None.
+            sparse: run the video self-attention on the sliding-tile window of ``ctx`` (prepared with
+                ``sparse_window``); False: dense.
         Returns:
             ``(video [B, C_v, F, H, W], audio [B, L, C_a])`` in the model dtype.
         """
@@ -403,8 +424,14 @@ class DualBranchDiT(nn.Module):
                              f"{tuple(video_latents.shape)} and {tuple(audio_latents.shape)}")
         if layout is not None:
             layout.check(shape.video_tokens, ctx.video.text.shape[:2])
+        if sparse and ctx.sparsity is None:
+            raise ValueError("sparse: the run context was prepared without sparse_window")
+        if ctx.sparsity is not None and (layout is not None or cache is not None):
+            raise ValueError("sparse_window: not supported with layout masks or step caching")
         dtype, shard = self.dtype, ctx.video.geometry.shard
         video = patchify_video(video_latents.to(dtype), cfg.video.patch)
+        if ctx.sparsity is not None:  # tile-major order for the whole forward (the coordinates were moved in prepare)
+            video = video[:, ctx.sparsity.to_tiles]
         if shard is not None:  # this rank's video tokens, and their layout masks
             if cache is not None:
                 raise ValueError("cache: step caching is not supported with a sequence-parallel run context (each "
@@ -415,12 +442,14 @@ class DualBranchDiT(nn.Module):
         video_emb, video_mod = self.video_io.time(timesteps, dtype)
         audio_emb, audio_mod = self.audio_io.time(timesteps, dtype)
         if cache is None:
-            video, audio = self.run_blocks(video, audio, video_mod, audio_mod, ctx, layout)
+            video, audio = self.run_blocks(video, audio, video_mod, audio_mod, ctx, layout, sparse=sparse)
         else:
             video, audio = cache(self, video, audio, video_mod, audio_mod, ctx, layout)
         video = self.video_io.head(video, video_emb)
         if shard is not None:
             video = shard.video.gather(video)
+        if ctx.sparsity is not None:
+            video = video[:, ctx.sparsity.to_raster]
         video = unpatchify_video(video, shape.video_grid, cfg.video.patch, cfg.video.latent_channels)
         audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)
         return video, audio
