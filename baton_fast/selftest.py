@@ -1,7 +1,8 @@
 """``baton-fast selftest``: every kernel against the float64 reference, or (``--static``) its machine code.
 
 Without ``--static`` each kernel runs through the Triton backend of this machine (the interpreter on
-CPU, ``TRITON_INTERPRET=1``, in float32 and float16; on a GPU in float16 and bfloat16) on fresh random inputs with odd sizes, and is
+CPU, ``TRITON_INTERPRET=1``, in float32, float16 and bfloat16, bf16 dots widened to fp32 there, see
+``kernels/rope_attention.py``; on a GPU natively in float16 and bfloat16) on fresh random inputs with odd sizes, and is
 held to DESIGN.md §5: its max error against the float64 reference must be at most twice the error of
 the plain PyTorch implementation in the same dtype, plus a small floor (:mod:`baton_fast.numerics`).
 With ``--static`` every shipped configuration is compiled for sm_90 and sm_80
@@ -23,9 +24,10 @@ import torch
 from . import numerics, reference, static_check
 from .rope import RopeTable
 
-# CPU (interpreter): fp32 and fp16 (the interpreter mishandles bf16 dots); GPU: the kernels' 16-bit
-# dtypes (fp32 on a GPU takes the PyTorch path, see ops._attention_on_triton).
-DTYPES = {"cpu": (torch.float32, torch.float16), "cuda": (torch.float16, torch.bfloat16)}
+# CPU (interpreter): fp32, fp16 and bf16 (bf16 dots run widened to fp32 there: the interpreter would
+# multiply raw bf16 bit patterns, see kernels/rope_attention.py); GPU: the kernels' 16-bit dtypes (fp32 on
+# a GPU takes the PyTorch path, see ops._attention_on_triton).
+DTYPES = {"cpu": (torch.float32, torch.float16, torch.bfloat16), "cuda": (torch.float16, torch.bfloat16)}
 
 
 # --------------------------------------------------------------------------- cases
@@ -94,6 +96,16 @@ def _tables(family: str, D: int, H: int, Hk: int):
 def _device() -> str:
     """Where the kernels run natively: the GPU when there is one, else the CPU (interpreter)."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_mode() -> str:
+    """One line saying how the kernels run here: natively on the GPU, or under the Triton interpreter."""
+    dtypes = ", ".join(str(d).replace("torch.", "") for d in DTYPES[_device()])
+    if _device() == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        return f"Triton kernels run natively on {torch.cuda.get_device_name()} (sm_{major}{minor}); dtypes {dtypes}"
+    return (f"Triton kernels run under the interpreter (TRITON_INTERPRET=1, CPU; no GPU here); dtypes {dtypes} "
+            f"(bf16 dots widened to fp32, exact)")
 
 
 def _rand(g, *shape, dtype=torch.float32):
@@ -252,14 +264,18 @@ def _flag_summary(record: dict) -> str:
 
 def format_static_table(records: list[dict]) -> str:
     rows = [["kernel", "arch", "config", "dtype", "D", "flags", "regs", "spill st/ld", "stack", "smem",
-             "mma", "LDL/STL", "result"]]
+             "mma", "LDL/STL", "addr", "result"]]
     for r in records:
         rows.append([r["kernel"], r["arch"], "x".join(map(str, r["config"])), r["dtype"], str(r["D"]), _flag_summary(r),
                      str(r["regs"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]), str(r["smem"]),
                      f"{r['mma']}x{r['mma_count']}" if r["mma"] != "none" else "none", str(r["local_mem_ops"]),
-                     "ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])])
+                     "i64" if r["addr64"] else "i32", "ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])])
     legend = ", ".join(f"{code} = {name}" for name, code in FLAG_CODES.items())
-    return _table(rows) + f"\n\nconfig: BLOCK_M x BLOCK_N x warps x stages (pre-pass: warps x stages); flags: {legend}"
+    wide = sum(r["addr64"] for r in records)
+    return (_table(rows) + f"\n\nconfig: BLOCK_M x BLOCK_N x warps x stages (pre-pass: warps x stages); flags: {legend}; "
+            f"addr: width of the offsets of the token-indexed tensors in the TTIR\n"
+            f"64-bit address arithmetic: {wide}/{len(records)} kernels (the base offset of every token-indexed "
+            f"tensor is i64 in the TTIR)")
 
 
 # --------------------------------------------------------------------------- command
@@ -272,10 +288,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.json:  # before the work, not after it
+        from .outputs import check_outputs
+        check_outputs("--json", [args.json])
     if args.static:
         records = static_check.check(static_check.shipped_jobs() + static_check.quant_jobs(), progress=True)
         print(format_static_table(records))
     else:
+        print(run_mode())
         records = numeric_records(args.seed, progress=True)
         print(format_numeric_table(records))
     if args.json:
@@ -284,6 +304,3 @@ def run(args) -> int:
     failed = sum(not r["ok"] for r in records)
     print(f"\n{len(records) - failed}/{len(records)} passed" + (f", {failed} FAILED" if failed else ""))
     return 1 if failed else 0
-    if args.json:  # before the work, not after it
-        from .outputs import check_outputs
-        check_outputs("--json", [args.json])

@@ -13,6 +13,10 @@ is then read with the tools shipped in the triton wheel:
   and stack are cross-checked): spill bytes and "Potential Performance Loss" warnings, e.g. wgmma
   serialised by ptxas.
 
+Address arithmetic is read from Triton's TTIR: the base (batch) offset added to every token-indexed
+tensor (Q, K, V, the output, LSE, coordinates, layout masks; the pre-pass's input, output and coordinates)
+must be i64, so ``b * stride_b`` cannot wrap at 2^31 elements (:func:`address_widths`).
+
 Shared memory is Triton's dynamic shared memory request (``metadata.shared``).  Compiling needs real
 jit functions, so the jobs run in spawned processes with ``TRITON_INTERPRET`` removed.
 """
@@ -26,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-__all__ = ["Job", "shipped_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "ARCHS"]
+__all__ = ["Job", "shipped_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
 
 ARCHS = (90, 80)
 EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
@@ -253,6 +257,41 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
                 spill_loads=loads, ptxas_warnings=warnings)
 
 
+# Kernel arguments indexed by token (they reach 2^31 elements at real sizes); the first ones of each list
+# are read or written by every variant.  The rest (rope tables, key lengths, tile counters) are indexed by
+# head, batch or program.
+TOKEN_TENSORS = {"rope_attention": ("Q", "K", "V", "Out", "Lse", "QC", "KC", "QG", "KG"),
+                 "rmsnorm_rope": ("X", "Out", "C"),
+                 "quant_attention": ("Q", "K", "V", "Out", "QS", "KS", "VS")}
+ALWAYS_USED = {"rope_attention": 4, "rmsnorm_rope": 3, "quant_attention": 6}
+# "%q_rows_57 = tt.addptr %Q, %q_rows_56 : !tt.ptr<f16>, i64" -> base "%Q", offset type "i64"
+_TTIR_ADDPTR = re.compile(r"= tt\.addptr (%[\w.]+), %[\w.]+ : [^,]+, (\S+)")
+_TTIR_SPLAT = re.compile(r"(%[\w.]+) = tt\.splat (%[\w.]+) :")
+
+
+def address_widths(ttir: str, names) -> dict:
+    """``{argument: set of offset widths}`` ("i32" / "i64") of the offsets the TTIR adds directly to each
+    pointer argument in ``names`` or to a splat of it (the base offset of every address computed from it)."""
+    owner = {f"%{name}": name for name in names}
+    owner.update({m.group(1): owner[m.group(2)] for m in _TTIR_SPLAT.finditer(ttir) if m.group(2) in owner})
+    widths = {name: set() for name in names}
+    for base, offset_type in _TTIR_ADDPTR.findall(ttir):
+        if base in owner:
+            widths[owner[base]].add("i64" if re.search(r"i64>?$", offset_type) else "i32")
+    return widths
+
+
+def _address_problems(kernel: str, ttir: str) -> list:
+    names = TOKEN_TENSORS[kernel]
+    widths = address_widths(ttir, names)
+    problems = [f"address arithmetic: no offset of {n} found in the TTIR" for n in names[:ALWAYS_USED[kernel]]
+                if not widths[n]]
+    narrow = [n for n in names if "i32" in widths[n]]
+    if narrow:
+        problems.append(f"address arithmetic: 32-bit offsets on {', '.join(narrow)}")
+    return problems
+
+
 def _cubin_report(cubin: bytes) -> dict:
     """Registers, stack, tensor-core and local-memory instruction counts from the cubin."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -297,14 +336,15 @@ def compile_job(job: Job) -> dict:
     if meta.shared > SMEM_LIMIT[job.arch]:
         problems.append(f"shared memory {meta.shared} B > {SMEM_LIMIT[job.arch]} B")
     problems += [f"ptxas: {w}" for w in ptxas["ptxas_warnings"]]
+    address = _address_problems(job.kernel, compiled.asm["ttir"])
     return dict(
         kernel=job.kernel, case=job.case, arch=f"sm_{job.arch}",
         config=list(job.config) if job.config else [meta.num_warps, meta.num_stages],
         dtype=job.dtype, D=job.D, heads=job.heads, flags=job.flag_dict,
         regs=cubin["regs"], spill_stores=ptxas["spill_stores"], spill_loads=ptxas["spill_loads"],
         stack=cubin["stack"], smem=meta.shared, mma=cubin["mma"], mma_count=cubin["mma_count"],
-        local_mem_ops=cubin["local_mem_ops"], compile_s=round(time.perf_counter() - start, 2),
-        problems=problems, ok=not problems)
+        local_mem_ops=cubin["local_mem_ops"], addr64=not address,
+        compile_s=round(time.perf_counter() - start, 2), problems=problems + address, ok=not (problems or address))
 
 
 # --------------------------------------------------------------------------- driver
@@ -332,7 +372,8 @@ def check(jobs: Optional[list[Job]] = None, progress: bool = False) -> list[dict
     Record keys: kernel, case, arch ("sm_90"/"sm_80"), config (attention: [BLOCK_M, BLOCK_N, num_warps,
     num_stages]; pre-pass: [num_warps, num_stages]), dtype, D, heads, flags, regs, spill_stores /
     spill_loads / stack / smem (bytes), mma ("HGMMA", "HMMA" or "none"), mma_count, local_mem_ops
-    (LDL + STL instructions), compile_s, problems (list of str) and ok (no problem).  Results are
+    (LDL + STL instructions), addr64 (the base offsets of the token-indexed tensors are i64 in the TTIR), compile_s,
+    problems (list of str) and ok (no problem).  Results are
     memoised per process.  Compilation runs in spawned processes (one per CPU core) without
     ``TRITON_INTERPRET``.
     """

@@ -7,10 +7,12 @@ half-width and rotated Q never has to be re-interleaved.  K is rotated in the lo
 (``ROTATE_K``) or read already rotated (cached plan K, or the QK-norm pre-pass).
 Softmax runs in base 2 with fp32 statistics and accumulator.
 
-Addresses: batch, head and tile-start offsets are computed in 64 bits (program ids cast to int64, as in
-Triton's fused-attention tutorial): ``b * stride_b`` passes 2^31 elements at real sizes (K of Wan-14B at
-720p from batch 6), and a 32-bit product would wrap.  Offsets inside a tile stay 32-bit (at most
-``BLOCK * stride``).
+Addresses: batch offsets are computed in 64 bits (the batch index cast to int64, as Triton's
+fused-attention tutorial does): ``b * stride_b`` passes 2^31 elements at real sizes (K of Wan-14B at 720p
+from batch 6), and a 32-bit product would wrap.  Head and row offsets (``h * stride_h``, ``n * stride_n``)
+stay 32-bit, which is exact while every tensor's offsets within one batch item stay below 2^31 elements;
+when one reaches it the launcher sets ``WIDE_ROWS`` (:func:`wide_rows`) and they are 64-bit too.  Not by
+default: 64-bit row vectors in the key loop cost registers (the heaviest shipped tile would spill).
 
 Interpreter work-around: under ``TRITON_INTERPRET=1`` the CPU emulation of ``tl.dot`` multiplies the raw
 bit patterns of bf16 operands, so with ``UPCAST_DOTS`` (set only when interpreting bf16, see
@@ -33,6 +35,16 @@ def _bit_or(a, b):
 
 
 @triton.jit
+def _in_batch(offs, WIDE_ROWS: tl.constexpr):
+    """Head or row indices as used in offsets within one batch item: int64 with ``WIDE_ROWS`` (module
+    docstring)."""
+    if WIDE_ROWS:
+        return offs.to(tl.int64)
+    else:
+        return offs
+
+
+@triton.jit
 def dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
     """``acc + a @ b`` with an fp32 accumulator (``acc`` None: ``a @ b``); see the module docstring for
     ``UPCAST_DOTS``."""
@@ -43,19 +55,19 @@ def dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
 
 
 @triton.jit
-def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_tile, v_tile, cols_n, offs_n, mask_n, mask_j, offs_d, mask_d,
+def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
                  j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
                  stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K: tl.constexpr, HAS_GROUPS: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
-    """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``.  ``k_tile`` /
-    ``v_tile`` point at the tile's first key row, ``cols_n`` are in-tile rows, ``offs_n`` key indices."""
+    """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``.  ``k_base`` /
+    ``v_base`` point at key row 0 of the (batch, head), ``rows_n`` are the tile's key indices."""
     # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
-    k_cols = k_tile + cols_n[None, :] * stride_kn
+    k_cols = k_base + rows_n[None, :] * stride_kn
     mask_k = mask_j[:, None] & mask_n[None, :]
     k1 = tl.load(k_cols + j1[:, None] * stride_kd, mask=mask_k, other=0.0)
     k2 = tl.load(k_cols + j2[:, None] * stride_kd, mask=mask_k, other=0.0)
     if ROTATE_K:
-        k_coords = KC + b * stride_kc_b + offs_n[None, :] * stride_kc_n
+        k_coords = KC + b * stride_kc_b + rows_n[None, :] * stride_kc_n
         # not r1/r2: a name bound before the loop would become loop-carried with the Q tile's shape
         k1, k2 = rotate_pairs(k1.to(tl.float32), k2.to(tl.float32), k_coords,
                               k_axis[:, None] * stride_kc_a, k_freq[:, None], mask_k)
@@ -75,7 +87,7 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_tile, v_tile, cols_n, offs_n
     p = tl.math.exp2(qk - m_shift[:, None])
     alpha = tl.math.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_tile + cols_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     acc = acc * alpha[:, None]
     acc = dot(p.to(V.dtype.element_ty), v, acc, DOT_PRECISION, UPCAST_DOTS)
@@ -98,17 +110,16 @@ def _rope_attention_fwd(
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, RETURN_LSE: tl.constexpr,
     HAS_GROUPS: tl.constexpr, COUNT_SKIPPED: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr, WIDE_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit batch / head offsets (module docstring)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    hk = h // group
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)  # 64-bit batch offsets; within a batch item see WIDE_ROWS
+    h = _in_batch(pid_bh % num_heads, WIDE_ROWS)
+    hk = _in_batch(pid_bh % num_heads // group, WIDE_ROWS)
 
-    start_m = pid_m * BLOCK_M
-    rows_m = tl.arange(0, BLOCK_M)
-    offs_m = start_m + rows_m  # query indices (masks, coordinates); pointers add start_m in 64 bits
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_m = _in_batch(offs_m, WIDE_ROWS)
     offs_j = tl.arange(0, HALF_PAD)
     offs_d = tl.arange(0, 2 * HALF_PAD)
     mask_m = offs_m < n_q
@@ -117,14 +128,14 @@ def _rope_attention_fwd(
     j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
 
     # ---- prologue: load Q as pair halves and rotate once
-    q_rows = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qn + rows_m[:, None] * stride_qn
+    q_rows = Q + b * stride_qb + h * stride_qh + rows_m[:, None] * stride_qn
     mask_q = mask_m[:, None] & mask_j[None, :]
     q1 = tl.load(q_rows + j1[None, :] * stride_qd, mask=mask_q, other=0.0)
     q2 = tl.load(q_rows + j2[None, :] * stride_qd, mask=mask_q, other=0.0)
     if ROTATE_Q:
         q_freq = tl.load(QF + h * stride_qf_h + offs_j, mask=mask_j, other=0.0)
         q_axis = tl.load(QA + h * stride_qf_h + offs_j, mask=mask_j, other=0)
-        q_coords = QC + b * stride_qc_b + offs_m[:, None] * stride_qc_n
+        q_coords = QC + b * stride_qc_b + rows_m[:, None] * stride_qc_n
         r1, r2 = rotate_pairs(q1.to(tl.float32), q2.to(tl.float32), q_coords,
                               q_axis[None, :] * stride_qc_a, q_freq[None, :], mask_q)
         q1 = r1.to(Q.dtype.element_ty)
@@ -140,7 +151,7 @@ def _rope_attention_fwd(
     q_groups = tl.zeros([BLOCK_M], tl.int64)
     k_groups = tl.zeros([BLOCK_N], tl.int64)
     if HAS_GROUPS:  # layout masks: q attends to k only where their group bitmasks share a bit
-        q_groups = tl.load(QG + b * stride_qg_b + offs_m * stride_qg_n, mask=mask_m, other=0).to(tl.int64)
+        q_groups = tl.load(QG + b * stride_qg_b + rows_m * stride_qg_n, mask=mask_m, other=0).to(tl.int64)
         q_groups_any = tl.reduce(q_groups, 0, _bit_or)
     n_skipped = 0
 
@@ -150,28 +161,25 @@ def _rope_attention_fwd(
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    cols_n = tl.arange(0, BLOCK_N)
     for start_n in range(0, k_len, BLOCK_N):
-        offs_n = start_n + cols_n
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        rows_n = _in_batch(offs_n, WIDE_ROWS)
         mask_n = offs_n < k_len
         visit = True
         if HAS_GROUPS:
-            k_groups = tl.load(KG + b * stride_kg_b + offs_n * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
+            k_groups = tl.load(KG + b * stride_kg_b + rows_n * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
             visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0  # skip tiles with no allowed pair
             n_skipped += 1 - visit.to(tl.int32)
         if visit:
             m_i, l_i, acc = _attend_tile(
-                q1, q2, m_i, l_i, acc, K, V, KC, k_base + tl.cast(start_n, tl.int64) * stride_kn,
-                v_base + tl.cast(start_n, tl.int64) * stride_vn, cols_n,
-                offs_n, mask_n, mask_j, offs_d, mask_d, j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn,
-                stride_vd, stride_kc_b, stride_kc_n, stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K,
-                HAS_GROUPS, DOT_PRECISION, UPCAST_DOTS)
+                q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
+                j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
+                stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K, HAS_GROUPS, DOT_PRECISION, UPCAST_DOTS)
 
     # ---- epilogue: rows with no key (k_len == 0) give zeros and lse = -inf
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    o_ptrs = (Out + b * stride_ob + h * stride_oh + start_m.to(tl.int64) * stride_on + rows_m[:, None] * stride_on
-              + offs_d[None, :] * stride_od)
+    o_ptrs = Out + b * stride_ob + h * stride_oh + rows_m[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     if COUNT_SKIPPED:
         tl.store(Skipped + pid_bh * tl.num_programs(0) + pid_m, n_skipped)
@@ -192,13 +200,15 @@ def _rope_attention_fwd(
 # "fused": Q and/or K rotated in the kernel, or layout masks.  sm_90 at D = 64 and 256 uses one stage:
 # with two or more, ptxas serialises the wgmma when Q (D = 64) or Q and K (D = 256) are rotated in the
 # kernel (Triton re-reads the rotated Q from shared memory into registers inside the loop).  sm_8x at
-# D = 256 needs BLOCK_M = 16 once K is rotated in the loop.
+# D = 256 needs BLOCK_M = 16 once K is rotated in the loop.  sm_8x plain at D = 32: 128x128x8 with two
+# stages sat at ptxas's 128-register choice and spilled 4 B once batch offsets became 64-bit; three
+# stages compile clean (161-165 registers).
 SHIPPED_CONFIGS = {
     (9, 16, "plain"): [(128, 64, 4, 3), (128, 128, 8, 3)],
     (9, 32, "plain"): [(128, 64, 4, 3), (128, 128, 8, 3)],
     (9, 64, "plain"): [(128, 64, 8, 3), (128, 128, 8, 2)],
     (9, 128, "plain"): [(128, 64, 8, 2), (64, 64, 4, 2)],
-    (8, 16, "plain"): [(128, 64, 4, 3), (128, 128, 8, 2)],
+    (8, 16, "plain"): [(128, 64, 4, 3), (128, 128, 8, 3)],
     (8, 32, "plain"): [(128, 64, 4, 3), (128, 64, 8, 3)],
     (8, 64, "plain"): [(128, 64, 8, 2), (128, 64, 8, 3)],
     (8, 128, "plain"): [(64, 64, 8, 1), (64, 32, 8, 2)],
@@ -234,6 +244,12 @@ def _interpreting() -> bool:
     return triton.knobs.runtime.interpret if hasattr(triton, "knobs") else False
 
 
+def wide_rows(*tensors) -> bool:
+    """The ``WIDE_ROWS`` constexpr: whether some tensor's element offsets within one batch item reach
+    2^31, so that row offsets need 64 bits (batch and head offsets always have them)."""
+    return any(sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:])) >= 2 ** 31 for x in tensors)
+
+
 def upcast_dots(dtype: torch.dtype) -> bool:
     """The ``UPCAST_DOTS`` constexpr: bf16 under the interpreter (module docstring), never when compiled."""
     return _interpreting() and dtype == torch.bfloat16
@@ -257,7 +273,8 @@ def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, int
                  HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse, HAS_GROUPS=has_groups,
                  COUNT_SKIPPED=skipped is not None,
                  # fp32 inputs: three TF32 products per dot (~fp32 accuracy on tensor cores; plain TF32 would not meet §5)
-                 DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast_dots(q.dtype))
+                 DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast_dots(q.dtype),
+                 WIDE_ROWS=wide_rows(q, k, v, out, q_coords, k_coords, *((q_groups, k_groups) if has_groups else ())))
 
     def batch_stride(x):  # broadcast a batch of 1 with stride 0
         return x.stride(0) if x.shape[0] > 1 else 0

@@ -22,15 +22,18 @@ def _rmsnorm_rope(
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)  # 64-bit token offsets: b * stride_xb passes 2^31 elements at real sizes
+    # 64-bit token and head offsets: b * stride_xb passes 2^31 elements at real sizes (and h * stride_xh can,
+    # in a [B, H, N, D] layout)
+    pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tokens
     n = pid % n_tokens
     offs_h = tl.arange(0, HEADS_PAD)
+    heads = offs_h.to(tl.int64)
     offs_j = tl.arange(0, HALF_PAD)
     mask = (offs_h[:, None] < num_heads) & (offs_j[None, :] < HALF)
     j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
 
-    x_row = X + b * stride_xb + n * stride_xn + offs_h[:, None] * stride_xh
+    x_row = X + b * stride_xb + n * stride_xn + heads[:, None] * stride_xh
     x1 = tl.load(x_row + j1[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_row + j2[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
 
@@ -53,7 +56,7 @@ def _rmsnorm_rope(
     axis = tl.load(Ax + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask, other=0)
     r1, r2 = rotate_pairs(x1, x2, C + b * stride_cb + n * stride_cn, axis * stride_ca, freq, mask)
 
-    o_row = Out + b * stride_ob + n * stride_on + offs_h[:, None] * stride_oh
+    o_row = Out + b * stride_ob + n * stride_on + heads[:, None] * stride_oh
     tl.store(o_row + j1[None, :] * stride_od, r1.to(Out.dtype.element_ty), mask=mask)
     tl.store(o_row + j2[None, :] * stride_od, r2.to(Out.dtype.element_ty), mask=mask)
 

@@ -4,7 +4,9 @@ import torch
 
 import baton_fast as bf
 from baton_fast import reference
+from baton_fast.kernels.rope_attention import SHIPPED_CONFIGS, rope_attention_fwd
 from baton_fast.numerics import check
+from baton_fast.static_check import ATTENTION_HEAD_DIMS
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +45,9 @@ CASES = [
     ("ltx2_interleaved", torch.float16, 1, 130, 17, 4, 4, 64),
     ("ltx2_split", torch.float32, 1, 130, 17, 4, 4, 64),
     ("ltx2_split", torch.float16, 2, 17, 130, 4, 2, 96),
+    ("wan", torch.bfloat16, 2, 17, 33, 2, 1, 64),
+    ("ovi_av", torch.bfloat16, 1, 33, 17, 2, 2, 128),
+    ("ltx2_split", torch.bfloat16, 1, 19, 37, 2, 2, 80),
 ]
 
 
@@ -153,3 +158,34 @@ def test_angles_beyond_the_sin_cos_range_are_rejected():
     with pytest.raises(ValueError, match="coords: rotation angles"):
         bf.apply_rope(q, far, table)
     bf.rope_attention(q, q, q, far / 10, far / 10, table)  # 1.1e5 / 10: fine
+
+
+def shipped_tiles():
+    """Each distinct shipped ``(BLOCK_M, BLOCK_N)`` once, with the first (arch, half dim, family) shipping it."""
+    tiles = {}
+    for (major, half_pad, family), configs in sorted(SHIPPED_CONFIGS.items()):
+        for config in configs:
+            tiles.setdefault(config[:2], (major, half_pad, family, config))
+    return [pytest.param(*t, id=f"{t[3][0]}x{t[3][1]}-sm{t[0]}x-{t[2]}") for _, t in sorted(tiles.items())]
+
+
+@pytest.mark.parametrize("major,half_pad,family,config", shipped_tiles())
+def test_every_shipped_tile_matches_float64_in_bf16(major, half_pad, family, config):
+    """Each shipped (BLOCK_M, BLOCK_N) under the interpreter, passed explicitly, in bf16: one partial query
+    tile, a full and a partial key tile (and a shorter key length), at a head dim of its list (D = 80 for
+    the padded 64 pairs).  One program per batch keeps the interpreter fast."""
+    block_m, block_n = config[:2]
+    D = ATTENTION_HEAD_DIMS[half_pad][-1]
+    B, Nq, Nk, H, Hk = 2, block_m - 3, block_n + 5, 1, 1
+    dtype = torch.bfloat16
+    q, k, v, qc, kc, table, _ = make_inputs("wan", dtype, B, Nq, Nk, H, Hk, D, seed=block_m + block_n)
+    rotate = family == "fused"  # the fused family rotates Q and K in the kernel; plain reads them as given
+    k_lens = torch.tensor([Nk, Nk - block_n // 2], dtype=torch.int32)
+    kw = dict(rotate_q=rotate, rotate_k=rotate, k_lens=k_lens, return_lse=True)
+    freqs, axes = table.freqs.contiguous(), table.axes.contiguous()
+    out, lse = rope_attention_fwd(q, k, v, qc, kc, freqs, axes, freqs, axes, table.interleaved, scale=D ** -0.5,
+                                  config=config, **kw)
+    ref = reference.rope_attention(q.double(), k.double(), v.double(), qc, kc, table, **kw)
+    plain = reference.rope_attention(q, k, v, qc, kc, table, **kw)
+    assert_within_budget(f"{config} out", out, plain[0], ref[0], dtype)
+    assert_within_budget(f"{config} lse", lse, plain[1], ref[1], dtype)

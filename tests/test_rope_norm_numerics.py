@@ -26,6 +26,8 @@ CASES = [
     ("ltx2_interleaved", torch.float16, 2, 17, 4, 64),
     ("ltx2_split", torch.float32, 1, 130, 4, 96),
     ("ltx2_split", torch.float16, 1, 17, 2, 256),
+    ("wan", torch.bfloat16, 1, 19, 3, 64),
+    ("ltx2_interleaved", torch.bfloat16, 2, 5, 2, 80),
 ]
 
 

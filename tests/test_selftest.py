@@ -43,6 +43,8 @@ def test_cli_checks_every_kernel_against_float64(tmp_path):
         assert r["ok"] and math.isfinite(r["error"]) and 0 <= r["error"] <= r["budget"], r
         assert r["budget"] >= 2 * r["baseline"] > 0, r
     assert f"{len(expected)}/{len(expected)} passed" in proc.stdout
+    assert {r["dtype"] for r in records} == {"float32", "float16", "bfloat16"}
+    assert "Triton kernels run under the interpreter (TRITON_INTERPRET=1, CPU" in proc.stdout.splitlines()[0]
 
 
 def test_a_wrong_kernel_fails_with_exit_code_1(monkeypatch, tmp_path, capsys):
@@ -53,7 +55,7 @@ def test_a_wrong_kernel_fails_with_exit_code_1(monkeypatch, tmp_path, capsys):
     path = tmp_path / "fail.json"
     assert main(["selftest", "--json", str(path)]) == 1
     records = json.loads(path.read_text())
-    assert [r["dtype"] for r in records] == ["float32", "float16"]
+    assert [r["dtype"] for r in records] == ["float32", "float16", "bfloat16"]
     assert all(not r["ok"] and r["error"] > r["budget"] for r in records)
     assert "FAIL" in capsys.readouterr().out
 
@@ -90,3 +92,4 @@ def test_static_table_and_json(monkeypatch, tmp_path, capsys):
     assert [r["mma"] for r in records] == ["HGMMA", "none"]
     out = capsys.readouterr().out
     assert "HGMMA" in out and "rmsnorm_rope" in out and "2/2 passed" in out
+    assert [r["addr64"] for r in records] == [True, True] and "64-bit address arithmetic: 2/2 kernels" in out

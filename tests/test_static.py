@@ -66,3 +66,26 @@ def test_the_check_sees_spills_and_missing_wgmma():
     assert any("local memory" in p for p in spilling["problems"])
     assert no_wgmma["mma"] == "HMMA" and not no_wgmma["ok"]
     assert "matrix instructions: expected HGMMA, found HMMA" in no_wgmma["problems"]
+
+
+def test_address_arithmetic_is_64_bit(records):
+    """The base (batch) offset of every token-indexed tensor is i64 in the TTIR of every kernel."""
+    for r in records:
+        assert r["addr64"], r
+
+
+# The pre-pass's TTIR before its program id was cast to int64 (triton 3.8, sm_80): X's base offset
+# b * stride_xb + n * stride_xn was an i32, so batch 2 of a [3, 2^24 + 1, 1, 64] tensor wrapped.
+TTIR_32_BIT = """
+    %x_row = arith.addi %0, %1 : i32 loc(#loc14)
+    %x_row_23 = tt.addptr %X, %x_row : !tt.ptr<bf16>, i32 loc(#loc150)
+    %2 = tt.splat %Out : !tt.ptr<bf16> -> tensor<32x64x!tt.ptr<bf16>> loc(#loc1)
+    %3 = tt.addptr %2, %offs : tensor<32x64x!tt.ptr<bf16>>, tensor<32x64xi32> loc(#loc2)
+    %4 = tt.addptr %C, %c_off : !tt.ptr<f32>, i64 loc(#loc3)
+"""
+
+
+def test_the_check_sees_32_bit_offsets():
+    widths = static_check.address_widths(TTIR_32_BIT, ("X", "Out", "C"))
+    assert widths == {"X": {"i32"}, "Out": {"i32"}, "C": {"i64"}}
+    assert static_check._address_problems("rmsnorm_rope", TTIR_32_BIT) == ["address arithmetic: 32-bit offsets on X, Out"]
