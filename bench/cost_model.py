@@ -293,9 +293,9 @@ def sp_traffic(cfg, seconds: float, degree: int, scheme: str, batch: int = 2, dt
     """Bytes one rank sends per DiT evaluation, by collective, for ``scheme`` (``"ulysses"`` or ``"ring"``).
 
     Per block: the video self-attention (Ulysses: all-to-all of q, k, v in and o out; ring: the K/V block
-    sent ``degree - 1`` times), the plan cross-attention (Ulysses: q, the plan K/V shard and o through the
-    all-to-all; ring: the plan K/V block passed around; every step, as implemented: the cache holds each
-    rank's plan tokens, not a head split), the audio queries' attention to the video
+    sent ``degree - 1`` times), the plan cross-attention (Ulysses: q in and o out, the plan K/V cached split
+    by heads once per run, not counted; ring: the plan K/V block passed around every step), the audio
+    queries' attention to the video
     keys (each rank's partial output and LSE all-gathered); once per evaluation the video output tokens are
     all-gathered.  ``batch`` rows (2: classifier-free guidance), ``dtype_bytes`` per element.
     """
@@ -314,8 +314,7 @@ def sp_traffic(cfg, seconds: float, degree: int, scheme: str, batch: int = 2, dt
 
     others = (P - 1) / P  # share of a shard an all-to-all sends away
     if scheme == "ulysses":
-        self_attn = 4 * others * tokens(video_shard)
-        plan_attn = 2 * others * (tokens(video_shard) + tokens(plan_shard))
+        self_attn, plan_attn = 4 * others * tokens(video_shard), 2 * others * tokens(video_shard)
     else:
         self_attn, plan_attn = 2 * (P - 1) * tokens(video_shard), 2 * (P - 1) * tokens(plan_shard)
     audio_partials = (P - 1) * (tokens(audio_tokens) + batch * cfg.audio.num_heads * audio_tokens * FLOAT32_BYTES)

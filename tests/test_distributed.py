@@ -16,6 +16,7 @@ import traceback
 import pytest
 import torch
 
+from baton_fast.distributed import shard_lengths
 from baton_fast.distributed.launch import run_local_group
 
 COLLECTIVE_TIMEOUT_S = 60
@@ -194,8 +195,9 @@ def _run_dit_case(case: dict, rank: int, meshes: dict) -> dict:
     for name, got, single in (("video", sharded_video, single_video), ("audio", sharded_audio, single_audio)):
         report[f"{name}_rel"] = float((got - single).abs().max() / single.abs().max())
         report[f"{name}_shape_ok"] = tuple(got.shape) == tuple(single.shape)
-    report["plan_cache_tokens"] = contexts[1].video.plan_kv[0][0].shape[1]
-    report["plan_tokens"] = contexts[0].video.plan_kv[0][0].shape[1]
+    # the plan K/V cache: this rank's plan tokens (ring), or every plan token of this rank's heads (Ulysses)
+    report["plan_cache_shape"] = list(contexts[1].video.plan_kv[0][0].shape)
+    report["plan_shape"] = list(contexts[0].video.plan_kv[0][0].shape)
     return report
 
 
@@ -282,8 +284,10 @@ def test_sharded_dit_equals_single_process(results, case):
         for branch in ("video", "audio"):
             assert res[f"{branch}_shape_ok"], f"rank {rank}: {branch} shape differs"
             assert res[f"{branch}_rel"] <= REL_TOL, f"rank {rank}: {branch} rel error {res[f'{branch}_rel']:.3g}"
-        world = case["world"]  # the plan K/V cache holds this rank's share of the plan tokens
-        assert res["plan_cache_tokens"] == res["plan_tokens"] // world + (rank < res["plan_tokens"] % world)
+        B, P, H, D = res["plan_shape"]
+        ring, ulysses = case["mesh"]
+        share = shard_lengths(P, ring * ulysses)[rank] if ring > 1 else P  # with a ring: this rank's plan tokens ...
+        assert res["plan_cache_shape"] == [B, share, H // ulysses if ring == 1 else H, D]  # ... Ulysses: H/U heads
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[c["name"] for c in ERROR_CASES])
@@ -352,7 +356,7 @@ def test_communication_model_counts_by_hand():
     width = 2 * 3072 * 2  # CFG rows x dim x bf16 bytes, per token
     ulysses = sp_traffic(cfg, 5.0, 2, "ulysses")
     assert ulysses["video self-attention"] == 30 * 4 * 0.5 * 7502 * width
-    assert ulysses["plan cross-attention"] == 30 * 2 * 0.5 * (7502 + 11300) * width
+    assert ulysses["plan cross-attention"] == 30 * 2 * 0.5 * 7502 * width  # q and o: the plan K/V cached by heads
     ring = sp_traffic(cfg, 5.0, 8, "ring")
     assert ring["video self-attention"] == 30 * 2 * 7 * 1876 * width
     assert ring["audio -> video cross-attention"] == 30 * 7 * (157 * width + 2 * 24 * 157 * 4)

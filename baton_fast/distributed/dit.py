@@ -5,7 +5,10 @@ video :class:`~baton_fast.model.dit.BranchGeometry` then carries a :class:`Seque
 only this rank's coordinates, and the plan keys/values of every block are computed and cached for this
 rank's plan tokens only (``1 / degree`` of the cache).  Per evaluation:
 
-- video self-attention and the video plan cross-attention: :func:`hybrid_attention` over the mesh;
+- video self-attention: :func:`hybrid_attention` over the mesh;
+- the video plan cross-attention: on a Ulysses-only mesh the plan keys/values are cached split by heads
+  (every plan token of this rank's ``H/U`` heads, exchanged once per run by :meth:`SequenceSharding.cache_plan`),
+  so a step moves only the queries and the output; on a mesh with a ring, :func:`hybrid_attention`;
 - the audio branch (short: ~157 tokens), the text and the timestep are replicated: every rank computes
   them alike; the audio queries' cross-modal attention to the video tokens is
   :func:`sharded_keys_attention` (partial outputs merged in rank order, the same on every rank);
@@ -24,7 +27,7 @@ import baton_fast
 from baton_fast.model.attention import SelfAttention, split_heads
 from baton_fast.model.layout import LayoutGuidance
 
-from .attention import _gather_tokens, hybrid_attention, sharded_keys_attention
+from .attention import _gather_tokens, _heads_to_sequence, _sequence_to_heads, hybrid_attention, sharded_keys_attention
 from .mesh import SequenceMesh, shard_lengths
 
 __all__ = ["TokenShard", "SequenceSharding", "ShardedSelfAttention"]
@@ -93,9 +96,24 @@ class SequenceSharding:
     def self_attention(self, module: SelfAttention) -> "ShardedSelfAttention":
         return ShardedSelfAttention(module, self.mesh)
 
-    def attention(self, q, k, v, q_coords=None, k_coords=None, table=None, **rope_attention_kwargs):
-        """Sharded queries over sharded keys (the plan cross-attention)."""
-        return hybrid_attention(q, k, v, q_coords, k_coords, table, mesh=self.mesh, **rope_attention_kwargs)
+    def cache_plan(self, kv):
+        """One block's plan ``(k rotated, v)`` of this rank's plan tokens ``[B, p_r, H, D]`` as the plan attention
+        reads them: on a Ulysses-only mesh every plan token of this rank's heads ``[B, P, H/U, D]`` (one
+        all-to-all per run instead of one per step), else unchanged."""
+        if self.mesh.ring_degree > 1:
+            return kv
+        heads, degree = kv[0].shape[2], self.mesh.ulysses_degree
+        if heads % degree:
+            raise ValueError(f"mesh: the Ulysses degree {degree} must divide the plan attention's {heads} heads")
+        return tuple(_sequence_to_heads(x, list(self.plan.lengths), self.mesh.ulysses) for x in kv)
+
+    def plan_attention(self, q, k, v, **rope_attention_kwargs):
+        """This rank's video queries (rotated) over the plan keys/values of :meth:`cache_plan`."""
+        if self.mesh.ring_degree > 1:
+            return hybrid_attention(q, k, v, mesh=self.mesh, **rope_attention_kwargs)
+        lens, group = list(self.video.lengths), self.mesh.ulysses
+        out = baton_fast.rope_attention(_sequence_to_heads(q, lens, group), k, v, **rope_attention_kwargs)
+        return _heads_to_sequence(out, lens, self.mesh.ulysses_rank, group)
 
     def keys_attention(self, q, k, v, q_coords=None, k_coords=None, table=None, **rope_attention_kwargs):
         """Replicated queries over the sharded video keys (the audio branch's cross-modal attention)."""
