@@ -24,6 +24,7 @@ imported) to the files written; ``setup`` is the part before the models are buil
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -91,6 +92,11 @@ def add_arguments(parser) -> None:
                              "(docs/quantization.md); the report compares the final latents with a full-precision run")
     parser.add_argument("--quant-full-steps", type=int, default=1, metavar="N",
                         help="--quant: steps in full precision at the start and at the end (default 1)")
+    parser.add_argument("--sparse-window", type=_sparse_window, default=None, metavar="T,H,W",
+                        help="sliding-tile video self-attention: window in tiles of 2x4x4 latent tokens, three odd "
+                             "numbers (docs/sparsity.md; default: dense); the report counts the key blocks visited")
+    parser.add_argument("--sparse-dense-steps", type=int, default=0, metavar="N",
+                        help="--sparse-window: dense steps before the sparse ones (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
     spatial = parser.add_argument_group("SpA2V layout grounding")
     spatial.add_argument("--audio", help="recording (stereo for positions): plans the layout and is muxed into the mp4")
@@ -280,16 +286,29 @@ def _device_and_dtype(device: str, dtype: str):
     return device, getattr(torch, name)
 
 
+def _sparse_window(text: str) -> tuple:
+    """argparse type of ``--sparse-window``: ``t,h,w`` odd integers (:func:`baton_fast.model.sparsity.parse_window`)."""
+    from .model.sparsity import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _sampler_options(args):
     """``SamplerOptions`` from the flags; their checks' errors re-worded to name the flags."""
     from .model.sampler import SamplerOptions
 
+    if args.sparse_window is not None and (args.layout or args.audio or args.sp_degree > 1):
+        raise ValueError("--sparse-window: not supported with --audio / --layout (layout masks) or --sp-degree > 1")
     try:
         return SamplerOptions(steps=args.steps, solver=args.solver, shift=args.shift,
                               video_guidance=args.video_guidance, audio_guidance=args.audio_guidance,
                               compile_backend=args.compile, cuda_graph=args.cuda_graph, cache=args.cache,
                               cache_threshold=args.cache_threshold, quant=args.quant,
-                              quant_full_steps=args.quant_full_steps, progress=not args.no_progress)
+                              quant_full_steps=args.quant_full_steps, sparse_window=args.sparse_window,
+                              sparse_dense_steps=args.sparse_dense_steps, progress=not args.no_progress)
     except (ValueError, TypeError) as err:
         raise _flag_error(err) from None
 

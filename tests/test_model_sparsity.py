@@ -63,3 +63,26 @@ def test_sparse_errors(run):
     for text in ("2,1,1", "1,1", "a,b,c", "0,1,1"):
         with pytest.raises(ValueError, match="expected three odd integers"):
             parse_window(text)
+
+
+def test_generate_flags_refused_in_one_line(tmp_path, capsys):
+    from baton_fast import cli
+
+    base = ["generate", "--video-prompt", "a", "--audio-prompt", "b", "--out", str(tmp_path / "clip.mp4")]
+    for extra, message in ((["--sparse-window", "3,2,1"], "--sparse-window: expected three odd integers"),
+                           (["--sparse-window", "1,1,1", "--sparse-dense-steps", "-1"],
+                            "--sparse-dense-steps: expected an integer >= 0"),
+                           (["--sparse-window", "1,1,1", "--layout", "auto"], "--sparse-window: not supported with")):
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert "baton-fast generate: error: " + message in err and err.count("error:") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sampler_schedule_dense_then_sparse():
+    from baton_fast.model.sampler import SamplerOptions
+
+    assert SamplerOptions(steps=5, sparse_window=(1, 3, 3), sparse_dense_steps=2).sparse_steps == [2, 3, 4]
+    assert SamplerOptions(steps=5).sparse_steps == []
+    with pytest.raises(ValueError, match="sparse_window: not supported with a CUDA graph or step caching"):
+        SamplerOptions(steps=5, sparse_window=(1, 3, 3), cache="teacache")

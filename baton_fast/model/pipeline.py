@@ -172,7 +172,8 @@ class BatonPipeline:
         timings["text_encoder"] = clock.lap()
         on_phase("prepare")
 
-        ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan, mesh=mesh)
+        ctx = self.dit.prepare(shape, video_text, video_lens, audio_text, audio_lens, plan, mesh=mesh,
+                               sparse_window=options.sparse_window)
         guidance = None
         if layout is not None:
             from baton_fast.spatial.grounding import layout_guidance
@@ -236,6 +237,11 @@ class BatonPipeline:
         report["cache"] = cache.report() if cache is not None else {"policy": "none"}
         if quant_report is not None:
             report["quant"] = quant_report
+        if ctx.sparsity is not None:
+            sparse_evaluations = sum(1 if options.solver == "euler" or i + 1 == options.steps else 2
+                                     for i in options.sparse_steps)
+            report["sparse_attention"] = dict(ctx.sparsity.report(sparse_evaluations, len(self.dit.blocks)),
+                                              dense_steps=options.sparse_dense_steps, sparse_steps=options.sparse_steps)
         if mesh is not None:
             report["sequence_parallel"] = {"degree": mesh.size, "ulysses": mesh.ulysses_degree,
                                            "ring": mesh.ring_degree}

@@ -16,6 +16,8 @@ Speed options (all off by default, and documented in ``docs/model.md``):
 - ``quant``: the hybrid schedule of quantised attention (:mod:`baton_fast.quant`, what xDiT and SageAttention3
   recommend for video): full precision for the first and last ``quant_full_steps`` steps, ``quant``
   (``"fp8"``, ``"int8"`` or ``"int8+fp8"``) in between.
+- ``sparse_window``: sliding-tile attention on the video self-attention (:mod:`baton_fast.model.sparsity`; the
+  run context must be prepared with the same window), dense for the first ``sparse_dense_steps`` steps as STA does.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ class SamplerOptions:
     cache_rescale: Optional[tuple] = None    # teacache: polynomial on the input change (None: identity)
     quant: Optional[str] = None              # quantised attention between the full-precision steps
     quant_full_steps: int = 1                # full-precision steps at the start and at the end
+    sparse_window: Optional[tuple] = None    # (wt, wh, ww) in tiles: sliding-tile video self-attention
+    sparse_dense_steps: int = 0              # dense steps before the sparse ones
     progress: bool = True
 
     def __post_init__(self):
@@ -81,6 +85,12 @@ class SamplerOptions:
         if isinstance(self.quant_full_steps, bool) or not isinstance(self.quant_full_steps, int) or \
                 self.quant_full_steps < 0:
             raise ValueError(f"quant_full_steps: expected an integer >= 0, got {self.quant_full_steps!r}")
+        if isinstance(self.sparse_dense_steps, bool) or not isinstance(self.sparse_dense_steps, int) or \
+                self.sparse_dense_steps < 0:
+            raise ValueError(f"sparse_dense_steps: expected an integer >= 0, got {self.sparse_dense_steps!r}")
+        if self.sparse_window is not None and (self.cuda_graph or self.cache != "none"):
+            raise ValueError("sparse_window: not supported with a CUDA graph or step caching (the attention "
+                             "pattern switches per step)")
 
     @property
     def evaluations(self) -> int:
@@ -94,6 +104,11 @@ class SamplerOptions:
             return []
         return list(range(self.quant_full_steps, self.steps - self.quant_full_steps))
 
+    @property
+    def sparse_steps(self) -> list:
+        """The steps whose video self-attention runs on the sliding-tile window: none without ``sparse_window``."""
+        return [] if self.sparse_window is None else list(range(self.sparse_dense_steps, self.steps))
+
 
 def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
     """Shifted noise levels, float64 ``[steps + 1]`` from 1 down to 0."""
@@ -106,7 +121,7 @@ class GuidedVelocity:
 
     ``ctx`` was prepared for a batch of ``2B``: rows ``:B`` with the prompts (and their plan), rows
     ``B:`` with the negative prompts (and their plan).  ``__call__(video [B, ...], audio [B, ...],
-    sigma, layout=None)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.  With a
+    sigma, layout=None, sparse=False)`` returns float32 ``uncond + scale * (cond - uncond)`` per modality.  With a
     ``cache`` (:class:`~baton_fast.model.cache.StepCache`), the DiT runs its blocks through it.  A layout
     masks both passes alike (the layout is a constraint on the picture, not part of the prompt: masking
     only the conditional pass would make guidance amplify the masked-minus-unmasked difference).
@@ -120,10 +135,10 @@ class GuidedVelocity:
         self.video_guidance, self.audio_guidance = video_guidance, audio_guidance
 
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor,
-                 layout: Optional[LayoutGuidance] = None):
+                 layout: Optional[LayoutGuidance] = None, sparse: bool = False):
         timesteps = (sigma * 1000.0).float().expand(2 * video.shape[0])
         vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx,
-                                        layout, cache=self.cache)
+                                        layout, cache=self.cache, sparse=sparse)
         return (_guide(vel_video.float(), self.video_guidance), _guide(vel_audio.float(), self.audio_guidance))
 
 
@@ -179,7 +194,8 @@ def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Ten
     unmasked.  ``on_step(i)`` runs after step ``i``.  ``cache``: the :class:`~baton_fast.model.cache.StepCache`
     that ``velocity`` runs its DiT through (the same object); each evaluation is announced to it first (the
     first unmasked step after masked ones is forced to compute).  The steps of ``options.quantized_steps`` run
-    their attention quantised (:func:`baton_fast.quant.attention_quant`).  Returns the denoised ``(video, audio)``
+    their attention quantised (:func:`baton_fast.quant.attention_quant`), those of ``options.sparse_steps`` call
+    ``velocity(..., sparse=True)``.  Returns the denoised ``(video, audio)``
     latents (float32).
     """
     from tqdm.auto import tqdm
@@ -193,10 +209,12 @@ def sample(velocity: Callable, video_noise: torch.Tensor, audio_noise: torch.Ten
         if masked is not None:
             masked = CudaGraphVelocity(masked, video_noise, audio_noise, levels[0])
     video, audio = video_noise, audio_noise
-    quantized = set(options.quantized_steps)
+    quantized, sparse = set(options.quantized_steps), set(options.sparse_steps)
+    sparse_velocity = functools.partial(velocity, sparse=True) if sparse else None
     for i in tqdm(range(options.steps), desc="denoise", disable=not options.progress, leave=False):
+        step_velocity = masked if i < masked_steps else sparse_velocity if i in sparse else velocity
         with attention_quant(options.quant if i in quantized else None):
-            video, audio = _step(i, video, audio, sigmas, levels, options, masked if i < masked_steps else velocity,
+            video, audio = _step(i, video, audio, sigmas, levels, options, step_velocity,
                                  "layout switch" if 0 < masked_steps == i else None, cache)
         if on_step is not None:
             on_step(i)
