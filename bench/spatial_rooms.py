@@ -1,6 +1,7 @@
 """The SpA2V planner on physically simulated rooms: accuracy per category and condition.
 
-    OPENBLAS_NUM_THREADS=1 python -m baton_fast.bench.spatial_rooms [--per-category 12] [--conditions all] [--json out.json]
+    OPENBLAS_NUM_THREADS=1 python -m baton_fast.bench.spatial_rooms [--per-category 12] [--conditions all]
+        [--json out.json]
 
 (one BLAS thread: the planner's matrix products are small, and an idle-spinning thread pool on a loaded
 machine is counted as CPU time.)
@@ -56,7 +57,8 @@ def table(results: list[dict], conditions: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m baton_fast.bench.spatial_rooms", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m baton_fast.bench.spatial_rooms",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--per-category", type=int, default=12, help="scenes per category and condition (default 12)")
     parser.add_argument("--conditions", default="all",
                         help=f"comma-separated subset of {list(CONDITIONS)} (default all)")

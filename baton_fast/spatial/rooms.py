@@ -4,8 +4,9 @@ Early reflections come from pyroomacoustics' image-source method (``ism_order`` 
 absorption from Sabine's formula for the asked RT60) up to ``mix_seconds`` after the direct sound; the
 late tail, which a full image-source run would need thousands of images for (minutes per clip at
 RT60 0.9 s), is the statistical one: noise with an exponential decay of 60 dB per RT60, starting at the
-image sources' energy density there, with the two microphones' diffuse coherence ``sinc(2 f d / c)``. A moving source is rendered block by block (Hann cross-fades, one
-room impulse response per block position; no Doppler shift).
+image sources' energy density there, with the two microphones' diffuse coherence ``sinc(2 f d / c)``.
+A moving source is rendered block by block (Hann cross-fades, one room impulse response per block
+position; no Doppler shift).
 
 Coordinates: metres; the array looks along +x, its left microphone (channel 0) is at +y. Azimuth is
 measured from the look direction, positive to the left.
