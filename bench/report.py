@@ -535,6 +535,8 @@ def render_markdown(results: list[dict], plots: Optional[dict] = None, command: 
         _cache(results, plots),
         _sequence_parallel(results),
         _sparse(results),
+        _generic(results, "training", "Training: attention forward + backward",
+                 "Not in these results (the `training` section was not run)."),
         SPEED_REGRESSION,
     ]
     return "\n".join(p for p in parts if p)

@@ -23,7 +23,8 @@ Sections (all by default):
 - ``sequence_parallel`` (measured): 2 gloo ranks against 1 process on this CPU, ``baton_fast.bench.sp_bench.run(quick)``;
 - ``sparse_model`` (modelled): sliding-tile block-sparse video self-attention at full size, FLOPs and roofline
   against dense (:func:`.cost_model.sparse_records`);
-- ``sparse`` (measured): the CPU block-sparse path against dense SDPA, ``baton_fast.bench.sparse_bench.run(quick)``.
+- ``sparse`` (measured): the CPU block-sparse path against dense SDPA, ``baton_fast.bench.sparse_bench.run(quick)``;
+- ``training`` (measured and modelled): forward + backward of the attention, ``baton_fast.bench.training_bench.run(quick)``.
 
 Output in ``--out`` (default ``out/bench``): ``results.json`` (``schema``, ``mode``, ``device``,
 ``machine`` from :func:`.machine.machine_info`, ``wall_s`` and ``records``), ``report.md`` and
@@ -60,7 +61,7 @@ from .stderr_filter import filtered_stderr
 __all__ = ["add_arguments", "run", "collect", "write_outputs", "SECTIONS", "END_TO_END_FUNCTION"]
 
 SECTIONS = ("cost_model", "kernels", "sweep", "static", "diffusers", "end_to_end", "cache", "sp_model",
-            "sequence_parallel", "sparse_model", "sparse")
+            "sequence_parallel", "sparse_model", "sparse", "training")
 END_TO_END_FUNCTION = "benchmark_end_to_end"
 QUICK_STATIC_HEAD_DIM = 128
 
@@ -196,6 +197,9 @@ def _tasks(device, quick: bool, sections, progress: bool = False) -> list:
     if "sparse" in sections:
         tasks.append(("sparse", "block-sparse attention on CPU",
                       lambda: _optional_records("sparse", "baton_fast.bench.sparse_bench", "run", quick)))
+    if "training" in sections:
+        tasks.append(("training", "forward + backward",
+                      lambda: _optional_records("training", "baton_fast.bench.training_bench", "run", quick)))
     return tasks
 
 
