@@ -337,10 +337,11 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
 
     if isinstance(q, _quant.QuantizedTensor) or isinstance(k, _quant.QuantizedTensor):
         return _quant.prequantized_attention(q, k, v, quant, rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens,
-                                             scale=scale, return_lse=return_lse, q_groups=q_groups)
+                                             scale=scale, return_lse=return_lse,
+                                             masked=q_groups is not None or block_mask is not None)
     args = _attention_args(q, k, v, q_coords, k_coords, table, k_table, rotate_q, rotate_k, k_lens, scale)
     _check_layout_groups(q, k, q_groups, k_groups)
-    scheme = _quant.scheme_for_call(quant, return_lse=return_lse, masked=q_groups is not None,
+    scheme = _quant.scheme_for_call(quant, return_lse=return_lse, masked=q_groups is not None or block_mask is not None,
                                     grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     if block_mask is not None:
         _check_block_mask(block_mask, q, k, q_groups, scheme)

@@ -281,13 +281,13 @@ def quant_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens: Option
 
 
 def scheme_for_call(quant: Optional[str], *, return_lse: bool, masked: bool, grad: bool) -> Optional[str]:
-    """The scheme a ``rope_attention`` call runs: an explicit ``quant`` (refused with LSE, layout masks or a
-    gradient, which the quantised kernel does not give), else the :func:`attention_quant` context's for a call
-    that needs none of them, else None (full precision)."""
+    """The scheme a ``rope_attention`` call runs: an explicit ``quant`` (refused with LSE, layout masks or a block
+    mask (``masked``) or a gradient, which the quantised kernel does not give), else the :func:`attention_quant`
+    context's for a call that needs none of them, else None (full precision)."""
     if quant is None:
         return None if return_lse or masked or grad else active_scheme()
     check_scheme(quant)
-    for needed, what in ((return_lse, "return_lse"), (masked, "q_groups/k_groups"), (grad, "a gradient")):
+    for needed, what in ((return_lse, "return_lse"), (masked, "q_groups/k_groups or block_mask"), (grad, "a gradient")):
         if needed:
             raise ValueError(f"quant: the quantised attention gives no LSE, layout masks or gradient; "
                              f"got {what} with quant={quant!r}")
@@ -302,7 +302,7 @@ def quantize_qk(q_side: tuple, k_side: tuple, norm: int, eps: float, quant: str,
 
 
 def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rotate_k: bool, k_lens, scale,
-                           return_lse: bool, q_groups) -> torch.Tensor:
+                           return_lse: bool, masked: bool) -> torch.Tensor:
     """``rope_attention`` on the :class:`QuantizedTensor` q and k of ``qk_rmsnorm_rope(..., quant=...)``: they are
     rotated already, and their scheme is the call's (``quant`` None or the same).  Returns v's float dtype
     (bfloat16 for a quantised v)."""
@@ -312,7 +312,7 @@ def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rot
     scheme = getattr(q, "scheme", None)
     if quant is not None and quant != scheme:
         raise ValueError(f"quant: expected None or q's scheme {scheme!r}, got {quant!r}")
-    scheme_for_call(scheme or "fp8", return_lse=return_lse, masked=q_groups is not None, grad=False)
+    scheme_for_call(scheme or "fp8", return_lse=return_lse, masked=masked, grad=False)
     out_dtype = v.dtype if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else torch.bfloat16
     return quant_attention(q, k, v, k_lens=k_lens, scale=scale, out_dtype=out_dtype)
 
