@@ -325,16 +325,20 @@ def _bwd_dq(
 # Shipped configurations per GPU arch (SM major) and padded half head dim:
 # (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M, BLOCK_N, num_warps, num_stages).  As in the tutorial, the dK/dV
 # kernel keeps a tall key tile resident and streams narrow query tiles; the dQ kernel the reverse.
-# `baton-fast selftest --static` compiles each (BACKWARD_STATIC_JOBS): spill-free, HGMMA/HMMA.
+# Compiled ahead of time (bf16, GQA group 2, key lengths; triton 3.8 ptxas; docs/training.md has the table):
+# sm_90 D = 32 and 64 spill-free with HGMMA, Q and K rotated in the kernel; D = 128 spill-free with HGMMA for
+# pre-rotated Q/K (the QK-norm pre-pass path), ~100 B spilled when the kernel rotates; D = 256 spill-free
+# for pre-rotated Q/K but HMMA (16-row tiles).  sm_80 D = 128 spill-free for pre-rotated Q/K; rotating in
+# the kernel spills at every head dim tried (48-500 B).  Not yet in `selftest --static`.
 BWD_CONFIGS = {
-    (9, 16): (32, 128, 128, 32, 4, 2),
-    (9, 32): (32, 128, 128, 32, 4, 2),
-    (9, 64): (32, 64, 64, 32, 4, 2),
-    (9, 128): (16, 32, 32, 16, 4, 1),
+    (9, 16): (32, 64, 64, 32, 4, 2),
+    (9, 32): (32, 64, 64, 32, 8, 2),
+    (9, 64): (32, 64, 64, 32, 8, 2),
+    (9, 128): (16, 32, 32, 16, 8, 1),
     (8, 16): (32, 64, 64, 32, 4, 2),
-    (8, 32): (32, 64, 64, 32, 4, 2),
-    (8, 64): (16, 64, 64, 16, 4, 1),
-    (8, 128): (16, 32, 32, 16, 4, 1),
+    (8, 32): (16, 64, 64, 16, 4, 2),
+    (8, 64): (16, 32, 32, 16, 4, 1),
+    (8, 128): (16, 32, 32, 16, 8, 1),
 }
 # Pinned under the interpreter (and by tests): few tile iterations keep CPU emulation fast, and the test
 # sizes (1, 17, 33, 130, 257) still end in partial tiles.
