@@ -63,9 +63,16 @@ class QuantizedTensor:
         return x if self.mean is None else x + self.mean[:, None]
 
 
-def check_scheme(quant) -> str:
+def check_scheme(quant, device: Optional[torch.device] = None) -> str:
+    """``quant`` if it names a scheme (and, on a CUDA ``device``, one the GPU has the tensor cores for: fp8 e4m3
+    needs sm_89 or newer); else ValueError naming ``quant``."""
     if quant not in SCHEMES:
         raise ValueError(f"quant: expected None, {' or '.join(map(repr, SCHEMES))}, got {quant!r}")
+    if device is not None and device.type == "cuda" and (QK_FORMAT[quant] == "fp8" or FP8_PV[quant]):
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise ValueError(f"quant: {quant!r} needs fp8 e4m3 tensor cores (sm_89 or newer); this GPU is "
+                             f"sm_{major}{minor}: use 'int8'")
     return quant
 
 
@@ -216,6 +223,7 @@ def quantize_rows(side: tuple, norm: int, eps: float, scheme: str, *, rotate: bo
     """Quantise one checked side ``(x, coords, freqs, axes, interleaved, weight)`` (as :mod:`baton_fast.ops` builds
     them) after its RMSNorm (mode ``norm``) and rotation, in one pass (plus the mean pass when ``smooth``)."""
     x, coords, freqs, axes, interleaved, weight = side
+    check_scheme(scheme, x.device)
     data, scale, mean = _quantize_rows_op(x, coords, freqs, axes, interleaved, weight, norm, eps, rotate, smooth,
                                           scheme)
     return QuantizedTensor(data, scale, scheme, mean)
@@ -235,7 +243,7 @@ def quantize(x: torch.Tensor, scheme: str, *, smooth: bool = False) -> Quantized
 
 def quantize_v(v: torch.Tensor, scheme: str):
     """V for a scheme: fp8 P.V -> :class:`QuantizedTensor` (per key block and channel), else an fp16 tensor."""
-    check_scheme(scheme)
+    check_scheme(scheme, v.device)
     if isinstance(v, QuantizedTensor):
         if v.scheme != scheme:
             raise ValueError(f"v: quantised for {v.scheme!r}, expected {scheme!r}")

@@ -267,3 +267,15 @@ def test_gpu_check_quant_backends_agree_on_cpu():
     baseline = fns["baton-fast bf16"]().float()
     for name, fn in fns.items():
         assert quant.cosine_similarity(fn().float(), baseline) > 0.995, name
+
+
+def test_fp8_schemes_need_an_fp8_gpu(monkeypatch):
+    """fp8 e4m3 does not compile for sm_80 (Triton): refused before any launch, naming quant."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    cuda = torch.device("cuda")
+    assert quant.check_scheme("int8", cuda) == "int8"
+    for scheme in ("fp8", "int8+fp8"):
+        with pytest.raises(ValueError, match="quant: .* needs fp8 e4m3 tensor cores .* sm_80: use 'int8'"):
+            quant.check_scheme(scheme, cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert quant.check_scheme("fp8", cuda) == "fp8"
