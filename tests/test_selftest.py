@@ -84,6 +84,7 @@ def test_static_table_and_json(monkeypatch, tmp_path, capsys):
     subset = [next(j for j in jobs if j.kernel == "rope_attention" and j.arch == 90 and j.D == 64),
               next(j for j in jobs if j.kernel == "rmsnorm_rope" and j.arch == 80 and j.case == "wan")]
     monkeypatch.setattr(static_check, "shipped_jobs", lambda: subset)
+    monkeypatch.setattr(static_check, "quant_jobs", lambda: [])  # compiled by tests/test_quant_attention.py
     path = tmp_path / "static.json"
     assert main(["selftest", "--static", "--json", str(path)]) == 0
     records = json.loads(path.read_text())
