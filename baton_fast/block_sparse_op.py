@@ -2,8 +2,10 @@
 
 The op ``baton_fast::block_sparse_rope_attention`` takes the checked arguments of ``baton_fast::rope_attention``
 (see :mod:`baton_fast.ops`) and a :class:`~baton_fast.block_mask.BlockMask` as its six tensors and two block
-sizes.  The sides are rotated by :mod:`baton_fast.reference` and :func:`baton_fast.block_sparse.block_sparse_attention`
-visits the listed blocks, on any device: the fused kernel does not walk the visit lists yet (docs/sparsity.md).
+sizes.  On the Triton backend the fused kernel walks the mask's visit lists (``kernels/rope_attention.py``,
+``HAS_BLOCK_MASK``: partial blocks with their token tile, then full blocks without one); on the reference backend
+the sides are rotated by :mod:`baton_fast.reference` and :func:`baton_fast.block_sparse.block_sparse_attention`
+visits the listed blocks.
 
 Backward: exact, by ``torch.func.vjp`` of the reference rotation and the dense masked attention
 (:func:`baton_fast.block_sparse.masked_attention` under ``block_mask.to_dense()``, in the inputs' dtype): a dense
@@ -32,6 +34,13 @@ def _rebuilt(tensors, q_len, k_len, block_q, block_k) -> BlockMask:
     return BlockMask(*tensors, q_len=q_len, k_len=k_len, block_q=block_q, block_k=block_k)
 
 
+def _on_triton(q, k) -> bool:
+    """Whether the fused kernel runs (``baton_fast::rope_attention``'s own dispatch rule)."""
+    from . import ops
+
+    return bool(ops._attention_on_triton(q) and q.numel() and k.shape[1])
+
+
 def _tables(q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved):
     return (RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2]),
             RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2]))
@@ -44,10 +53,16 @@ def _block_sparse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords
                      k_lens: Optional[torch.Tensor], scale: float, return_lse: bool, mask: list[torch.Tensor],
                      block_q: int, block_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     block_mask = _rebuilt(mask, q.shape[1], k.shape[1], block_q, block_k)
-    qt, kt = _tables(q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved)
-    q, k = reference._rotated(q, k, q_coords, k_coords, qt, kt, rotate_q, rotate_k)
-    out, lse = block_sparse_attention(q, k, v, block_mask, scale=scale, k_lens=k_lens, return_lse=True)
-    out = out.to(q.dtype).contiguous()
+    if _on_triton(q, k):
+        from .kernels.rope_attention import rope_attention_fwd
+        out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
+                                      rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale,
+                                      return_lse=return_lse, block_mask=block_mask)
+    else:
+        qt, kt = _tables(q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved)
+        q, k = reference._rotated(q, k, q_coords, k_coords, qt, kt, rotate_q, rotate_k)
+        out, lse = block_sparse_attention(q, k, v, block_mask, scale=scale, k_lens=k_lens, return_lse=True)
+        out = out.to(q.dtype).contiguous()
     return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
 
 

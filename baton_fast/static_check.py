@@ -59,10 +59,12 @@ ATTENTION_VARIANTS = {
         ("bfloat16", dict(_ALL_OFF, HAS_GROUPS=True, INTERLEAVED=True)),  # masked self-attention after the pre-pass
         ("float16", dict(_ALL_OFF, ROTATE_Q=True)),
     ),
-    # the plain family: nothing rotated, no masks; key lengths and LSE on and off
+    # the plain family: nothing rotated, no masks; key lengths and LSE on and off; and the block-sparse kernel
+    # (a BlockMask's visit lists, docs/sparsity.md) on the same tiles and stages, key lengths and LSE on
     "plain": (
         ("float16", dict(_ALL_OFF, HAS_KLENS=True, RETURN_LSE=True, INTERLEAVED=True)),
         ("bfloat16", dict(_ALL_OFF)),
+        ("bfloat16", dict(_ALL_OFF, HAS_BLOCK_MASK=True, HAS_KLENS=True, RETURN_LSE=True)),
     ),
 }
 # RMSNorm + RoPE pre-pass: (name, heads, head dim, NORM, HAS_WEIGHT, INTERLEAVED), launched in bf16
@@ -171,6 +173,7 @@ def _record_launch(job: Job):
                 scale=D ** -0.5, return_lse=flags["RETURN_LSE"],
                 q_groups=groups if flags["HAS_GROUPS"] else None, k_groups=groups if flags["HAS_GROUPS"] else None,
                 skipped=torch.zeros(heads * n, dtype=torch.int32) if flags["COUNT_SKIPPED"] else None,
+                block_mask=_compile_block_mask(n, job.config) if flags.get("HAS_BLOCK_MASK") else None,
                 config=job.config)
         else:
             weight_size = heads * D if flags["NORM"] == rope_norm.NORM_ACROSS_HEADS else D
@@ -181,6 +184,15 @@ def _record_launch(job: Job):
         setattr(module, name, kernel)
     (args, kwargs), = recorder.calls
     return kernel, args, kwargs
+
+
+def _compile_block_mask(n: int, config):
+    """A :class:`~baton_fast.BlockMask` with partial and full blocks of the tile ``config[:2]`` for ``n`` tokens."""
+    import torch
+
+    from .block_mask import BlockMask
+
+    return BlockMask.from_dense(torch.ones(n, n, dtype=torch.bool).tril(), *config[:2])
 
 
 def _record_quant_launch(job: Job, module):

@@ -57,10 +57,12 @@ def dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
 @triton.jit
 def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
                  j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
-                 stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+                 stride_kc_a, qk_scale, allowed, ROTATE_K: tl.constexpr, MASK_SCORES: tl.constexpr,
+                 MAY_BE_EMPTY: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
     """One online-softmax step over a key tile: returns the updated ``(m_i, l_i, acc)``.  ``k_base`` /
-    ``v_base`` point at key row 0 of the (batch, head), ``rows_n`` are the tile's key indices."""
+    ``v_base`` point at key row 0 of the (batch, head), ``rows_n`` are the tile's key indices.  With
+    ``MASK_SCORES`` the scores outside ``allowed`` (bool ``[BLOCK_M, BLOCK_N]``) are dropped; ``MAY_BE_EMPTY``:
+    a row may have no allowed key in this tile and none before it."""
     # K as pair halves, transposed: [HALF_PAD, BLOCK_N]
     k_cols = k_base + rows_n[None, :] * stride_kn
     mask_k = mask_j[:, None] & mask_n[None, :]
@@ -75,14 +77,14 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n
         k2 = k2.to(K.dtype.element_ty)
     qk = dot(q1, k1, None, DOT_PRECISION, UPCAST_DOTS)
     qk = dot(q2, k2, qk, DOT_PRECISION, UPCAST_DOTS)
-    allowed = mask_n[None, :]
-    if HAS_GROUPS:
-        allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
-    qk = tl.where(allowed, qk * qk_scale, float("-inf"))
+    if MASK_SCORES:
+        qk = tl.where(allowed, qk * qk_scale, float("-inf"))
+    else:  # a full block: every pair allowed, no per-token mask
+        qk = qk * qk_scale
 
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_shift = m_new
-    if HAS_GROUPS:  # a row may have no allowed key yet: keep exp2 away from (-inf) - (-inf)
+    if MAY_BE_EMPTY:  # keep exp2 away from (-inf) - (-inf)
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.math.exp2(qk - m_shift[:, None])
     alpha = tl.math.exp2(m_i - m_shift)
@@ -97,6 +99,7 @@ def _attend_tile(q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n
 @triton.jit
 def _rope_attention_fwd(
     Q, K, V, Out, Lse, QC, KC, QF, QA, KF, KA, KLens, QG, KG, Skipped,
+    KVNum, KVIdx, KVMaskId, FullNum, FullIdx, MaskPool,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
@@ -106,10 +109,11 @@ def _rope_attention_fwd(
     stride_kc_b, stride_kc_n, stride_kc_a,
     stride_qf_h, stride_kf_h,
     stride_qg_b, stride_qg_n, stride_kg_b, stride_kg_n,
+    stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m,
     n_q, n_k, num_heads, group, qk_scale,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, RETURN_LSE: tl.constexpr,
-    HAS_GROUPS: tl.constexpr, COUNT_SKIPPED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_GROUPS: tl.constexpr, COUNT_SKIPPED: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOTS: tl.constexpr, WIDE_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -149,7 +153,6 @@ def _rope_attention_fwd(
         k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
 
     q_groups = tl.zeros([BLOCK_M], tl.int64)
-    k_groups = tl.zeros([BLOCK_N], tl.int64)
     if HAS_GROUPS:  # layout masks: q attends to k only where their group bitmasks share a bit
         q_groups = tl.load(QG + b * stride_qg_b + rows_m * stride_qg_n, mask=mask_m, other=0).to(tl.int64)
         q_groups_any = tl.reduce(q_groups, 0, _bit_or)
@@ -161,20 +164,49 @@ def _rope_attention_fwd(
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    for start_n in range(0, k_len, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        rows_n = _in_batch(offs_n, WIDE_ROWS)
-        mask_n = offs_n < k_len
-        visit = True
-        if HAS_GROUPS:
-            k_groups = tl.load(KG + b * stride_kg_b + rows_n * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
-            visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0  # skip tiles with no allowed pair
-            n_skipped += 1 - visit.to(tl.int32)
-        if visit:
+    if HAS_BLOCK_MASK:
+        # the visit lists (baton_fast.block_mask): no tile is tested in the loop; partial blocks first, with their
+        # per-token mask tile, then full blocks without one (key lengths still bound both)
+        row = b * stride_bm_b + h * stride_bm_h + pid_m
+        partial_row = b * stride_bmp_b + h * stride_bmp_h + pid_m * stride_bmp_m
+        full_row = b * stride_bmf_b + h * stride_bmf_h + pid_m * stride_bmf_m
+        tile_offsets = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        for i in range(0, tl.load(KVNum + row)):
+            offs_n = tl.load(KVIdx + partial_row + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+            rows_n = _in_batch(offs_n, WIDE_ROWS)
+            mask_n = offs_n < k_len
+            tile = tl.load(MaskPool + tl.load(KVMaskId + partial_row + i).to(tl.int64) * (BLOCK_M * BLOCK_N)
+                           + tile_offsets)
             m_i, l_i, acc = _attend_tile(
                 q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
                 j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
-                stride_kc_a, qk_scale, q_groups, k_groups, ROTATE_K, HAS_GROUPS, DOT_PRECISION, UPCAST_DOTS)
+                stride_kc_a, qk_scale, (tile != 0) & mask_n[None, :], ROTATE_K, True, True, DOT_PRECISION,
+                UPCAST_DOTS)
+        for i in range(0, tl.load(FullNum + row)):
+            offs_n = tl.load(FullIdx + full_row + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+            rows_n = _in_batch(offs_n, WIDE_ROWS)
+            mask_n = offs_n < k_len
+            m_i, l_i, acc = _attend_tile(
+                q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
+                j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
+                stride_kc_a, qk_scale, mask_n[None, :], ROTATE_K, HAS_KLENS, HAS_KLENS, DOT_PRECISION, UPCAST_DOTS)
+    else:
+        for start_n in range(0, k_len, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            rows_n = _in_batch(offs_n, WIDE_ROWS)
+            mask_n = offs_n < k_len
+            visit = True
+            allowed = mask_n[None, :]
+            if HAS_GROUPS:
+                k_groups = tl.load(KG + b * stride_kg_b + rows_n * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
+                visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0  # skip tiles with no allowed pair
+                n_skipped += 1 - visit.to(tl.int32)
+                allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
+            if visit:
+                m_i, l_i, acc = _attend_tile(
+                    q1, q2, m_i, l_i, acc, K, V, KC, k_base, v_base, rows_n, mask_n, mask_j, offs_d, mask_d,
+                    j1, j2, k_freq, k_axis, b, stride_kn, stride_kd, stride_vn, stride_vd, stride_kc_b, stride_kc_n,
+                    stride_kc_a, qk_scale, allowed, ROTATE_K, True, HAS_GROUPS, DOT_PRECISION, UPCAST_DOTS)
 
     # ---- epilogue: rows with no key (k_len == 0) give zeros and lse = -inf
     has_keys = l_i > 0.0
@@ -256,12 +288,12 @@ def upcast_dots(dtype: torch.dtype) -> bool:
 
 
 # kernel flags that change the best tile (the tuning key); COUNT_SKIPPED only instruments a launch
-TUNED_FLAGS = ("INTERLEAVED", "ROTATE_Q", "ROTATE_K", "HAS_KLENS", "RETURN_LSE", "HAS_GROUPS")
+TUNED_FLAGS = ("INTERLEAVED", "ROTATE_Q", "ROTATE_K", "HAS_KLENS", "RETURN_LSE", "HAS_GROUPS", "HAS_BLOCK_MASK")
 
 
 def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
               rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
-              q_groups=None, k_groups=None, skipped=None):
+              q_groups=None, k_groups=None, skipped=None, block_mask=None):
     """``(out, lse, flags, launch)``: the outputs, the kernel's flags and ``launch(config)`` for
     :func:`rope_attention_fwd`'s arguments."""
     B, n_q, H, D = q.shape
@@ -271,13 +303,15 @@ def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, int
     has_groups = q_groups is not None
     flags = dict(HALF=D // 2, HALF_PAD=half_pad(D), INTERLEAVED=interleaved, ROTATE_Q=rotate_q, ROTATE_K=rotate_k,
                  HAS_KLENS=k_lens is not None, RETURN_LSE=return_lse, HAS_GROUPS=has_groups,
-                 COUNT_SKIPPED=skipped is not None,
+                 COUNT_SKIPPED=skipped is not None, HAS_BLOCK_MASK=block_mask is not None,
                  # fp32 inputs: three TF32 products per dot (~fp32 accuracy on tensor cores; plain TF32 would not meet §5)
                  DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast_dots(q.dtype),
                  WIDE_ROWS=wide_rows(q, k, v, out, q_coords, k_coords, *((q_groups, k_groups) if has_groups else ())))
 
     def batch_stride(x):  # broadcast a batch of 1 with stride 0
         return x.stride(0) if x.shape[0] > 1 else 0
+
+    lists, list_strides = _block_mask_args(block_mask, q_axes)
 
     def launch(cfg):
         block_m, block_n, num_warps, num_stages = cfg
@@ -286,23 +320,51 @@ def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, int
             q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
             k_lens if k_lens is not None else q_freqs,
             q_groups if has_groups else q_axes, k_groups if has_groups else q_axes,
-            skipped if skipped is not None else q_axes,
+            skipped if skipped is not None else q_axes, *lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             lse.stride(0) if return_lse else 0, lse.stride(1) if return_lse else 0,
             batch_stride(q_coords), q_coords.stride(1), q_coords.stride(2),
             batch_stride(k_coords), k_coords.stride(1), k_coords.stride(2),
             batch_stride(q_freqs), batch_stride(k_freqs),
             batch_stride(q_groups) if has_groups else 0, q_groups.stride(1) if has_groups else 0,
-            batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0,
+            batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0, *list_strides,
             n_q, n_k, H, H // Hk, scale * math.log2(math.e),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **flags)
 
     return out, lse, flags, launch
 
 
+def _block_mask_args(block_mask, placeholder):
+    """The kernel's six list pointers and eight list strides for a :class:`~baton_fast.block_mask.BlockMask`
+    (rows of 1 broadcast with stride 0), or placeholders without one."""
+    if block_mask is None:
+        return (placeholder,) * 6, (0,) * 8
+    counts = (block_mask.kv_num_blocks.contiguous(), block_mask.full_kv_num_blocks.contiguous())
+    partial = (block_mask.kv_indices.contiguous(), block_mask.kv_mask_ids.contiguous())
+    full = block_mask.full_kv_indices.contiguous()
+    pool = block_mask.partial_masks.contiguous().view(torch.uint8)
+    if pool.numel() == 0:
+        pool = placeholder
+    Bm, Hm, _ = block_mask.shape
+
+    def rows(x):  # (batch, head[, query block]) strides, 0 where the mask has one row
+        return (x.stride(0) if Bm > 1 else 0, x.stride(1) if Hm > 1 else 0) + tuple(x.stride()[2:3] * (x.dim() == 4))
+
+    return ((counts[0], *partial, counts[1], full, pool),
+            rows(counts[0]) + rows(partial[0]) + rows(full))
+
+
+def check_block_mask_tile(block_mask, config) -> None:
+    """Raise ValueError unless the kernel tile ``config[:2]`` is the mask's ``(block_q, block_k)``: the kernel walks
+    the lists one mask block per tile."""
+    if tuple(config[:2]) != (block_mask.block_q, block_mask.block_k):
+        raise ValueError(f"block_mask: blocks ({block_mask.block_q}, {block_mask.block_k}) do not match the kernel "
+                         f"tile {tuple(config[:2])}")
+
+
 def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
                        rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
-                       q_groups=None, k_groups=None, skipped=None, config=None):
+                       q_groups=None, k_groups=None, skipped=None, block_mask=None, config=None):
     """Launch the fused kernel on validated inputs.
 
     q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides); coords float32 ``[B or 1, N, A]``;
@@ -310,34 +372,45 @@ def rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_
     q_groups / k_groups int32/int64 ``[B or 1, N]`` layout bitmasks (both or neither).
     ``skipped``: optional int32 tensor with one slot per program (``B*H*cdiv(Nq, BLOCK_M)``) that
     receives the number of key tiles each program skipped because no pair shared a group bit.
+    ``block_mask``: optional :class:`~baton_fast.block_mask.BlockMask` (checked against the shapes, on q's device):
+    the kernel visits only its listed key blocks, with tiles of its block sizes.
     ``config``: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, default :func:`launch_config`'s choice.
     Returns ``(out [B, Nq, H, D] like q, lse float32 [B, H, Nq] or None)``.
     """
     out, lse, flags, launch = _launcher(
         q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q=rotate_q,
         rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=return_lse, q_groups=q_groups,
-        k_groups=k_groups, skipped=skipped)
-    launch(config or _pick_config(q, k, flags, launch))
+        k_groups=k_groups, skipped=skipped, block_mask=block_mask)
+    config = config or _pick_config(q, k, flags, launch, block_mask)
+    if block_mask is not None:
+        check_block_mask_tile(block_mask, config)
+    launch(config)
     return out, (lse if return_lse else None)
 
 
 def launch_config(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved: bool, *,
                   rotate_q: bool, rotate_k: bool, k_lens, scale: float, return_lse: bool,
-                  q_groups=None, k_groups=None) -> tuple:
+                  q_groups=None, k_groups=None, block_mask=None) -> tuple:
     """The ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` that :func:`rope_attention_fwd` launches for these
     arguments: :data:`INTERPRETER_CONFIG` under the interpreter; on a GPU the tuned choice
     (:mod:`baton_fast.tuning`: timed on first use outside CUDA-graph capture, cached)."""
     _, _, flags, launch = _launcher(
         q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q=rotate_q,
         rotate_k=rotate_k, k_lens=k_lens, scale=scale, return_lse=return_lse, q_groups=q_groups,
-        k_groups=k_groups)
-    return _pick_config(q, k, flags, launch)
+        k_groups=k_groups, block_mask=block_mask)
+    return _pick_config(q, k, flags, launch, block_mask)
 
 
-def _pick_config(q, k, flags, launch):
-    """The pinned config under the interpreter; on a GPU, the tuned choice among the shipped configs."""
+def block_mask_configs(arch_major: int, head_dim: int, family: str, block_q: int, block_k: int) -> list:
+    """The shipped configurations whose tile is a block mask's ``(block_q, block_k)``."""
+    return [cfg for cfg in shipped_configs(arch_major, head_dim, family) if cfg[:2] == (block_q, block_k)]
+
+
+def _pick_config(q, k, flags, launch, block_mask=None):
+    """The pinned config under the interpreter (with a block mask: its block sizes, one warp, one stage); on a GPU,
+    the tuned choice among the shipped configs (with a block mask: those with its tile)."""
     if _interpreting() or q.device.type != "cuda":
-        return INTERPRETER_CONFIG
+        return INTERPRETER_CONFIG if block_mask is None else (block_mask.block_q, block_mask.block_k, 1, 1)
     from .. import tuning
 
     B, n_q, H, D = q.shape
@@ -345,5 +418,12 @@ def _pick_config(q, k, flags, launch):
     major, minor = torch.cuda.get_device_capability(q.device)
     key = tuning.attention_key(f"sm_{major}{minor}", n_q, n_k, D, q.dtype, {n: flags[n] for n in TUNED_FLAGS},
                                B * H, H // Hk)
-    candidates = shipped_configs(major, D, kernel_family(flags["ROTATE_Q"], flags["ROTATE_K"], flags["HAS_GROUPS"]))
+    family = kernel_family(flags["ROTATE_Q"], flags["ROTATE_K"], flags["HAS_GROUPS"])
+    candidates = shipped_configs(major, D, family)
+    if block_mask is not None:
+        candidates = block_mask_configs(major, D, family, block_mask.block_q, block_mask.block_k)
+        if not candidates:
+            tiles = sorted({cfg[:2] for cfg in shipped_configs(major, D, family)})
+            raise ValueError(f"block_mask: blocks ({block_mask.block_q}, {block_mask.block_k}) are no shipped tile of "
+                             f"the {family!r} kernel at D={D} on sm_{major}x; build the mask with one of {tiles}")
     return tuning.choose(key, candidates, lambda cfg: tuning.benchmark(lambda: launch(cfg)))

@@ -189,3 +189,46 @@ def test_block_counts_without_lists_match_the_mask():
     counts = sliding_tile_block_counts(grid, tile, window, 32, 16)
     assert counts == {"visited": mask.visited_blocks(), "full": int(mask.full_kv_num_blocks.sum()),
                       "total": mask.shape[2] * mask.num_k_blocks}
+
+
+# ---------------------------------------------------------------------- the fused kernel on the visit lists
+@pytest.mark.parametrize("dtype,family", [(torch.float32, "wan"), (torch.float16, "ovi"), (torch.bfloat16, "ltx2")])
+def test_kernel_walks_the_lists_exactly(dtype, family, monkeypatch):
+    """Triton kernel under the interpreter: sliding tiles with partial blocks (tiles do not divide the grid), GQA,
+    key lengths, LSE, K rotated in the loop, against float64 under the same token mask."""
+    monkeypatch.setenv("BATON_FAST_BACKEND", "triton")
+    grid, tile = (3, 4, 5), (2, 2, 3)
+    to_tiles, _ = tile_order(grid, tile)
+    coords = bf.video_grid_coords(*grid)[None][:, to_tiles]
+    coords = coords / 8 if family == "ltx2" else coords
+    table = {"wan": bf.RopeTable.wan(32), "ovi": bf.RopeTable.ovi_temporal(32),
+             "ltx2": bf.RopeTable.ltx2(2 * 32, 2)}[family]
+    mask = BlockMask.sliding_tile(grid, tile, (1, 3, 3), 16, 16)
+    assert mask.partial_masks.shape[0] and int(mask.full_kv_num_blocks.sum())
+    q, k, v = _qkv(2, 60, 60, 2, 1 if family != "ltx2" else 2, 32, dtype, seed=7)
+    k_lens = torch.tensor([60, 41])
+    out, lse = bf.rope_attention(q, k, v, coords, coords, table, k_lens=k_lens, block_mask=mask, return_lse=True)
+    q64, k64 = reference._rotated(q.double(), k.double(), coords, coords, table, table, True, True)
+    ref = masked_attention(q64, k64, v.double(), mask.to_dense(), k_lens=k_lens, return_lse=True)
+    qx, kx = reference._rotated(q, k, coords, coords, table, table, True, True)
+    plain = masked_attention(qx, kx, v, mask.to_dense(), k_lens=k_lens, return_lse=True)
+    for name, x, p, r in zip(("out", "lse"), (out, lse), plain, ref):
+        c = check(x, p, r, dtype)
+        assert c.ok, f"{name}: {c}"
+
+
+def test_kernel_pre_rotated_tiles_and_empty_rows(monkeypatch):
+    monkeypatch.setenv("BATON_FAST_BACKEND", "triton")
+    g = torch.Generator().manual_seed(8)
+    dense = torch.rand(1, 2, 40, 50, generator=g) < 0.3
+    dense[:, :, 16:32, 16:48] = True  # full blocks
+    dense[0, 1, 3] = False  # one query with no key
+    dense[0, 0, 32:] = False  # a whole query block with no key
+    mask = BlockMask.from_dense(dense, 16, 16)
+    q, k, v = _qkv(1, 40, 50, 2, 2, 48, torch.float32, seed=9)
+    out, lse = bf.rope_attention(q, k, v, rotate_q=False, rotate_k=False, block_mask=mask, return_lse=True)
+    ref, ref_lse = masked_attention(q.double(), k.double(), v.double(), dense, return_lse=True)
+    plain, plain_lse = masked_attention(q, k, v, dense, return_lse=True)
+    assert check(out, plain, ref, torch.float32).ok and check(lse, plain_lse, ref_lse, torch.float32).ok
+    assert torch.equal(out[0, 32:, 0], torch.zeros(8, 48)) and torch.isneginf(lse[0, 0, 32:]).all()
+    assert torch.equal(out[0, 3, 1], torch.zeros(48)) and torch.isneginf(lse[0, 1, 3])
