@@ -58,19 +58,18 @@ LABEL_CHAR_WIDTH = 0.028  # of the frame width per character, same size
 
 def _label_place(text: str, x1: float, y1: float, placed: list[tuple[float, float, float]]) -> tuple[float, float]:
     """Top-left corner of a box's label: inside the box's top-left corner, moved left so that it ends
-    inside the panel, and down below any label already placed that it would overlap; appended to
-    ``placed``."""
+    inside the panel; if that covers a label already placed, the nearest free spot just below or above
+    one of them (inside the panel; the corner itself when none is free). Appended to ``placed``."""
     width = LABEL_CHAR_WIDTH * len(text) + 0.02
     left = max(0.0, min(x1 + 0.01, 1.0 - width))
-    top = y1 + 0.02
-    moved = True
-    while moved:
-        moved = False
-        for other_left, other_right, other_top in placed:
-            if left < other_right and other_left < left + width and abs(top - other_top) < LABEL_HEIGHT:
-                top = other_top + LABEL_HEIGHT
-                moved = True
-    top = min(top, 1.0 - LABEL_HEIGHT)
+    start = min(y1 + 0.02, 1.0 - LABEL_HEIGHT)
+    beside = [(l, r, t) for l, r, t in placed if left < r and l < left + width]  # labels in the same columns
+
+    def free(top):
+        return 0.0 <= top <= 1.0 - LABEL_HEIGHT and all(abs(top - t) >= LABEL_HEIGHT - 1e-9 for _, _, t in beside)
+
+    candidates = [start] + [t + step for _, _, t in beside for step in (LABEL_HEIGHT, -LABEL_HEIGHT)]
+    top = min((c for c in candidates if free(c)), key=lambda c: abs(c - start), default=start)
     placed.append((left, left + width, top))
     return left, top
 
