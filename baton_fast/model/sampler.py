@@ -138,7 +138,7 @@ class GuidedVelocity:
                  layout: Optional[LayoutGuidance] = None, sparse: bool = False):
         timesteps = (sigma * 1000.0).float().expand(2 * video.shape[0])
         vel_video, vel_audio = self.dit(torch.cat([video, video]), torch.cat([audio, audio]), timesteps, self.ctx,
-                                        layout, cache=self.cache, sparse=sparse)
+                                        layout, cache=self.cache, **({"sparse": True} if sparse else {}))
         return (_guide(vel_video.float(), self.video_guidance), _guide(vel_audio.float(), self.audio_guidance))
 
 
