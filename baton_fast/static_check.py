@@ -209,7 +209,8 @@ def _record_quant_launch(job: Job, module):
     module._quant_attention_fwd = recorder
     try:
         module.quant_attention_fwd(qk, scales, qk, scales, v, v_scale, scheme=scheme,
-                                   k_lens=torch.full((1,), n, dtype=torch.int32) if job.flag_dict["HAS_KLENS"] else None,
+                                   k_lens=torch.full((1,), n, dtype=torch.int32) if job.flag_dict["HAS_KLENS"]
+                                   else None,
                                    scale=D ** -0.5, out_dtype=torch.bfloat16, config=job.config)
     finally:
         module._quant_attention_fwd = kernel
@@ -355,7 +356,7 @@ def compile_job(job: Job) -> dict:
         dtype=job.dtype, D=job.D, heads=job.heads, flags=job.flag_dict,
         regs=cubin["regs"], spill_stores=ptxas["spill_stores"], spill_loads=ptxas["spill_loads"],
         stack=cubin["stack"], smem=meta.shared, mma=cubin["mma"], mma_count=cubin["mma_count"],
-        local_mem_ops=cubin["local_mem_ops"], addr64=not address,
+        mma_ops=cubin["mma_ops"], local_mem_ops=cubin["local_mem_ops"], addr64=not address,
         compile_s=round(time.perf_counter() - start, 2), problems=problems + address, ok=not (problems or address))
 
 
@@ -383,7 +384,9 @@ def check(jobs: Optional[list[Job]] = None, progress: bool = False) -> list[dict
 
     Record keys: kernel, case, arch ("sm_90"/"sm_80"), config (attention: [BLOCK_M, BLOCK_N, num_warps,
     num_stages]; pre-pass: [num_warps, num_stages]), dtype, D, heads, flags, regs, spill_stores /
-    spill_loads / stack / smem (bytes), mma ("HGMMA", "HMMA" or "none"), mma_count, local_mem_ops
+    spill_loads / stack / smem (bytes), mma ("HGMMA", "HMMA" or "none"; quantised attention: the matrix
+    instructions found, e.g. "QGMMA+IGMMA"), mma_count, mma_ops ({opcode: count} of every matrix instruction),
+    local_mem_ops
     (LDL + STL instructions), addr64 (the base offsets of the token-indexed tensors are i64 in the TTIR), compile_s,
     problems (list of str) and ok (no problem).  Results are
     memoised per process.  Compilation runs in spawned processes (one per CPU core) without
