@@ -9,8 +9,8 @@ each other keep their ids while both are seen. Tracks are then pruned (too short
 the strongest without being the frame's highest peak for ``min_leading_seconds``: reflections and side
 lobes of a louder source) and merged (fragments of one source: one ends where the
 next begins; two tracks that run side by side, or sit at the same median place, within
-``merge_distance``: reverberant speech scatters its peaks by about +-0.1). The number of sources is the
-number of tracks left; two sources closer than ``merge_distance`` (about 23 degrees at the centre) are one.
+``merge_distance``: reverberant speech scatters its peaks by about +-0.15). The number of sources is the
+number of tracks left; two sources closer than ``merge_distance`` (about 35 degrees at the centre) are one.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class Tracker:
     min_seconds: float = 0.3
     clear_support: float = 0.3     # share of the strongest track's support that makes a source
     min_support: float = 0.12      # a weaker one must also lead for min_leading_seconds
-    min_leading_seconds: float = 0.15  # frames where a source has the highest peak: reflections never do
-    merge_distance: float = 0.2    # tracks whose positions stay this close are one source
+    min_leading_seconds: float = 0.3  # frames where a source has the highest peak: reflections never do
+    merge_distance: float = 0.3    # tracks whose positions stay this close are one source
 
     def peaks(self, fused: np.ndarray, frame_weight: np.ndarray, active: np.ndarray, hop_seconds: float
               ) -> list[list[tuple[float, float]]]:
