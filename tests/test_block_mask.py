@@ -205,8 +205,9 @@ def test_kernel_walks_the_lists_exactly(dtype, family, monkeypatch):
              "ltx2": bf.RopeTable.ltx2(2 * 32, 2)}[family]
     mask = BlockMask.sliding_tile(grid, tile, (1, 3, 3), 16, 16)
     assert mask.partial_masks.shape[0] and int(mask.full_kv_num_blocks.sum())
-    q, k, v = _qkv(2, 60, 60, 2, 1 if family != "ltx2" else 2, 32, dtype, seed=7)
-    k_lens = torch.tensor([60, 41])
+    batch = 1 if dtype == torch.float16 else 2  # one row once: the interpreter is slow
+    q, k, v = _qkv(batch, 60, 60, 2, 1 if family != "ltx2" else 2, 32, dtype, seed=7)
+    k_lens = torch.tensor([60, 41])[:batch]
     out, lse = bf.rope_attention(q, k, v, coords, coords, table, k_lens=k_lens, block_mask=mask, return_lse=True)
     q64, k64 = reference._rotated(q.double(), k.double(), coords, coords, table, table, True, True)
     ref = masked_attention(q64, k64, v.double(), mask.to_dense(), k_lens=k_lens, return_lse=True)
