@@ -225,9 +225,9 @@ def generations(pipeline):
     run = functools.partial(pipeline.generate, PROMPT, "barking and an engine", seconds=1.0, seed=3, options=options)
     forward, layouts = DualBranchDiT.forward, []
 
-    def recording_forward(self, video, audio, timesteps, ctx, layout=None):
+    def recording_forward(self, video, audio, timesteps, ctx, layout=None, **kwargs):
         layouts.append(layout)
-        return forward(self, video, audio, timesteps, ctx, layout)
+        return forward(self, video, audio, timesteps, ctx, layout, **kwargs)
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(DualBranchDiT, "forward", recording_forward)
