@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.io.wavfile
-import scipy.ndimage
 import scipy.signal
 
 MIN_SAMPLE_RATE = 4000
@@ -274,9 +273,9 @@ def _coherent_to_diffuse(waveform: np.ndarray, sample_rate: int, times: np.ndarr
     Measured on a short STFT (``frame_seconds``, half-overlapping): within one frame any echo shorter than
     the frame is part of a fixed per-bin transfer function and so as coherent as the direct sound; 16 ms
     keeps most early reflections out. Auto- and cross-spectra are averaged over time by a centred
-    Gaussian of standard deviation ``coherence_seconds`` (a causal average lags behind a moving source
-    and makes receding read stronger than approaching), then Schwarz & Kellermann's
-    (2015) DOA-independent estimator against the diffuse coherence of two omni microphones
+    Gaussian of standard deviation ``coherence_seconds``, evaluated at the analysis frames only (a causal
+    average lags behind a moving source and makes receding read stronger than approaching), then
+    Schwarz & Kellermann's (2015) DOA-independent estimator against the diffuse coherence of two omni microphones
     ``sinc(2 f d / c)``; each analysis bin takes the nearest short frame and bin. NaN where that
     coherence exceeds 0.9: at low frequencies a diffuse field is as coherent as a direct wave.
     """
@@ -284,24 +283,32 @@ def _coherent_to_diffuse(waveform: np.ndarray, sample_rate: int, times: np.ndarr
     short_freqs, short_times, spectrum = scipy.signal.stft(waveform, sample_rate, window="hann", nperseg=frame,
                                                            noverlap=frame // 2, boundary=None, padded=True)
     left, right = spectrum[0].T, spectrum[1].T  # [T, Ks]
-    width = coherence_seconds / ((frame // 2) / sample_rate)  # in short frames
-
-    def smooth(x):
-        if np.iscomplexobj(x):
-            return smooth(x.real) + 1j * smooth(x.imag)
-        return scipy.ndimage.gaussian_filter1d(x, width, axis=0, mode="nearest")
-
-    auto_left, auto_right = smooth(np.abs(left) ** 2), smooth(np.abs(right) ** 2)
-    gamma = smooth(left * np.conj(right)) / np.sqrt(np.maximum(auto_left * auto_right, 1e-60))
+    rows = np.clip(np.searchsorted(short_times, times), 0, len(short_times) - 1)
+    smooth = _gaussian_rows(len(short_times), rows, coherence_seconds / ((frame // 2) / sample_rate))
+    auto_left, auto_right = smooth @ (np.abs(left) ** 2), smooth @ (np.abs(right) ** 2)
+    gamma = (smooth @ (left * np.conj(right))) / np.sqrt(np.maximum(auto_left * auto_right, 1e-60))
     diffuse = np.sinc(2 * short_freqs * mic_spacing / SPEED_OF_SOUND)[None, :]
     real, squared = gamma.real, np.minimum(np.abs(gamma) ** 2, 1 - 1e-6)
     root = np.sqrt(np.maximum(diffuse ** 2 * real ** 2 - diffuse ** 2 * squared + diffuse ** 2
                               - 2 * diffuse * real + squared, 0.0))
     ratio = np.where(np.abs(diffuse) <= 0.9, np.clip((diffuse * real - squared - root) / (squared - 1), 0.0, 1e4),
                      np.nan)
-    rows = np.clip(np.searchsorted(short_times, times), 0, len(short_times) - 1)
     columns = np.clip(np.rint(freqs / short_freqs[1]).astype(np.int64), 0, len(short_freqs) - 1)
-    return ratio[rows][:, columns]
+    return ratio[:, columns]
+
+
+def _gaussian_rows(length: int, rows: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The rows ``rows`` of the ``[length, length]`` matrix of a Gaussian smoothing along axis 0 with
+    nearest-edge padding (``scipy.ndimage.gaussian_filter1d(..., mode="nearest")``, whose output is
+    needed only at those rows): float64 ``[len(rows), length]``."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    matrix = np.zeros((len(rows), length))
+    sources = np.clip(rows[:, None] + offsets[None, :], 0, length - 1)
+    np.add.at(matrix, (np.repeat(np.arange(len(rows)), len(offsets)), sources.ravel()), np.tile(kernel, len(rows)))
+    return matrix
 
 
 def _one_sided_weights(bins: int, length: int) -> np.ndarray:
