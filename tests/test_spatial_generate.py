@@ -273,8 +273,8 @@ def test_masked_block_on_triton_matches_the_float64_oracle(pipeline, tokenizer, 
     timesteps = torch.tensor([900.0, 900.0])
     dit64 = copy.deepcopy(pipeline.dit).double()
     with monkeypatch.context() as m, torch.no_grad():
-        for name in ("rope_attention", "qk_rmsnorm_rope", "apply_rope"):
-            m.setattr(baton_fast, name, getattr(reference, name))
+        for name in ("rope_attention", "qk_rmsnorm_rope", "rmsnorm_rope", "apply_rope"):
+            m.setattr(baton_fast, name, without_check_values(getattr(reference, name)))
         ctx64 = run_context(dit64, shape, text_tokens, lens, torch.Generator().manual_seed(0))
         oracle = masked_first_block(dit64, shape, ctx64, guidance, video, audio, timesteps)
     outputs = {}
@@ -293,6 +293,13 @@ def test_masked_block_on_triton_matches_the_float64_oracle(pipeline, tokenizer, 
         err_tri = (tri.double() - oracle[i]).abs().max().item()
         assert err_tri <= 2 * err_ref + 1e-5 * oracle[i].abs().max().item(), (name, err_tri, err_ref)
         assert err_ref < 1e-4 * oracle[i].abs().max().item(), (name, err_ref)
+
+
+def without_check_values(fn):
+    """``fn`` (a reference op) taking and ignoring the public ops' ``check_values`` argument."""
+    def call(*args, check_values=True, **kwargs):
+        return fn(*args, **kwargs)
+    return call
 
 
 def brute_force_skipped_tiles(q_groups, k_groups, block_m, block_n, programs_per_tile_row):
