@@ -13,35 +13,37 @@ import re
 import sys
 import threading
 
-__all__ = ["filtered_stderr", "NOISE_PREFIX"]
+__all__ = ["filtered_stderr", "NOISE"]
 
-NOISE_PREFIX = b"USDT:"  # kineto's lines: "USDT:<date> <time> <pid>:<tid> <file>:<line>] profiler_start"
+# kineto's lines, "USDT:<date> <time> <pid>:<tid> <file>:<line>] profiler_start", which may follow a progress bar's
+# text on the same line (tqdm ends nothing with a line break), and the profiler's allocator warning
+NOISE = re.compile(rb"USDT:\d{4}-\d\d-\d\d [^\n]*\n|\[W\d{4} [^\n]*Memory block of unknown size[^\n]*\n")
+_MARKERS = (b"USDT:", b"[W")
+
+
+def _unfinished_noise_start(buf: bytes) -> int:
+    """Where the part of ``buf`` starts that may still become a noise line (a marker with no line break after
+    it, or the start of a marker cut at the end); ``len(buf)`` when nothing needs holding back."""
+    starts = [i for i in (buf.rfind(m) for m in _MARKERS) if i >= 0 and b"\n" not in buf[i:]]
+    starts += [len(buf) - k for m in _MARKERS for k in range(1, len(m)) if buf.endswith(m[:k])]
+    return min(starts, default=len(buf))
 
 
 def _forward(read_fd: int, write_fd: int) -> None:
-    """Copy ``read_fd`` to ``write_fd`` until EOF, without the lines that start with :data:`NOISE_PREFIX`.
-    Output is passed on as it arrives (progress bars redraw with ``\\r``, without newlines); only the start
-    of a line that may still turn out to be such a line waits for more input."""
-    held, at_line_start = b"", True
+    """Copy ``read_fd`` to ``write_fd`` until EOF, without :data:`NOISE`.  Output is passed on as it arrives
+    (progress bars redraw with ``\\r``, without newlines); only what may still turn out to be noise waits."""
+    held = b""
     while chunk := os.read(read_fd, 65536):
-        for piece in re.split(rb"(?<=[\n\r])", chunk):  # pieces end at a line break, but maybe the last
-            if not held and not at_line_start:
-                os.write(write_fd, piece)
-                at_line_start = piece.endswith((b"\n", b"\r"))
-                continue
-            held += piece
-            if held.startswith(NOISE_PREFIX):
-                if held.endswith(b"\n"):
-                    held, at_line_start = b"", True
-            elif not NOISE_PREFIX.startswith(held):
-                os.write(write_fd, held)
-                held, at_line_start = b"", held.endswith((b"\n", b"\r"))
-    os.write(write_fd, held)
+        held = NOISE.sub(b"", held + chunk)
+        cut = _unfinished_noise_start(held)
+        os.write(write_fd, held[:cut])
+        held = held[cut:]
+    os.write(write_fd, NOISE.sub(b"", held))
 
 
 @contextlib.contextmanager
 def filtered_stderr():
-    """Within the block, the lines of file descriptor 2 that start with :data:`NOISE_PREFIX` are dropped;
+    """Within the block, :data:`NOISE` is dropped from file descriptor 2;
     the rest is passed on (child processes started in the block write through the filter too)."""
     sys.stderr.flush()
     saved = os.dup(2)

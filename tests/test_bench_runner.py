@@ -240,8 +240,11 @@ def test_bench_output_has_no_profiler_usdt_lines(capfd):
     with filtered_stderr():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
             torch.ones(3).add_(1)
-        for chunk in (b"kept 1\nUS", b"DT: split line\nbar 10%\rbar", b" 50%\rUSDT:", b" x\nkept 2 (USDT: inside)\nU"):
+        usdt = b"USDT:2026-12-01 23:28:02 19284:19284 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
+        for chunk in (b"kept 1\nUS", usdt[2:] + b"bar 10%\rbar", b" 50%\r" + usdt[:30], usdt[30:] + b"kept 2 (USDT: inside)\n",
+                      b"\rbar 60%  ", usdt + b"[W1201 23:28:02.39 CPUAllocator.cpp:245] Memory block of unknown size "
+                      b"was allocated before the profiling started\n", b"\rbar 70%\nU"):
             os.write(2, chunk)
             time.sleep(0.02)  # separate reads, so that a line is split across them
     err = capfd.readouterr().err
-    assert err == "kept 1\nbar 10%\rbar 50%\rkept 2 (USDT: inside)\nU", err
+    assert err == "kept 1\nbar 10%\rbar 50%\rkept 2 (USDT: inside)\n\rbar 60%  \rbar 70%\nU", err
