@@ -56,7 +56,8 @@ def filtered_stderr():
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end here: the forwarder reads EOF
-        forwarder.join()
-        os.close(read_fd)
-        os.close(saved)
+        os.dup2(saved, 2)  # closes this process's write end of the pipe: the forwarder reads EOF ...
+        forwarder.join(timeout=2.0)
+        if not forwarder.is_alive():  # ... unless a child that outlives the block (a forkserver) holds one:
+            os.close(read_fd)  # then the forwarder (a daemon thread) keeps passing that child's lines on
+            os.close(saved)

@@ -248,3 +248,20 @@ def test_bench_output_has_no_profiler_usdt_lines(capfd):
             time.sleep(0.02)  # separate reads, so that a line is split across them
     err = capfd.readouterr().err
     assert err == "kept 1\nbar 10%\rbar 50%\rkept 2 (USDT: inside)\n\rbar 60%  \rbar 70%\nU", err
+
+
+def test_stderr_filter_returns_while_a_child_still_holds_stderr():
+    """A child started in the block that outlives it (the distributed bench's forkserver) keeps the pipe open:
+    leaving the block must not wait for that child."""
+    import subprocess
+
+    from baton_fast.bench.stderr_filter import filtered_stderr
+
+    start = time.perf_counter()
+    with filtered_stderr():
+        child = subprocess.Popen(["sleep", "30"])  # inherits file descriptor 2, the pipe
+    try:
+        assert time.perf_counter() - start < 10
+    finally:
+        child.kill()
+        child.wait()
