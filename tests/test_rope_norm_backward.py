@@ -5,30 +5,13 @@ import torch
 
 import baton_fast as bf
 from baton_fast import reference
-from baton_fast.numerics import check
+from test_attention_backward import assert_gradients_within_budget
 from test_rope_norm_numerics import make
 
 
 @pytest.fixture(autouse=True)
 def triton_backend(monkeypatch):
     monkeypatch.setenv("BATON_FAST_BACKEND", "triton")
-
-
-def assert_within_budget(kernel_fn, reference_fn, inputs, dtype, names):
-    grad_out = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i))
-                for i, o in enumerate(reference_fn(*inputs))]
-
-    def grads(fn, xs, gs):
-        leaves = [x.detach().requires_grad_() for x in xs]
-        return torch.autograd.grad(fn(*leaves), leaves, gs)
-
-    result = grads(kernel_fn, inputs, [g.to(dtype) for g in grad_out])
-    plain = grads(reference_fn, inputs, [g.to(dtype) for g in grad_out])
-    ref64 = grads(reference_fn, [x.double() for x in inputs], [g.double() for g in grad_out])
-    for name, r, p, f in zip(names, result, plain, ref64):
-        assert r.dtype == dtype and r.shape == f.shape
-        c = check(r, p, f, dtype)
-        assert c.ok, f"{name}: {c}"
 
 
 # (family, dtype, B, N, H, D)
@@ -44,8 +27,8 @@ CASES = [
                          CASES + [pytest.param("ltx2_interleaved", torch.float16, 1, 130, 2, 32, marks=pytest.mark.slow)])
 def test_apply_rope_gradient(family, dtype, B, N, H, D):
     x, coords, table = make(family, dtype, B, N, H, D, seed=N)
-    assert_within_budget(lambda x: (bf.apply_rope(x, coords, table),),
-                         lambda x: (reference.apply_rope(x, coords, table),), (x,), dtype, ["dx"])
+    assert_gradients_within_budget(lambda x: (bf.apply_rope(x, coords, table),),
+                                   lambda x: (reference.apply_rope(x, coords, table),), (x,), dtype, 0, ["dx"])
 
 
 @pytest.mark.parametrize("family,dtype,B,N,H,D", CASES)
@@ -66,7 +49,7 @@ def test_qk_rmsnorm_rope_gradients(family, dtype, B, N, H, D, across_heads):
         return reference.qk_rmsnorm_rope(q, k, qc, kc, table, q_weight=qw, k_weight=kw, eps=eps,
                                          across_heads=across_heads)
 
-    assert_within_budget(kernel, ref, (q, k, qw, kw), dtype, ["dq", "dk", "dq_weight", "dk_weight"])
+    assert_gradients_within_budget(kernel, ref, (q, k, qw, kw), dtype, 0, ["dq", "dk", "dq_weight", "dk_weight"])
 
 
 @pytest.mark.parametrize("weighted", [True, False])
@@ -81,7 +64,7 @@ def test_rmsnorm_rope_alone_and_without_weight(weighted):
     def ref(x, w=None):
         return (reference.apply_rope(reference.rms_norm(x, w, 1e-6, across_heads=False), coords, table),)
 
-    assert_within_budget(kernel, ref, inputs, torch.float16, ["dx", "dweight"])
+    assert_gradients_within_budget(kernel, ref, inputs, torch.float16, 0, ["dx", "dweight"])
 
 
 def test_weight_gradient_is_bit_identical_across_runs():
@@ -98,9 +81,10 @@ def test_reference_backend_gradients(monkeypatch):
     monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
     x, coords, table = make("ltx2_split", torch.float32, 2, 17, 2, 32, seed=8)
     w = torch.rand(2 * 32, generator=torch.Generator().manual_seed(9)) + 0.5
-    assert_within_budget(lambda x, w: bf.qk_rmsnorm_rope(x, x, coords, coords, table, q_weight=w, k_weight=w),
-                         lambda x, w: reference.qk_rmsnorm_rope(x, x, coords, coords, table, q_weight=w, k_weight=w),
-                         (x, w), torch.float32, ["dx", "dweight"])
+    assert_gradients_within_budget(lambda x, w: bf.qk_rmsnorm_rope(x, x, coords, coords, table, q_weight=w, k_weight=w),
+                                   lambda x, w: reference.qk_rmsnorm_rope(x, x, coords, coords, table, q_weight=w,
+                                                                          k_weight=w),
+                                   (x, w), torch.float32, 0, ["dx", "dweight"])
 
 
 def test_coordinates_are_not_differentiable():
