@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rope_math import pair_offsets, rotate_pairs
+from .rope_math import key_length, pair_offsets, rope_table, rotate_pairs
 
 
 @triton.jit
@@ -137,20 +137,15 @@ def _rope_attention_fwd(
     q1 = tl.load(q_rows + j1[None, :] * stride_qd, mask=mask_q, other=0.0)
     q2 = tl.load(q_rows + j2[None, :] * stride_qd, mask=mask_q, other=0.0)
     if ROTATE_Q:
-        q_freq = tl.load(QF + h * stride_qf_h + offs_j, mask=mask_j, other=0.0)
-        q_axis = tl.load(QA + h * stride_qf_h + offs_j, mask=mask_j, other=0)
+        q_freq, q_axis = rope_table(QF, QA, h, stride_qf_h, offs_j, mask_j, True)
         q_coords = QC + b * stride_qc_b + rows_m[:, None] * stride_qc_n
         r1, r2 = rotate_pairs(q1.to(tl.float32), q2.to(tl.float32), q_coords,
                               q_axis[None, :] * stride_qc_a, q_freq[None, :], mask_q)
         q1 = r1.to(Q.dtype.element_ty)
         q2 = r2.to(Q.dtype.element_ty)
 
-    k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0.0)
-    k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0)
-
-    k_len = n_k
-    if HAS_KLENS:
-        k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
+    k_freq, k_axis = rope_table(KF, KA, hk, stride_kf_h, offs_j, mask_j, ROTATE_K)
+    k_len = key_length(KLens, b, n_k, HAS_KLENS)
 
     q_groups = tl.zeros([BLOCK_M], tl.int64)
     if HAS_GROUPS:  # layout masks: q attends to k only where their group bitmasks share a bit

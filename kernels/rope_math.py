@@ -50,3 +50,21 @@ def pair_offsets(offs_j, HALF: tl.constexpr, INTERLEAVED: tl.constexpr):
         return 2 * offs_j, 2 * offs_j + 1
     else:
         return offs_j, offs_j + HALF
+
+
+@triton.jit
+def rope_table(F, A, head, stride_h, offs_j, mask_j, ENABLED: tl.constexpr):
+    """``(freq float32, axis int32)`` ``[HALF_PAD]`` of ``head``'s row of a RoPE table (``F``/``A`` ``[1 or H,
+    D/2]``, row stride ``stride_h``, 0 for a shared row); zeros when not ``ENABLED`` (nothing rotated)."""
+    freq = tl.load(F + head * stride_h + offs_j, mask=mask_j & ENABLED, other=0.0)
+    axis = tl.load(A + head * stride_h + offs_j, mask=mask_j & ENABLED, other=0)
+    return freq, axis
+
+
+@triton.jit
+def key_length(KLens, b, n_k, HAS_KLENS: tl.constexpr):
+    """Keys batch item ``b`` attends to: ``min(KLens[b], n_k)`` with ``HAS_KLENS``, else ``n_k``."""
+    if HAS_KLENS:
+        return tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
+    else:
+        return n_k
