@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from unittest import mock
 
 import pytest
 import torch
@@ -37,6 +38,8 @@ CASES = [
          lse=True, k_lens=True),
     dict(name="cross_ring_uneven", world=2, scheme="ring", n_q=33, n_k=21, q_split=[30, 3], k_split=[1, 20],
          lse=True, k_lens=True, groups=True),
+    dict(name="cross_ulysses_uneven_prepared", world=2, scheme="ulysses", n_q=33, n_k=21, q_split=[30, 3],
+         k_split=[1, 20], lse=True, k_lens=True, groups=True, prepared=True),
     dict(name="ring_head_table_half_prerotated_k", world=2, scheme="ring", n_q=19, n_k=26, head_table=True,
          interleaved=False, rotate_k=False, lse=True),
     dict(name="ulysses_head_table_only_k_rotated", world=2, scheme="ulysses", n_q=19, n_k=26, head_table=True,
@@ -49,6 +52,20 @@ CASES = [
          k_split=[0, 9, 8, 0], kv_heads=2, k_lens=True, lse=True),
     dict(name="cross_ring4_empty_shard_gqa", world=4, scheme="ring", n_q=18, n_k=30, q_split=[5, 5, 0, 8],
          kv_heads=1, lse=True),
+    dict(name="self_hybrid4_prepared", world=4, scheme="hybrid", n_q=43, k_lens=True, lse=True, prepared=True),
+]
+
+# backward: dq, dk, dv through the schemes (output and LSE gradients) against single-process autograd
+GRAD_CASES = [
+    dict(name="grad_self_ring_lse", world=2, scheme="ring", n_q=37, lse=True),
+    dict(name="grad_cross_ring_uneven_gqa_lens_groups", world=2, scheme="ring", n_q=33, n_k=21, q_split=[30, 3],
+         k_split=[1, 20], kv_heads=2, k_lens=True, groups=True, lse=True),
+    dict(name="grad_cross_ulysses_uneven_gqa_lens", world=2, scheme="ulysses", n_q=23, n_k=15, q_split=[5, 18],
+         kv_heads=2, k_lens=True, lse=True),
+    dict(name="grad_self_ulysses_groups_no_lse", world=2, scheme="ulysses", n_q=29, groups=True),
+    dict(name="grad_self_hybrid4_lens_groups_lse", world=4, scheme="hybrid", n_q=43, k_lens=True, groups=True, lse=True),
+    dict(name="grad_cross_ring4_empty_shards_gqa_prepared", world=4, scheme="ring", n_q=18, n_k=30,
+         q_split=[5, 5, 0, 8], k_split=[12, 0, 9, 9], kv_heads=1, lse=True, prepared=True),
 ]
 
 # the tiny DiT sharded (mesh: ring x ulysses degrees): one forward (with layout masks) and a short sampling run
@@ -65,6 +82,9 @@ ERROR_CASES = [
     dict(name="ranks_disagree_on_head_dim", world=2, match="ranks disagree on head_dim"),
     dict(name="ranks_disagree_on_k_lens", world=2, match="ranks disagree on k_lens"),
     dict(name="one_rank_bad_argument", world=2, match={0: "q: expected [B, Nq, H, D]", 1: "rank(s) [0]"}),
+    dict(name="shards_plan_not_this_rank", world=2, match={0: "shards: rank 0 holds 5 queries",
+                                                           1: "shards: rank 1 holds 5 keys"}),
+    dict(name="prepared_run_ranks_disagree", world=2, match="ranks disagree on video_tokens"),
     dict(name="mesh_not_world_size", world=4, match="expected the world size 4"),
     dict(name="hybrid_heads_not_divisible", world=4, match="Ulysses degree 2 must divide"),
 ]
@@ -112,17 +132,10 @@ def _shard(x, start, stop, dim=1):
     return x.narrow(dim, start, stop - start) if x is not None else None
 
 
-def _run_case(case: dict, rank: int, meshes: dict) -> dict:
-    import baton_fast
-    from baton_fast import reference
-    from baton_fast.distributed import hybrid_attention, ring_attention, ulysses_attention
-    from baton_fast.numerics import budget, max_error
+def _distributed_call(case: dict, rank: int, meshes: dict, q, k, v, q_coords, k_coords, table, kwargs):
+    """This rank's ``(out, lse or None)`` of the case's scheme on its shards, and the shards' ``(q0, q1, k0, k1)``."""
+    from baton_fast.distributed import agree_shards, hybrid_attention, ring_attention, ulysses_attention
 
-    q, k, v, q_coords, k_coords, table, kwargs = _inputs(case)
-    expected = baton_fast.rope_attention(q, k, v, q_coords, k_coords, table, **kwargs)
-    lse_kwargs = {**kwargs, "return_lse": True}
-    exact = reference.rope_attention(q.double(), k.double(), v.double(), q_coords, k_coords, table, **lse_kwargs)
-    plain = reference.rope_attention(q, k, v, q_coords, k_coords, table, **lse_kwargs)
     q_split, k_split = _splits(case, q.shape[1], "q_split"), _splits(case, k.shape[1], "k_split")
     q0, k0 = sum(q_split[:rank]), sum(k_split[:rank])
     q1, k1 = q0 + q_split[rank], k0 + k_split[rank]
@@ -130,22 +143,84 @@ def _run_case(case: dict, rank: int, meshes: dict) -> dict:
     call = {**kwargs, **{n: t for n, t in local.items() if t is not None}}
     fn = {"ulysses": ulysses_attention, "ring": ring_attention}.get(case["scheme"])
     scheme = dict(mesh=meshes["hybrid"]) if fn is None else {}
-    result = (fn or hybrid_attention)(_shard(q, q0, q1), _shard(k, k0, k1), _shard(v, k0, k1),
-                                      _shard(q_coords, q0, q1), _shard(k_coords, k0, k1), table, **scheme, **call)
-    out, lse = result if kwargs["return_lse"] else (result, None)
+    shards = (_shard(q, q0, q1), _shard(k, k0, k1), _shard(v, k0, k1), _shard(q_coords, q0, q1),
+              _shard(k_coords, k0, k1), table)
+    if case.get("prepared"):  # agreed once beforehand: the call itself must run no agreement collective
+        call["shards"] = agree_shards(*shards, **call)
+        with mock.patch("baton_fast.distributed.attention.agree", side_effect=AssertionError("agreed per call")):
+            result = (fn or hybrid_attention)(*shards, **scheme, **call, check_values=False)
+    else:
+        result = (fn or hybrid_attention)(*shards, **scheme, **call)
+    return (result if kwargs["return_lse"] else (result, None)), (q0, q1, k0, k1)
+
+
+def _errors(name: str, got, single, ref64, baseline) -> dict:
+    """``got`` against single-process (relative error) and against float64 (the DESIGN §5 budget)."""
+    from baton_fast.numerics import budget, max_error
+
+    finite = single[torch.isfinite(single)]
+    scale = float(finite.abs().max()) if finite.numel() else 1.0
+    return {f"{name}_rel": max_error(got, single) / max(scale, 1e-30),
+            f"{name}_budget_ok": max_error(got, ref64) <= budget(max_error(baseline, ref64), ref64, torch.float32),
+            f"{name}_shape_ok": tuple(got.shape) == tuple(single.shape)}
+
+
+def _run_case(case: dict, rank: int, meshes: dict) -> dict:
+    import baton_fast
+    from baton_fast import reference
+
+    q, k, v, q_coords, k_coords, table, kwargs = _inputs(case)
+    expected = baton_fast.rope_attention(q, k, v, q_coords, k_coords, table, **kwargs)
+    lse_kwargs = {**kwargs, "return_lse": True}
+    exact = reference.rope_attention(q.double(), k.double(), v.double(), q_coords, k_coords, table, **lse_kwargs)
+    plain = reference.rope_attention(q, k, v, q_coords, k_coords, table, **lse_kwargs)
+    (out, lse), (q0, q1, k0, k1) = _distributed_call(case, rank, meshes, q, k, v, q_coords, k_coords, table, kwargs)
     expected_out, expected_lse = expected if kwargs["return_lse"] else (expected, None)
-    report = {}
-    pairs = [("out", out, _shard(expected_out, q0, q1), _shard(exact[0], q0, q1), _shard(plain[0], q0, q1))]
+    report = _errors("out", out, _shard(expected_out, q0, q1), _shard(exact[0], q0, q1), _shard(plain[0], q0, q1))
     if lse is not None:
-        pairs.append(("lse", lse, _shard(expected_lse, q0, q1, 2), _shard(exact[1], q0, q1, 2),
-                      _shard(plain[1], q0, q1, 2)))
-    for name, got, single, ref64, baseline in pairs:
-        finite = single[torch.isfinite(single)]
-        scale = float(finite.abs().max()) if finite.numel() else 1.0
-        report[f"{name}_rel"] = max_error(got, single) / max(scale, 1e-30)
-        report[f"{name}_budget_ok"] = max_error(got, ref64) <= budget(max_error(baseline, ref64), ref64, torch.float32)
-        report[f"{name}_shape_ok"] = tuple(got.shape) == tuple(single.shape)
+        report.update(_errors("lse", lse, _shard(expected_lse, q0, q1, 2), _shard(exact[1], q0, q1, 2),
+                              _shard(plain[1], q0, q1, 2)))
     report["out_has_neg_inf_lse_rows"] = bool(lse is not None and torch.isneginf(lse).any())
+    return report
+
+
+def _loss(out, lse, d_out, d_lse):
+    """A scalar with the given output (and LSE) gradients; -inf LSE rows (no key) carry none."""
+    loss = (out.double() * d_out).sum()
+    return loss if lse is None else loss + (torch.where(torch.isfinite(lse), lse, 0.0).double() * d_lse).sum()
+
+
+def _run_grad_case(case: dict, rank: int, meshes: dict) -> dict:
+    """dq, dk, dv of this rank's shards against the same shards of single-process autograd of
+    ``rope_attention`` (and of the float64 reference), for seeded output and LSE gradients."""
+    import baton_fast
+    from baton_fast import reference
+
+    q, k, v, q_coords, k_coords, table, kwargs = _inputs(case)
+    g = torch.Generator().manual_seed(7)
+    d_out = torch.randn(q.shape, generator=g, dtype=torch.float64)
+    d_lse = torch.randn((q.shape[0], q.shape[2], q.shape[1]), generator=g, dtype=torch.float64)
+    lse_kwargs = {**kwargs, "return_lse": True}
+
+    def full_grads(fn, dtype):
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+        result = fn(*leaves, q_coords, k_coords, table, **lse_kwargs)
+        _loss(*result, d_out, d_lse if kwargs["return_lse"] else 0.0).backward()
+        return [x.grad for x in leaves]
+
+    single = full_grads(baton_fast.rope_attention, torch.float32)
+    exact = full_grads(reference.rope_attention, torch.float64)
+    plain = full_grads(reference.rope_attention, torch.float32)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    (out, lse), (q0, q1, k0, k1) = _distributed_call(case, rank, meshes, *leaves, q_coords, k_coords, table, kwargs)
+    _loss(out, lse, _shard(d_out, q0, q1), _shard(d_lse, q0, q1, 2) if lse is not None else 0.0).backward()
+    report = {}
+    for name, leaf, (start, stop) in (("dq", leaves[0], (q0, q1)), ("dk", leaves[1], (k0, k1)),
+                                      ("dv", leaves[2], (k0, k1))):
+        i = "qkv".index(name[1])
+        got = leaf.grad[:, start:stop]
+        report.update(_errors(name, got, _shard(single[i], start, stop), _shard(exact[i], start, stop),
+                              _shard(plain[i], start, stop)))
     return report
 
 
@@ -202,7 +277,9 @@ def _run_dit_case(case: dict, rank: int, meshes: dict) -> dict:
 
 
 def _run_error_case(case: dict, rank: int, meshes: dict) -> dict:
-    from baton_fast.distributed import hybrid_attention, init_sequence_mesh, ulysses_attention
+    from baton_fast.distributed import (SequenceMesh, ShardPlan, hybrid_attention, init_sequence_mesh, ring_attention,
+                                        ulysses_attention)
+    from baton_fast.distributed.dit import SequenceSharding
 
     torch.manual_seed(0)
     name = case["name"]
@@ -218,6 +295,11 @@ def _run_error_case(case: dict, rank: int, meshes: dict) -> dict:
     try:
         if name == "mesh_not_world_size":
             init_sequence_mesh(3, 1)
+        elif name == "shards_plan_not_this_rank":  # checked locally, before anything moves
+            ring_attention(q, q, q, rotate_q=False, rotate_k=False, shards=ShardPlan((5, 5), (5, 4)) if rank else
+                           ShardPlan((4, 5), (5, 5)))
+        elif name == "prepared_run_ranks_disagree":
+            SequenceSharding.for_run(SequenceMesh.ulysses_only(), 48 + rank, 12)
         elif name == "hybrid_heads_not_divisible":
             hybrid_attention(q, q, q, rotate_q=False, rotate_k=False, mesh=meshes["hybrid"])
         else:
@@ -235,7 +317,8 @@ def worker(world: int) -> dict:
     rank = dist.get_rank()
     meshes = {"hybrid": init_sequence_mesh(2, 2) if world == 4 else None}
     results = {}
-    runners = [(CASES, _run_case), (DIT_CASES, _run_dit_case), (ERROR_CASES, _run_error_case)]
+    runners = [(CASES, _run_case), (GRAD_CASES, _run_grad_case), (DIT_CASES, _run_dit_case),
+               (ERROR_CASES, _run_error_case)]
     for case, run in [(case, run) for cases, run in runners for case in cases]:
         if case["world"] != world:
             continue
@@ -276,6 +359,15 @@ def test_sequence_parallel_equals_single_process(results, case):
             assert res[f"{side}_budget_ok"], f"rank {rank}: {side} outside the float64 budget"
     if case.get("groups") and case.get("lse"):  # the case has a query with no allowed key
         assert any(r["out_has_neg_inf_lse_rows"] for r in _case_result(results, case))
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=[c["name"] for c in GRAD_CASES])
+def test_sequence_parallel_backward_equals_single_process(results, case):
+    for rank, res in enumerate(_case_result(results, case)):
+        for grad in ("dq", "dk", "dv"):
+            assert res[f"{grad}_shape_ok"], f"rank {rank}: {grad} shape differs"
+            assert res[f"{grad}_rel"] <= REL_TOL, f"rank {rank}: {grad} rel error {res[f'{grad}_rel']:.3g}"
+            assert res[f"{grad}_budget_ok"], f"rank {rank}: {grad} outside the float64 budget"
 
 
 @pytest.mark.parametrize("case", DIT_CASES, ids=[c["name"] for c in DIT_CASES])

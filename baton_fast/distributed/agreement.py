@@ -1,5 +1,10 @@
 """Ranks agree on a call before any data moves: one small all-gather of shape metadata.
 
+A direct call of the sequence-parallel attentions agrees on every call (:func:`agree`).  On CUDA that
+all-gather ends in a device-to-host read, so a run agrees once where it is prepared instead and keeps the
+result, a :class:`ShardPlan` (every rank's token counts): calls given ``shards=plan`` check their own
+arguments against it locally and run no collective on host values.
+
 Each rank checks its own arguments, then every rank contributes a float64 vector (an error flag, the
 fields that must be equal on all ranks, and its own token counts).  If any rank rejected its arguments or
 the ranks disagree, *every* rank raises (the rank at fault re-raises its own error), so no rank is left
@@ -7,12 +12,13 @@ waiting in a collective that the others never enter.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["agree"]
+__all__ = ["agree", "ShardPlan", "collective_device"]
 
 
 def agree(check: Callable[[], dict], counts: Callable[[], dict], group: Optional[dist.ProcessGroup],
@@ -61,3 +67,32 @@ def agree(check: Callable[[], dict], counts: Callable[[], dict], group: Optional
 
 def _shown(value: float):
     return int(value) if float(value).is_integer() else value
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Every rank's token counts for the calls of one run, agreed once (:func:`~baton_fast.distributed.agree_shards`,
+    or :class:`~baton_fast.distributed.dit.SequenceSharding` in ``dit.prepare``).
+
+    Attributes:
+        q_lengths, k_lengths: queries and keys of the shard of each rank of the group, in rank order.
+    """
+
+    q_lengths: tuple
+    k_lengths: tuple
+
+    def counts(self, rank: int, n_q: Optional[int], n_k: int) -> dict:
+        """``{"nq": [...], "nk": [...]}`` as :func:`agree` returns them, after checking (locally) that this rank's
+        shard holds the planned ``n_q`` queries (None: not checked, replicated queries) and ``n_k`` keys."""
+        for name, planned, got in (("queries", self.q_lengths, n_q), ("keys", self.k_lengths, n_k)):
+            if got is not None and (rank >= len(planned) or planned[rank] != got):
+                raise ValueError(f"shards: rank {rank} holds {got} {name}, but the plan agreed on {list(planned)} "
+                                 f"(one entry per rank); agree again (agree_shards) when the shapes change")
+        return {"nq": list(self.q_lengths), "nk": list(self.k_lengths)}
+
+
+def collective_device(group: Optional[dist.ProcessGroup]) -> torch.device:
+    """Where the tensors of ``group``'s collectives live: this rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -27,6 +27,7 @@ import baton_fast
 from baton_fast.model.attention import SelfAttention, split_heads
 from baton_fast.model.layout import LayoutGuidance
 
+from .agreement import ShardPlan, agree, collective_device
 from .attention import _gather_tokens, _heads_to_sequence, _sequence_to_heads, hybrid_attention, sharded_keys_attention
 from .mesh import SequenceMesh, shard_lengths
 
@@ -65,17 +66,29 @@ class TokenShard:
 
 @dataclass(frozen=True)
 class SequenceSharding:
-    """How one sampling run splits the video branch: its tokens and its plan tokens, over ``mesh``."""
+    """How one sampling run splits the video branch: its tokens and its plan tokens, over ``mesh``.
+
+    Built in ``prepare``, where the ranks agree once on the run's token counts (:meth:`for_run`); every
+    attention of the run then passes the resulting :class:`ShardPlan` (``shards=``), so no evaluation runs
+    an agreement collective (on CUDA: no device-to-host read per call)."""
 
     video: TokenShard
     plan: Optional[TokenShard]
 
     @classmethod
     def for_run(cls, mesh: SequenceMesh, video_tokens: int, plan_tokens: Optional[int]) -> "SequenceSharding":
+        """Every rank must call it (a collective): raises on every rank when the ranks' token counts differ."""
         if not isinstance(mesh, SequenceMesh):
             raise TypeError(f"mesh: expected a SequenceMesh (init_sequence_mesh), got {type(mesh).__name__}")
+        run = dict(mesh_size=mesh.size, video_tokens=video_tokens, plan_tokens=-1 if plan_tokens is None else plan_tokens)
+        agree(lambda: run, dict, mesh.group, collective_device(mesh.group), "sequence-parallel run")
         plan = TokenShard.split(mesh, plan_tokens) if plan_tokens is not None else None
         return cls(TokenShard.split(mesh, video_tokens), plan)
+
+    @property
+    def video_shards(self) -> ShardPlan:
+        """The agreed shards of the video self-attention (and of the audio -> video keys)."""
+        return ShardPlan(self.video.lengths, self.video.lengths)
 
     @property
     def mesh(self) -> SequenceMesh:
@@ -94,7 +107,7 @@ class SequenceSharding:
 
     # ------------------------------------------------------------- attentions (see the module docstring)
     def self_attention(self, module: SelfAttention) -> "ShardedSelfAttention":
-        return ShardedSelfAttention(module, self.mesh)
+        return ShardedSelfAttention(module, self.mesh, self.video_shards)
 
     def cache_plan(self, kv):
         """One block's plan ``(k rotated, v)`` of this rank's plan tokens ``[B, p_r, H, D]`` as the plan attention
@@ -105,20 +118,23 @@ class SequenceSharding:
         heads, degree = kv[0].shape[2], self.mesh.ulysses_degree
         if heads % degree:
             raise ValueError(f"mesh: the Ulysses degree {degree} must divide the plan attention's {heads} heads")
-        return tuple(_sequence_to_heads(x, list(self.plan.lengths), self.mesh.ulysses) for x in kv)
+        return tuple(_sequence_to_heads(x, list(self.plan.lengths), self.mesh.ulysses_rank, self.mesh.ulysses)
+                     for x in kv)
 
     def plan_attention(self, q, k, v, **rope_attention_kwargs):
         """This rank's video queries (rotated) over the plan keys/values of :meth:`cache_plan`."""
         if self.mesh.ring_degree > 1:
-            return hybrid_attention(q, k, v, mesh=self.mesh, **rope_attention_kwargs)
+            return hybrid_attention(q, k, v, mesh=self.mesh, shards=ShardPlan(self.video.lengths, self.plan.lengths),
+                                    **rope_attention_kwargs)
         lens, group = list(self.video.lengths), self.mesh.ulysses
-        out = baton_fast.rope_attention(_sequence_to_heads(q, lens, group), k, v, **rope_attention_kwargs)
-        return _heads_to_sequence(out, lens, self.mesh.ulysses_rank, group)
+        rank = self.mesh.ulysses_rank
+        out = baton_fast.rope_attention(_sequence_to_heads(q, lens, rank, group), k, v, **rope_attention_kwargs)
+        return _heads_to_sequence(out, lens, rank, group)
 
     def keys_attention(self, q, k, v, q_coords=None, k_coords=None, table=None, **rope_attention_kwargs):
         """Replicated queries over the sharded video keys (the audio branch's cross-modal attention)."""
         return sharded_keys_attention(q, k, v, q_coords, k_coords, table, group=self.mesh.group,
-                                      **rope_attention_kwargs)
+                                      shards=self.video_shards, **rope_attention_kwargs)
 
 
 class ShardedSelfAttention:
@@ -126,14 +142,14 @@ class ShardedSelfAttention:
     weights): the fused QK RMSNorm + RoPE pre-pass on this rank's tokens, then :func:`hybrid_attention`
     on the rotated shards (layout groups passed as they are: each rank's tokens keep their masks)."""
 
-    def __init__(self, module: SelfAttention, mesh: SequenceMesh):
-        self.module, self.mesh = module, mesh
+    def __init__(self, module: SelfAttention, mesh: SequenceMesh, shards: ShardPlan):
+        self.module, self.mesh, self.shards = module, mesh, shards
 
     def __call__(self, x: torch.Tensor, coords: torch.Tensor, table, q_groups=None, k_groups=None) -> torch.Tensor:
         m, h = self.module, self.module.num_heads
         q, k = baton_fast.qk_rmsnorm_rope(split_heads(m.q(x), h), split_heads(m.k(x), h), coords, coords, table,
                                           q_weight=m.norm_q.weight, k_weight=m.norm_k.weight, eps=m.eps)
         out = hybrid_attention(q, k, split_heads(m.v(x), h), rotate_q=False, rotate_k=False, mesh=self.mesh,
-                               q_groups=q_groups, k_groups=k_groups)
+                               q_groups=q_groups, k_groups=k_groups, shards=self.shards)
         return m.o(out.flatten(2))
 
