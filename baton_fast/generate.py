@@ -106,9 +106,13 @@ def add_arguments(parser) -> None:
     spatial.add_argument("--layout-fraction", type=finite_float, default=None,
                          help=f"share of the sampling steps run with layout masks (default {DEFAULT_LAYOUT_FRACTION})")
     spatial.add_argument("--layout-fps", type=finite_float, default=6.0, help="--layout auto: keyframes per second")
+    spatial.add_argument("--mic-spacing", type=finite_float, default=None,
+                         help=f"--layout auto: metres between the recording's two microphones, as plan-layout's "
+                              f"(default {DEFAULT_MIC_SPACING}: a spaced pair, about a head)")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_MIC_SPACING = 0.2  # m, spatial.cues.DEFAULT_MIC_SPACING (not imported here: it pulls in scipy)
 DEFAULT_THREADS = 1
 SEED_RANGE = 2 ** 63  # torch.Generator.manual_seed takes [0, 2^63) for every seed this CLI gives it
 
@@ -207,7 +211,8 @@ def _layout(args, sound: Recording | None):
     source = args.layout if args.layout is not None else ("auto" if sound is not None else None)
     fraction = DEFAULT_LAYOUT_FRACTION if args.layout_fraction is None else args.layout_fraction
     if source is None:
-        for flag, value in (("--names", args.names), ("--layout-fraction", args.layout_fraction)):
+        for flag, value in (("--names", args.names), ("--layout-fraction", args.layout_fraction),
+                            ("--mic-spacing", args.mic_spacing)):
             if value is not None:
                 raise ValueError(f"{flag}: only used with --layout or --audio")
         return None, None, fraction
@@ -216,8 +221,10 @@ def _layout(args, sound: Recording | None):
     if source != "auto":
         from .spatial.vsl import VSL
 
-        if args.names is not None:
-            raise ValueError("--names: only used with --layout auto (a VSL file names its objects)")
+        for flag, value, why in (("--names", args.names, "a VSL file names its objects"),
+                                 ("--mic-spacing", args.mic_spacing, "a VSL file is not planned from the recording")):
+            if value is not None:
+                raise ValueError(f"{flag}: only used with --layout auto ({why})")
         try:
             return VSL.load(source), source, fraction
         except (OSError, ValueError) as err:
@@ -236,7 +243,14 @@ def _layout(args, sound: Recording | None):
         planner = CuePlanner(fps=args.layout_fps)
     except ValueError as err:
         raise ValueError(f"--layout-fps: {err}") from err
-    return planner.plan(spatial_cues(sound.waveform, sound.sample_rate), names), source, fraction
+    mic_spacing = DEFAULT_MIC_SPACING if args.mic_spacing is None else args.mic_spacing
+    try:
+        cues = spatial_cues(sound.waveform, sound.sample_rate, mic_spacing=mic_spacing)
+    except ValueError as err:
+        if str(err).startswith("mic_spacing"):  # spatial_cues checks it first, as for plan-layout
+            raise ValueError(f"--mic-spacing: {err}") from None
+        raise
+    return planner.plan(cues, names), source, fraction
 
 
 def _sequence_parallel_rank(args):
@@ -460,6 +474,8 @@ def _run(args) -> int:
         report["mp4_audio"] = {"source": "generated", "channels": 1, "sample_rate": track_rate}
     if layout is not None:
         report["layout"].update(source=layout_source, caption=layout.caption)
+        if layout_source == "auto":
+            report["layout"]["mic_spacing"] = DEFAULT_MIC_SPACING if args.mic_spacing is None else args.mic_spacing
         t["layout_plan"] = layout_seconds  # part of setup
     start = time.perf_counter()
     with atomic_paths(files) as tmp:

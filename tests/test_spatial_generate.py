@@ -381,6 +381,7 @@ def test_cli_generate_with_audio_and_auto_layout(tmp_path, generate, capsys):
                                    "input_sample_rate": 20000, "offset": 0.0, "seconds": 1.0, "recording_seconds": 1.0,
                                    "wav": "the generated sound track"}
     assert report["layout"]["source"] == "auto" and report["layout"]["masked_steps"] == 1
+    assert report["layout"]["mic_spacing"] == 0.2
     assert report["seconds"] == 1.0 and report["timings_s"]["layout_plan"] > 0
     vsl = VSL.load(out_dir / "clip.vsl.json")
     assert vsl.object_names() == {0: "dog"} and "left-crossing" in vsl.caption
@@ -410,6 +411,31 @@ def test_recording_span_defaults_to_the_preset_cap(tmp_path):
     late = _recording(str(long), CFG, 3.3, None)  # 1.7 s left: 13 frames at 8 fps = 1.625 s
     assert (late.seconds, late.capped) == (1.625, False) and late.waveform.shape == (2, 26000)
     np.testing.assert_array_equal(late.waveform[:, :11200], used.waveform[:, 52800:])  # 3.3-4.0 s in both
+
+
+@pytest.mark.parametrize("flags, spacing", [([], 0.2), (["--mic-spacing", "0.35"], 0.35)])
+def test_mic_spacing_reaches_the_cues_of_the_auto_layout(tmp_path, monkeypatch, flags, spacing):
+    """generate --mic-spacing goes to spatial_cues' mic_spacing (plan-layout's parameter), default plan-layout's."""
+    from baton_fast.generate import DEFAULT_MIC_SPACING, _layout, _recording, add_arguments
+    from baton_fast.spatial import cues
+
+    assert DEFAULT_MIC_SPACING == cues.DEFAULT_MIC_SPACING
+    seen = []
+
+    def spy(*args, mic_spacing, **kwargs):
+        seen.append(mic_spacing)
+        return real(*args, mic_spacing=mic_spacing, **kwargs)
+
+    real = cues.spatial_cues
+    monkeypatch.setattr(cues, "spatial_cues", spy)
+    parser = cli.Parser()
+    add_arguments(parser)
+    wav = write_wav(tmp_path / "pan.wav", stereo_pan(1.0, 16000, 0.05, 0.95), 16000)
+    args = parser.parse_args(["--audio", str(wav), "--names", "dog", "--out", "x.mp4", *flags])
+    sound = _recording(args.audio, CFG, 0.0, None)
+    vsl, source, _ = _layout(args, sound)
+    assert seen == [spacing] and source == "auto"
+    assert vsl == CuePlanner(fps=args.layout_fps).plan(real(sound.waveform, 16000, mic_spacing=spacing), ["dog"])
 
 
 def test_cli_generate_with_a_span_of_a_long_recording(tmp_path, generate, capsys):
@@ -454,6 +480,10 @@ def test_cli_generate_with_a_vsl_file(tmp_path, generate):
     ("names without layout", "--names: only used with --layout"),
     ("no prompt", "--video-prompt: required"),
     ("bad fraction", "--layout-fraction: expected a number in [0, 1]"),
+    ("mic spacing out of range", "--mic-spacing: mic_spacing must be a distance in [0.005, 2] metres, got 3.0"),
+    ("mic spacing not a number", "--mic-spacing: expected a finite number, got 'nan'"),
+    ("mic spacing without audio", "--mic-spacing: only used with --layout or --audio"),
+    ("mic spacing with a vsl file", "--mic-spacing: only used with --layout auto"),
 ])
 def test_cli_generate_bad_layout_inputs(tmp_path, generate, capsys, case, message):
     inputs, out_dir = tmp_path / "inputs", tmp_path / "out"
@@ -473,7 +503,12 @@ def test_cli_generate_bad_layout_inputs(tmp_path, generate, capsys, case, messag
             "offset beyond the recording": ["--audio", wav, "--offset", "1"],
             "names without layout": ["--names", "dog", "--video-prompt", "a", "--audio-prompt", "b"],
             "no prompt": ["--audio-prompt", "b"],
-            "bad fraction": ["--audio", wav, "--layout-fraction", "1.5"]}[case]
+            "bad fraction": ["--audio", wav, "--layout-fraction", "1.5"],
+            "mic spacing out of range": ["--audio", wav, "--mic-spacing", "3"],
+            "mic spacing not a number": ["--audio", wav, "--mic-spacing", "nan"],
+            "mic spacing without audio": ["--mic-spacing", "0.3", "--video-prompt", "a", "--audio-prompt", "b"],
+            "mic spacing with a vsl file": ["--audio", wav, "--layout", inputs / "bad.json", "--mic-spacing", "0.3"],
+            }[case]
     assert generate(*argv, "--out", out_dir / "clip.mp4") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("baton-fast generate: error:") and message in err, err
