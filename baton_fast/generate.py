@@ -359,7 +359,7 @@ class _SetupProgress:
 
 
 def _check_memory(cfg, device, dtype) -> None:
-    """Refuse presets whose weights cannot fit, before allocating them (counted on the meta device)."""
+    """Refuse presets whose weights cannot fit, before allocating them (counted from the configuration)."""
     import torch
 
     from .model.costs import parameter_counts
@@ -442,7 +442,7 @@ def _run(args) -> int:
     video_prompt = _prompt("--video-prompt", args.video_prompt, layout)
     audio_prompt = _prompt("--audio-prompt", args.audio_prompt, layout)
     progress("libraries")
-    _check_memory(cfg, device, dtype)  # counts the weights on the meta device: imports transformers
+    _check_memory(cfg, device, dtype)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 

@@ -1,5 +1,6 @@
 """The whole path: pipeline shapes/dtypes and determinism, decoders, mp4/wav files, checkpoints, the
-``generate`` CLI (output and bad arguments), parameter/FLOP counts on the meta device."""
+``generate`` CLI (output and bad arguments), parameter counts (arithmetic, held to the modules on the meta
+device) and FLOP counts (meta device)."""
 import dataclasses
 import json
 import math
@@ -12,7 +13,7 @@ import torch
 from baton_fast import cli
 from baton_fast.model import costs
 from baton_fast.model.checkpoint import FILES, load_checkpoint, save_checkpoint, state_tensors
-from baton_fast.model.config import get_preset
+from baton_fast.model.config import PRESETS, get_preset
 from baton_fast.model.decode import Decoder
 from baton_fast.model.dit import DualBranchDiT, PlanCrossAttention
 from baton_fast.model.media import write_mp4, write_wav
@@ -304,7 +305,22 @@ def test_cli_generate_from_checkpoint_reproduces(pipeline, tmp_path):
 
 
 # ---------------------------------------------------------------------- costs
-def test_full_presets_on_meta_device():
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_parameter_counts_match_the_modules_on_the_meta_device(preset):
+    """The arithmetic counts (no torch op: generate's memory check) against the built modules' parameters()."""
+    cfg = get_preset(preset)
+    dit, lm, towers = costs._models(cfg)
+
+    def count(*modules):  # parameters() counts a tied LM head once
+        return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+    expected = {"dit": count(dit), "dit_video": count(dit.video_io, *(b.video for b in dit.blocks)),
+                "dit_audio": count(dit.audio_io, *(b.audio for b in dit.blocks)), "planner_lm": count(lm),
+                "planner_towers": count(towers), "total": count(dit, lm, towers)}
+    assert costs.parameter_counts(cfg) == expected
+
+
+def test_full_preset_parameter_counts():
     ovi = costs.parameter_counts(get_preset("ovi-720p-5s"))
     paper = costs.parameter_counts(get_preset("baton-paper"))
     assert 10.5e9 < ovi["dit"] < 11.5e9  # Ovi: 11B twin backbone

@@ -1,4 +1,8 @@
-"""Parameter and FLOP counts of a preset, computed on the meta device (no memory, no weights).
+"""Parameter and FLOP counts of a preset: parameters by arithmetic on the configuration (no torch op, so the
+memory check of ``generate`` stays cheap), FLOPs on the meta device (no memory, no weights).
+
+The arithmetic mirrors the modules (``model.dit``, ``model.attention``, ``model.planner`` and the default
+Qwen3 LM); the tests hold it to the modules' own ``parameters()`` on the meta device for every preset.
 
 FLOPs are matmul FLOPs (2 per multiply-add) as counted by ``torch.utils.flop_counter`` for linear
 layers and the LM's attention, plus ``4 * B * H * Nq * Nk * D`` for every ``baton_fast.rope_attention``
@@ -54,13 +58,70 @@ def _models(cfg: BatonConfig):
 def parameter_counts(cfg: BatonConfig) -> dict:
     """``{"dit", "dit_video", "dit_audio", "planner_lm", "planner_towers", "total"}`` parameter counts
     (video/audio: each tower's blocks and embeddings; the text encoder is not included)."""
-    dit, lm, towers = _models(cfg)
-    video = _n(dit.video_io) + sum(_n(b.video) for b in dit.blocks)
-    audio = _n(dit.audio_io) + sum(_n(b.audio) for b in dit.blocks)
-    counts = {"dit": _n(dit), "dit_video": video, "dit_audio": audio,
-              "planner_lm": _n(lm) if lm is not None else 0, "planner_towers": _n(towers) if towers is not None else 0}
+    pc = cfg.planner
+    video = _branch_io(cfg.video, cfg, pc and pc.video_feature_dim) + cfg.video.num_layers * _branch_block(
+        cfg.video, cfg.audio.dim, pc is not None)
+    audio = _branch_io(cfg.audio, cfg, pc and pc.audio_feature_dim) + cfg.audio.num_layers * _branch_block(
+        cfg.audio, cfg.video.dim, pc is not None)
+    counts = {"dit": video + audio, "dit_video": video, "dit_audio": audio,
+              "planner_lm": _qwen3(pc) if pc is not None else 0, "planner_towers": _towers(cfg) if pc is not None else 0}
     counts["total"] = counts["dit"] + counts["planner_lm"] + counts["planner_towers"]
     return counts
+
+
+def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + n_out * bias
+
+
+def _key_value(context_dim: int, dim: int) -> int:
+    """``attention.KeyValue``: k, v and the RMSNorm of k."""
+    return 2 * _linear(context_dim, dim) + dim
+
+
+def _cross_attention(dim: int, context_dim: int) -> int:
+    """``attention.CrossAttention``: q, its RMSNorm, the keys and values, o."""
+    return 2 * _linear(dim, dim) + dim + _key_value(context_dim, dim)
+
+
+def _feed_forward(dim: int, hidden: int) -> int:
+    return _linear(dim, hidden) + _linear(hidden, dim)
+
+
+def _branch_block(branch, other_dim: int, planned: bool) -> int:
+    """``dit.BranchBlock``: modulation, self-attention (q, k, v, o, two RMSNorms), norm3, the text and cross-modal
+    attention (and its LayerNorm of the other branch), the plan attention and its LayerNorm, the FFN."""
+    d = branch.dim
+    self_attention = 4 * _linear(d, d) + 2 * d
+    text_and_other = _cross_attention(d, d) + 2 * other_dim + _key_value(other_dim, d)
+    plan = 2 * d + _cross_attention(d, d) if planned else 0
+    return 6 * d + self_attention + 2 * d + text_and_other + plan + _feed_forward(d, branch.ffn_dim)
+
+
+def _branch_io(branch, cfg: BatonConfig, plan_dim) -> int:
+    """``dit.BranchIO``: patch, text, timestep and planned-token embeddings, and the head (modulation, linear)."""
+    d, patch_values = branch.dim, branch.latent_channels * branch.patch_volume
+    embeddings = (_linear(patch_values, d) + _linear(cfg.text_dim, d) + _linear(d, d) + _linear(cfg.freq_dim, d)
+                  + _linear(d, d) + _linear(d, 6 * d))
+    plan = _linear(plan_dim, d) + _linear(d, d) if plan_dim else 0
+    return embeddings + plan + 2 * d + _linear(d, patch_values)
+
+
+def _towers(cfg: BatonConfig) -> int:
+    """``planner.SemanticAlignmentTowers`` sized for the preset's longest clip."""
+    pc, d = cfg.planner, cfg.planner.tower_dim
+    queries = (cfg.keyframes(cfg.max_seconds) * pc.grid ** 2 + math.ceil(cfg.max_seconds) * pc.audio_tokens_per_chunk) * d
+    layer = 4 * 2 * d + _cross_attention(d, pc.lm_hidden) + _cross_attention(d, d) + _feed_forward(d, pc.tower_ffn)
+    heads = sum(2 * d + _linear(d, d) + _linear(d, features) for features in (pc.video_feature_dim, pc.audio_feature_dim))
+    return queries + 2 * pc.tower_layers * layer + heads
+
+
+def _qwen3(pc) -> int:
+    """The default planner LM (``planner.default_language_model``, Qwen3 without biases): embeddings, per layer
+    q/k/v/o, the RMSNorms of q and k (per head) and of the layer, the gated MLP; the final norm; an untied head."""
+    h, attention = pc.lm_hidden, pc.lm_heads * pc.lm_head_dim
+    layer = (2 * h * attention + 2 * h * pc.lm_kv_heads * pc.lm_head_dim + 2 * pc.lm_head_dim + 2 * h
+             + 3 * h * pc.lm_ffn)
+    return pc.lm_vocab * h * (1 if pc.lm_tie_embeddings else 2) + pc.lm_layers * layer + h
 
 
 def plan_cache_bytes(cfg: BatonConfig, seconds: float, dtype=torch.bfloat16, batch: int = 1) -> int:
