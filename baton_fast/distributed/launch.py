@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 __all__ = ["run_local_group", "free_port"]
 
-PRELOAD = ["torch", "torch._dynamo", "baton_fast", "baton_fast.distributed"]
+PRELOAD = ["torch", "torch._dynamo", "baton_fast", "baton_fast.distributed", "baton_fast.model.dit"]
 
 
 def free_port() -> int:
