@@ -31,7 +31,8 @@ import triton.language as tl
 
 from .quant_formats import FP8_PV, P_SCALE, QK_FORMAT, QMAX, STORAGE, V_BLOCK
 from .rope_attention import _interpreting
-from .rope_math import pair_offsets, rotate_pairs
+from .rope_norm import (heads_pad, num_warps_for, pairs_pad, rmsnorm_rope_pairs, token_pairs,
+                        tokens_per_program)
 
 MEAN_CHUNK = 16  # tokens summed per program of K's mean pass
 
@@ -75,52 +76,32 @@ def _quantize_rows(
     HAS_MEAN: tl.constexpr, INT8: tl.constexpr, EXACT_CAST: tl.constexpr, CHUNK: tl.constexpr,
     TOKENS: tl.constexpr,
 ):
-    """One program per chunk of ``CHUNK`` tokens, all heads, ``TOKENS`` tokens at a time (``[TOKENS, heads, pairs]``
-    tiles): RMSNorm (``NORM`` as in rope_norm.py), RoPE, then either (``MEAN_PASS``) the chunk's sum of the result
-    into ``Mean[b, chunk]`` or the quantised tokens into ``Out`` with one scale per (token, head) into
-    ``Scale[b, h, n]``, after subtracting ``Mean[b]`` (``HAS_MEAN``)."""
+    """One program per chunk of ``CHUNK`` tokens, all heads, ``TOKENS`` tokens at a time: rope_norm.py's norm +
+    RoPE pass (:func:`~kernels.rope_norm.rmsnorm_rope_pairs`), then an epilogue: either (``MEAN_PASS``) the
+    chunk's sum of the result into ``Mean[b, chunk]``, or the tokens minus ``Mean[b]`` (``HAS_MEAN``) quantised
+    into ``Out`` with one scale per (token, head) into ``Scale[b, h, n]``."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     chunk = pid % n_chunks
     offs_h = tl.arange(0, HEADS_PAD)
-    offs_j = tl.arange(0, HALF_PAD)
-    mask_hj = (offs_h[:, None] < num_heads) & (offs_j[None, :] < HALF)  # [HEADS_PAD, HALF_PAD]
-    p1, p2 = pair_offsets(offs_j, HALF, INTERLEAVED)
-    j1, j2 = p1[None, None, :], p2[None, None, :]
-    heads = offs_h.to(tl.int64)[None, :, None]
-    if ROTATE:
-        freq = tl.load(F + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask_hj, other=0.0)[None]
-        axis = tl.load(Ax + offs_h[:, None] * stride_fh + offs_j[None, :], mask=mask_hj, other=0)[None]
-    mean_row = Mean + b * stride_mb + chunk * stride_mc + offs_h.to(tl.int64)[:, None] * stride_mh
+    first = chunk * CHUNK + tl.arange(0, TOKENS).to(tl.int64)  # [TOKENS]
+    heads, j1, j2, mask_hj, _ = token_pairs(first, n_tokens, num_heads, HALF, HALF_PAD, HEADS_PAD, INTERLEAVED)
+    mean_row = Mean + b * stride_mb + chunk * stride_mc + heads * stride_mh
     if HAS_MEAN:
-        mean1 = tl.load(mean_row + p1[None, :], mask=mask_hj, other=0.0)[None]
-        mean2 = tl.load(mean_row + p2[None, :], mask=mask_hj, other=0.0)[None]
-    sum1 = tl.zeros([HEADS_PAD, HALF_PAD], tl.float32)
-    sum2 = tl.zeros([HEADS_PAD, HALF_PAD], tl.float32)
+        mean1 = tl.load(mean_row + j1, mask=mask_hj, other=0.0)
+        mean2 = tl.load(mean_row + j2, mask=mask_hj, other=0.0)
+    sum1 = tl.zeros([1, HEADS_PAD, HALF_PAD], tl.float32)
+    sum2 = tl.zeros([1, HEADS_PAD, HALF_PAD], tl.float32)
     for start in range(0, CHUNK, TOKENS):
-        n = chunk * CHUNK + start + tl.arange(0, TOKENS).to(tl.int64)  # [TOKENS]
-        mask = mask_hj[None] & (n < n_tokens)[:, None, None]
-        x_row = X + b * stride_xb + n[:, None, None] * stride_xn + heads * stride_xh
-        x1 = tl.load(x_row + j1 * stride_xd, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + j2 * stride_xd, mask=mask, other=0.0).to(tl.float32)
-        if NORM == 1:
-            inv = (1.0 / tl.sqrt(tl.sum(x1 * x1 + x2 * x2, 2) / (2 * HALF) + eps))[:, :, None]
-        elif NORM == 2:
-            inv = (1.0 / tl.sqrt(tl.sum(tl.sum(x1 * x1 + x2 * x2, 2), 1) / (2 * HALF * num_heads) + eps))[:, None, None]
-        if NORM != 0:
-            x1 = x1 * inv
-            x2 = x2 * inv
-            if HAS_WEIGHT:
-                w_row = W + (offs_h[None, :, None] * (2 * HALF) if NORM == 2 else 0 * offs_h[None, :, None])
-                x1 = x1 * tl.load(w_row + j1, mask=mask_hj[None], other=0.0).to(tl.float32)
-                x2 = x2 * tl.load(w_row + j2, mask=mask_hj[None], other=0.0).to(tl.float32)
-        if ROTATE:
-            x1, x2 = rotate_pairs(x1, x2, C + b * stride_cb + n[:, None, None] * stride_cn, axis * stride_ca, freq,
-                                  mask)
+        n = first + start
+        x1, x2 = rmsnorm_rope_pairs(X, W, C, F, Ax, b, n, stride_xb, stride_xn, stride_xh, stride_xd,
+                                    stride_cb, stride_cn, stride_ca, stride_fh, n_tokens, num_heads, eps,
+                                    HALF, HALF_PAD, HEADS_PAD, INTERLEAVED, NORM, HAS_WEIGHT, ROTATE)
         if MEAN_PASS:
-            sum1 += tl.sum(x1, 0)
-            sum2 += tl.sum(x2, 0)
+            sum1 += tl.sum(x1, 0)[None]
+            sum2 += tl.sum(x2, 0)[None]
         else:
+            mask = mask_hj & (n < n_tokens)[:, None, None]
             if HAS_MEAN:
                 x1 = tl.where(mask, x1 - mean1, 0.0)
                 x2 = tl.where(mask, x2 - mean2, 0.0)
@@ -134,8 +115,8 @@ def _quantize_rows(
                      tl.where(has_range, amax / qmax, 1.0),
                      mask=(offs_h[None, :] < num_heads) & (n < n_tokens)[:, None])
     if MEAN_PASS:
-        tl.store(mean_row + p1[None, :], sum1, mask=mask_hj)
-        tl.store(mean_row + p2[None, :], sum2, mask=mask_hj)
+        tl.store(mean_row + j1, sum1, mask=mask_hj)
+        tl.store(mean_row + j2, sum2, mask=mask_hj)
 
 
 @triton.jit
@@ -286,17 +267,13 @@ def quantize_rows_fwd(x, coords, freqs, axes, interleaved: bool, *, scheme: str,
     fmt = QK_FORMAT[scheme]
     data = torch.empty((B, N, H, D), device=x.device, dtype=STORAGE[fmt])
     scale = torch.empty((B, H, N), device=x.device, dtype=torch.float32)
-    from .rope_norm import heads_pad, num_warps_for, pairs_pad
-
     common = dict(HALF=D // 2, HALF_PAD=pairs_pad(D), HEADS_PAD=heads_pad(H), INTERLEAVED=interleaved, NORM=norm,
                   HAS_WEIGHT=weight is not None, ROTATE=rotate, INT8=fmt == "int8", EXACT_CAST=exact_fp8_cast(),
                   num_warps=num_warps_for(H, D))
     tensors = (weight if weight is not None else freqs, coords, freqs, axes)
     coord_strides = (coords.stride(0) if coords.shape[0] > 1 else 0, coords.stride(1), coords.stride(2),
                      freqs.stride(0) if freqs.shape[0] > 1 else 0)
-    # tokens per tile: one on a GPU (a token's H*D values fill the program, as in rope_norm.py); 16 under the
-    # interpreter, whose cost is per operation, not per element
-    tokens = 16 if _interpreting() else 1
+    tokens = tokens_per_program(_interpreting())
     mean = None
     if smooth:
         chunks = triton.cdiv(N, MEAN_CHUNK)
