@@ -456,3 +456,73 @@ def test_communication_model_counts_by_hand():
     assert sp_traffic(get_preset("ovi-720p-5s"), 5.0, 4, "ring")["plan cross-attention"] == 0
     with pytest.raises(ValueError, match="dividing 24 heads"):
         sp_traffic(cfg, 5.0, 5, "ulysses")
+
+
+# ====================================================================== gpu-check --sp-degree (CPU: its exits)
+def _gpu_check_exit(argv, capsys, tmp_path) -> str:
+    from baton_fast import cli
+
+    out = tmp_path / "gpu"
+    assert cli.main(["gpu-check", "--out", str(out), *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert not out.exists()
+    return lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit without CUDA")
+def test_gpu_check_sp_degree_without_cuda_is_a_one_line_error(capsys, tmp_path):
+    assert "no CUDA device is available" in _gpu_check_exit(["--sp-degree", "2"], capsys, tmp_path)
+
+
+@pytest.mark.parametrize("degree", ["1", "0", "-3"])
+def test_gpu_check_sp_degree_below_two_is_a_one_line_error(degree, capsys, tmp_path):
+    line = _gpu_check_exit(["--sp-degree", degree], capsys, tmp_path)
+    assert f"--sp-degree: expected an integer >= 2 (GPUs, one rank each), got {degree}" in line
+
+
+def test_gpu_check_sp_degree_with_too_few_gpus_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    # a stand-in machine with one CUDA device (and NCCL), the compiled-kernel environment
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("BATON_FAST_BACKEND", raising=False)
+    line = _gpu_check_exit(["--sp-degree", "4"], capsys, tmp_path)
+    assert "--sp-degree 4: this machine has 1 CUDA device(s); the check needs one per rank" in line
+
+
+def test_gpu_check_sp_records_fail_when_any_rank_fails_its_check():
+    from baton_fast.gpu_check.sequence_parallel import _records
+
+    def rank_result(ok, grad_ok, rel):  # stand-in rank results (no GPU ran): only the aggregation is tested
+        scheme = dict(rel_vs_single=rel, error=0.01, budget=0.02, ok=ok, grad_ok=dict(dq=grad_ok, dk=True, dv=True),
+                      forward_ms=5.0, forward_backward_ms=15.0)
+        return {"single_ms": 8.0, "schemes": {"ring": scheme, "ulysses": dict(scheme, ok=True)}}
+
+    records = _records([rank_result(True, True, 1e-3), rank_result(True, False, 4e-3)], 2, "cuda:stand-in x 2")
+    checks = {r["backend"]: r for r in records if r["metric"] == "max rel diff vs 1 GPU"}
+    assert checks["ring attention, 2 ranks (NCCL)"]["extra"]["ok"] is False  # rank 1's dq outside its budget
+    assert checks["ring attention, 2 ranks (NCCL)"]["extra"]["gradients_ok"] == dict(dq=False, dk=True, dv=True)
+    assert checks["ring attention, 2 ranks (NCCL)"]["value"] == 4e-3  # the worst rank
+    forward = [r for r in records if r["metric"] == "forward time" and r["backend"].startswith("ring")][0]
+    assert forward["extra"]["speedup_vs_1_gpu"] == 8.0 / 5.0
+
+
+def test_gpu_check_sp_rank_program_runs_under_gloo_on_a_tiny_grid():
+    """The ranks' program of ``gpu-check --sp-degree`` end to end on the CPU (gloo, 2 ranks, 2x3x4 tokens):
+    its checks pass and every record is there.  Its times are CPU times of a toy shape and are not kept."""
+    from baton_fast.gpu_check.sequence_parallel import _rank_main, _records
+
+    per_rank = run_local_group(_rank_main, 2, 2, 0, (2, 3, 4), 1, timeout_s=WORKERS_TIMEOUT_S,
+                               collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+    records = _records(per_rank, 2, "cuda:not-run (CPU test)")
+    checks = [r for r in records if r["metric"] == "max rel diff vs 1 GPU"]
+    assert [r["backend"] for r in checks] == ["ring attention, 2 ranks (NCCL)", "ulysses attention, 2 ranks (NCCL)"]
+    for r in checks:
+        assert r["extra"]["ok"], r
+        assert r["value"] <= 2e-2  # bf16: the sharded shard against the one-process result
+    assert sum(r["metric"] in ("forward time", "forward+backward time") for r in records) == 4

@@ -1,4 +1,5 @@
-"""Run a function on a local process group (gloo on 127.0.0.1): the tests and the CPU benchmark.
+"""Run a function on a local process group (gloo on 127.0.0.1, or NCCL over this machine's GPUs): the tests,
+the CPU benchmark and ``gpu-check --sp-degree``.
 
 Under ``torchrun`` the ranks already exist; this is for a single machine without a launcher.  The ranks
 fork from a server process that imported torch and baton-fast once (``forkserver`` with preloads), so
@@ -30,10 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(fn, rank, world, port, collective_timeout_s, threads, results, args):
+def _rank_main(fn, rank, world, port, collective_timeout_s, threads, backend, results, args):
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        if backend == "nccl":  # one GPU per rank
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=collective_timeout_s))
         results.put((rank, True, fn(*args)))
     except BaseException:  # reported to the parent, which raises
@@ -44,20 +47,24 @@ def _rank_main(fn, rank, world, port, collective_timeout_s, threads, results, ar
 
 
 def run_local_group(fn: Callable, world: int, *args, timeout_s: float = 240.0, collective_timeout_s: float = 60.0,
-                    threads: int = 1) -> list:
-    """Call ``fn(*args)`` on ``world`` new processes, each a rank of one gloo group; return the ranks'
+                    threads: int = 1, backend: str = "gloo") -> list:
+    """Call ``fn(*args)`` on ``world`` new processes, each a rank of one process group; return the ranks'
     return values (picklable) in rank order.
 
     ``fn`` must be importable by name (a module-level function).  ``threads``: torch threads per rank.
+    ``backend``: ``"gloo"`` (CPU), or ``"nccl"`` with rank ``r`` on GPU ``r`` (``torch.cuda.set_device``).
     Raises ``RuntimeError`` with the rank's traceback if a rank raised, or naming the ranks still running
     after ``timeout_s`` (they are killed)."""
     if not isinstance(world, int) or world < 1:
         raise ValueError(f"world: expected a positive number of ranks, got {world!r}")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend: expected 'gloo' or 'nccl', got {backend!r}")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     results = context.Queue()
     port = free_port()
-    procs = [context.Process(target=_rank_main, args=(fn, r, world, port, collective_timeout_s, threads, results, args),
+    procs = [context.Process(target=_rank_main,
+                             args=(fn, r, world, port, collective_timeout_s, threads, backend, results, args),
                              daemon=True) for r in range(world)]
     for p in procs:
         p.start()

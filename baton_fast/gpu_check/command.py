@@ -1,6 +1,7 @@
 """``baton-fast gpu-check``: native numerics, CUDA-graph replay and attention timings on a CUDA GPU.
 
     python3 -m baton_fast.cli gpu-check [--out DIR] [--parts numerics,cuda_graph,timings] [--budget-s 410]
+    python3 -m baton_fast.cli gpu-check --sp-degree N [--out DIR]   # several GPUs: .sequence_parallel
 
 Each part runs in child processes (a kernel fault that poisons the CUDA context, or a hang, costs that
 part only) within its share of the time budget (:data:`PART_BUDGETS_S`, scaled to ``--budget-s``): no
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(f"{p} {s:g} s" for p, s in PART_BUDGETS_S.items())
                              + f"; default {DEFAULT_BUDGET_S:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--sp-degree", type=int, default=None, metavar="N",
+                        help="instead of the parts: sequence-parallel attention on N GPUs (NCCL, one process each) "
+                             "against one GPU, checked and timed, into DIR/sp_results.json "
+                             "(baton_fast/gpu_check/sequence_parallel.py)")
     # internal, for the child processes: run shard I/N of one part until the deadline
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
@@ -244,6 +249,9 @@ def exit_status(doc: dict) -> int:
 def run(args) -> int:
     if args.part:
         return _run_shard(args)
+    if args.sp_degree is not None:
+        from .sequence_parallel import run as run_sequence_parallel
+        return run_sequence_parallel(args)
     parts, out_dir = parse_parts(args.parts), Path(args.out)
     budgets = part_budgets(parts, args.budget_s)
     if out_dir.exists() and not out_dir.is_dir():
