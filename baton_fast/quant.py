@@ -9,7 +9,8 @@ see (every score of a query row moves by the same ``q . mean``); V (fp8 P.V) car
 Backends as in :mod:`baton_fast.ops`: the Triton kernels (``kernels/rope_attention_quant.py``) on CUDA or with
 ``BATON_FAST_BACKEND=triton``; otherwise the plain-PyTorch path of the same scheme: quantise, dequantise, fp32
 attention (:func:`quantize_rows_reference`, :func:`quantize_v_reference`, :func:`dequantized_attention`).  The
-quantised path is for inference: no gradient, no LSE, no layout masks.
+quantised path is for inference: no gradient, no layout masks; the log-sum-exp (to merge partial attentions)
+on pre-quantised q and k (``qk_rmsnorm_rope(..., quant=...)``, :func:`quant_attention`).
 
 The model layer selects it with :func:`attention_quant` (a context: every ``rope_attention`` call inside it
 without LSE, gradient or layout masks runs quantised), which the sampler's hybrid schedule uses.
@@ -136,11 +137,14 @@ def quantize_v_reference(v: torch.Tensor, scheme: str = "fp8") -> QuantizedTenso
     return QuantizedTensor(data.contiguous(), scale.permute(0, 2, 1, 3).contiguous(), scheme)
 
 
-def dequantized_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens=None, scale=None) -> torch.Tensor:
-    """Plain PyTorch: dequantise, then fp32 attention (no rotation; float32 ``[B, Nq, H, D]``)."""
+def dequantized_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens=None, scale=None,
+                          return_lse: bool = False):
+    """Plain PyTorch: dequantise, then fp32 attention (no rotation; float32 ``[B, Nq, H, D]``, and with
+    ``return_lse`` the log-sum-exp float32 ``[B, H, Nq]`` of the scores of the dequantised q and k, K's mean
+    added back)."""
     v = v.dequantize() if isinstance(v, QuantizedTensor) else v.float()
     return reference.rope_attention(q.dequantize(), k.dequantize(), v, rotate_q=False, rotate_k=False,
-                                    k_lens=k_lens, scale=scale)
+                                    k_lens=k_lens, scale=scale, return_lse=return_lse)
 
 
 def cosine_similarity(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -200,22 +204,35 @@ def _(v):
 @torch.library.custom_op("baton_fast::quant_attention", mutates_args=())
 def _quant_attention_op(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
                         v: torch.Tensor, v_scale: Optional[torch.Tensor], k_lens: Optional[torch.Tensor],
-                        scale: float, scheme: str, out_dtype: torch.dtype) -> torch.Tensor:
+                        k_mean: Optional[torch.Tensor], scale: float, scheme: str,
+                        out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)``; ``lse`` float32 ``[B, H, Nq]`` when ``k_mean`` (K's smoothing mean) is given, else empty."""
+    B, n_q, H, _ = q.shape
+    return_lse = k_mean is not None
     if _on_triton(q) and q.numel() and k.shape[1]:
         from .kernels.rope_attention_quant import quant_attention_fwd
-        return quant_attention_fwd(q, q_scale, k, k_scale, v, v_scale, scheme=scheme, k_lens=k_lens, scale=scale,
-                                   out_dtype=out_dtype)
+        result = quant_attention_fwd(q, q_scale, k, k_scale, v, v_scale, scheme=scheme, k_lens=k_lens, scale=scale,
+                                     out_dtype=out_dtype, return_lse=return_lse, k_mean=k_mean)
+        return result if return_lse else (result, _no_lse(q))
     if k.shape[1] == 0:
-        return q.new_zeros(q.shape, dtype=out_dtype)
+        lse = q.new_full((B, H, n_q), float("-inf"), dtype=torch.float32) if return_lse else _no_lse(q)
+        return q.new_zeros(q.shape, dtype=out_dtype), lse
     vq = QuantizedTensor(v, v_scale, scheme) if v_scale is not None else v
-    out = dequantized_attention(QuantizedTensor(q, q_scale, scheme), QuantizedTensor(k, k_scale, scheme), vq,
-                                k_lens=k_lens, scale=scale)
-    return out.to(out_dtype).contiguous()
+    out = dequantized_attention(QuantizedTensor(q, q_scale, scheme), QuantizedTensor(k, k_scale, scheme, k_mean), vq,
+                                k_lens=k_lens, scale=scale, return_lse=return_lse)
+    out, lse = out if return_lse else (out, _no_lse(q))
+    return out.to(out_dtype).contiguous(), lse.contiguous()
+
+
+def _no_lse(q: torch.Tensor) -> torch.Tensor:
+    return q.new_empty((0,), dtype=torch.float32)
 
 
 @_quant_attention_op.register_fake
-def _(q, q_scale, k, k_scale, v, v_scale, k_lens, scale, scheme, out_dtype):
-    return q.new_empty(q.shape, dtype=out_dtype)
+def _(q, q_scale, k, k_scale, v, v_scale, k_lens, k_mean, scale, scheme, out_dtype):
+    B, n_q, H, _ = q.shape
+    return (q.new_empty(q.shape, dtype=out_dtype),
+            q.new_empty((B, H, n_q) if k_mean is not None else (0,), dtype=torch.float32))
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -254,13 +271,15 @@ def quantize_v(v: torch.Tensor, scheme: str):
 
 
 def quant_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens: Optional[torch.Tensor] = None,
-                    scale: Optional[float] = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                    scale: Optional[float] = None, out_dtype: torch.dtype = torch.bfloat16, return_lse: bool = False):
     """Attention on pre-quantised, pre-rotated Q and K (``qk_rmsnorm_rope(..., quant=...)``).
 
     q ``[B, Nq, H, D]`` and k ``[B, Nk, Hk, D]`` :class:`QuantizedTensor` of one scheme; v ``[B, Nk, Hk, D]``: a
     float tensor (quantised here, :func:`quantize_v`) or an already quantised one; k_lens int ``[B]`` (values are
     not read here: check them once with :func:`baton_fast.check_key_lengths`).  Returns ``out_dtype``
-    ``[B, Nq, H, D]``."""
+    ``[B, Nq, H, D]``, and with ``return_lse`` also ``lse`` float32 ``[B, H, Nq]`` (natural log of the sum of
+    ``exp(scale * q . k)`` over the keys, K's smoothing mean added back; ``-inf`` for a row without keys), to
+    merge attentions over parts of the keys (sequence parallelism)."""
     for name, x in (("q", q), ("k", k)):
         if not isinstance(x, QuantizedTensor):
             raise TypeError(f"{name}: expected a QuantizedTensor (qk_rmsnorm_rope(..., quant=...)), "
@@ -284,22 +303,34 @@ def quant_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens: Option
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     v = quantize_v(v, q.scheme)
     data, v_scale = (v.data, v.scale) if isinstance(v, QuantizedTensor) else (v, None)
-    return _quant_attention_op(q.data, q.scale, k.data, k.scale, data, v_scale,
-                               k_lens.contiguous() if k_lens is not None else None, scale, q.scheme, out_dtype)
+    k_mean = None
+    if return_lse:
+        k_mean = k.mean if k.mean is not None else torch.zeros(B, k.shape[2], D, device=k.device)
+    out, lse = _quant_attention_op(q.data, q.scale, k.data, k.scale, data, v_scale,
+                                   k_lens.contiguous() if k_lens is not None else None,
+                                   k_mean.float().contiguous() if return_lse else None, scale, q.scheme, out_dtype)
+    return (out, lse) if return_lse else out
 
 
 def scheme_for_call(quant: Optional[str], *, return_lse: bool, masked: bool, grad: bool) -> Optional[str]:
     """The scheme a ``rope_attention`` call runs: an explicit ``quant`` (refused with LSE, layout masks or a block
-    mask (``masked``) or a gradient, which the quantised kernel does not give), else the :func:`attention_quant`
-    context's for a call that needs none of them, else None (full precision)."""
+    mask (``masked``) or a gradient, which ``rope_attention(..., quant=...)`` does not give), else the
+    :func:`attention_quant` context's for a call that needs none of them, else None (full precision)."""
     if quant is None:
         return None if return_lse or masked or grad else active_scheme()
     check_scheme(quant)
-    for needed, what in ((return_lse, "return_lse"), (masked, "q_groups/k_groups or block_mask"), (grad, "a gradient")):
-        if needed:
-            raise ValueError(f"quant: the quantised attention gives no LSE, layout masks or gradient; "
-                             f"got {what} with quant={quant!r}")
+    if return_lse:
+        raise ValueError(f"quant: rope_attention(..., quant={quant!r}) gives no LSE; for one, quantise in the "
+                         "pre-pass (qk_rmsnorm_rope(..., quant=...)) and pass its q, k with return_lse=True")
+    _refuse_masks_and_gradient(quant, masked, grad)
     return quant
+
+
+def _refuse_masks_and_gradient(quant: str, masked: bool, grad: bool):
+    for needed, what in ((masked, "q_groups/k_groups or block_mask"), (grad, "a gradient")):
+        if needed:
+            raise ValueError(f"quant: the quantised attention takes no layout masks and gives no gradient; "
+                             f"got {what} with quant={quant!r}")
 
 
 def quantize_qk(q_side: tuple, k_side: tuple, norm: int, eps: float, quant: str, *, rotate: bool):
@@ -313,16 +344,16 @@ def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rot
                            return_lse: bool, masked: bool) -> torch.Tensor:
     """``rope_attention`` on the :class:`QuantizedTensor` q and k of ``qk_rmsnorm_rope(..., quant=...)``: they are
     rotated already, and their scheme is the call's (``quant`` None or the same).  Returns v's float dtype
-    (bfloat16 for a quantised v)."""
+    (bfloat16 for a quantised v), and with ``return_lse`` the LSE (:func:`quant_attention`)."""
     if rotate_q or rotate_k:
         raise ValueError("rotate_q, rotate_k: quantised q and k are rotated by the pre-pass; pass "
                          "rotate_q=False, rotate_k=False")
     scheme = getattr(q, "scheme", None)
     if quant is not None and quant != scheme:
         raise ValueError(f"quant: expected None or q's scheme {scheme!r}, got {quant!r}")
-    scheme_for_call(scheme or "fp8", return_lse=return_lse, masked=masked, grad=False)
+    _refuse_masks_and_gradient(scheme or "fp8", masked, grad=False)
     out_dtype = v.dtype if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else torch.bfloat16
-    return quant_attention(q, k, v, k_lens=k_lens, scale=scale, out_dtype=out_dtype)
+    return quant_attention(q, k, v, k_lens=k_lens, scale=scale, out_dtype=out_dtype, return_lse=return_lse)
 
 
 def rope_attention(args: tuple, scheme: str) -> torch.Tensor:

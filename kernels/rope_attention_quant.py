@@ -152,14 +152,16 @@ def _quantize_v(
 # ----------------------------------------------------------------------------- attention
 @triton.jit
 def _quant_attention_fwd(
-    Q, QS, K, KS, V, VS, Out, KLens,
+    Q, QS, K, KS, V, VS, Out, KLens, Lse, KMean,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_ob, stride_on, stride_oh, stride_od,
     stride_qs_b, stride_qs_h, stride_ks_b, stride_ks_h, stride_vs_b, stride_vs_h, stride_vs_k,
+    stride_lse_b, stride_lse_h, stride_km_b, stride_km_h,
     n_q, n_k, num_heads, group, qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FP8_PV: tl.constexpr, HAS_KLENS: tl.constexpr,
+    RETURN_LSE: tl.constexpr,
     V_BLOCK: tl.constexpr, P_SCALE: tl.constexpr, EXACT_CAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -223,6 +225,14 @@ def _quant_attention_fwd(
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     o_tile = Out + b * stride_ob + h * stride_oh + start_m * stride_on
     tl.store(o_tile + rows_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    if RETURN_LSE:
+        # K was smoothed (minus its token mean): the softmax ignores the shift q . mean of a row's scores, its
+        # log-sum-exp does not, so it is added back (fp32, from the same quantised q; base 2 as m_i)
+        k_mean = tl.load(KMean + b * stride_km_b + hk * stride_km_h + offs_d, mask=mask_d, other=0.0)
+        shift = tl.sum(q.to(tl.float32) * k_mean[None, :], 1) * q_scale
+        lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)) + shift) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(Lse + b * stride_lse_b + h * stride_lse_h + offs_m, lse, mask=mask_m)
 
 
 # Shipped configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per scheme and padded head dim; compiled by
@@ -304,39 +314,44 @@ def quantize_v_fwd(v):
 
 
 def quant_attention_fwd(q, q_scale, k, k_scale, v, v_scale, *, scheme: str, k_lens, scale: float, out_dtype,
-                        config=None):
+                        config=None, return_lse: bool = False, k_mean=None):
     """Launch the quantised attention on validated inputs.
 
     q ``[B, Nq, H, D]`` and k ``[B, Nk, Hk, D]`` in the scheme's :data:`QK_FORMAT` (int8 / float8_e4m3fn) with
     scales float32 ``[B, H, Nq]`` / ``[B, Hk, Nk]``; v float8_e4m3fn with ``v_scale [B, Hk, cdiv(Nk, V_BLOCK), D]``
     (:data:`FP8_PV` schemes) or float16 with ``v_scale`` None (``"int8"``); k_lens int ``[B]`` or None.  Returns ``[B, Nq, H, D]`` in
-    ``out_dtype``.  ``config``: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``.
+    ``out_dtype``.  ``config``: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``.  With ``return_lse`` returns
+    ``(out, lse)``, ``lse`` float32 ``[B, H, Nq]`` (natural log; ``-inf`` for a row without keys), which needs
+    ``k_mean`` float32 ``[B, Hk, D]``, the mean K was smoothed by (zeros if none).
     """
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     out = torch.empty((B, n_q, H, D), device=q.device, dtype=out_dtype)
     fp8 = FP8_PV[scheme]
     vs = v_scale if fp8 else q_scale  # placeholder pointer when V is not scaled
+    lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32) if return_lse else None
+    lse_ptrs = (lse, k_mean) if lse is not None else (q_scale, q_scale)
+    lse_strides = (*lse.stride()[:2], *k_mean.stride()[:2]) if lse is not None else (0, 0, 0, 0)
 
     def launch(cfg):
         block_m, block_n, num_warps, num_stages = cfg
         if V_BLOCK % block_n:
             raise ValueError(f"config: BLOCK_N={block_n} must divide the V scale block {V_BLOCK}")
         _quant_attention_fwd[(triton.cdiv(n_q, block_m), B * H)](
-            q, q_scale, k, k_scale, v, vs, out, k_lens if k_lens is not None else q_scale,
+            q, q_scale, k, k_scale, v, vs, out, k_lens if k_lens is not None else q_scale, *lse_ptrs,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             q_scale.stride(0), q_scale.stride(1), k_scale.stride(0), k_scale.stride(1),
-            vs.stride(0), vs.stride(1), vs.stride(2) if fp8 else 0,
+            vs.stride(0), vs.stride(1), vs.stride(2) if fp8 else 0, *lse_strides,
             n_q, n_k, H, H // Hk, scale * math.log2(math.e),
-            HEAD_DIM=D, D_PAD=d_pad(D), FP8_PV=fp8, HAS_KLENS=k_lens is not None,
+            HEAD_DIM=D, D_PAD=d_pad(D), FP8_PV=fp8, HAS_KLENS=k_lens is not None, RETURN_LSE=lse is not None,
             V_BLOCK=V_BLOCK, P_SCALE=P_SCALE, EXACT_CAST=exact_fp8_cast(),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
 
-    launch(config or _pick_config(q, k, scheme, launch))
-    return out
+    launch(config or _pick_config(q, k, scheme, launch, lse is not None))
+    return out if lse is None else (out, lse)
 
 
-def _pick_config(q, k, scheme: str, launch):
+def _pick_config(q, k, scheme: str, launch, return_lse: bool):
     """The pinned config under the interpreter; on a GPU the tuned choice among the shipped configs."""
     if _interpreting() or q.device.type != "cuda":
         return INTERPRETER_CONFIG
@@ -345,6 +360,6 @@ def _pick_config(q, k, scheme: str, launch):
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     major, minor = torch.cuda.get_device_capability(q.device)
-    key = tuning.attention_key(f"sm_{major}{minor}", n_q, n_k, D, q.dtype, {"QUANT_" + scheme.upper(): True},
+    key = tuning.attention_key(f"sm_{major}{minor}", n_q, n_k, D, q.dtype, {"QUANT_" + scheme.upper(): True, **({"RETURN_LSE": True} if return_lse else {})},
                                B * H, H // Hk)
     return tuning.choose(key, shipped_configs(scheme, D), lambda cfg: tuning.benchmark(lambda: launch(cfg)))
