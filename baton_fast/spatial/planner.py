@@ -35,7 +35,8 @@ import numpy as np
 import scipy.signal
 
 from .cues import SpatialCues, cue_report, load_audio, spatial_cues, to_db
-from .tfcues import bin_agreement, position_map
+from .grouping import group_maps
+from .tfcues import bin_agreement
 from .tracking import Track, Tracker
 from .vsl import VSL, LayoutFrame, LayoutObject
 
@@ -100,9 +101,9 @@ class CuePlanner:
         share = (1.0, 0.0)
         found: list[Track] = []
         if cues.is_stereo:
-            fused, weights, share = position_map(cues)
-            found = self.tracker.tracks(self.tracker.peaks(fused, weights.sum(axis=1), loud, hop), hop)
-            found = found[:self.max_sources]
+            groups, _, share = group_maps(cues)
+            streams = [self.tracker.peaks(fused, frame_weight, loud, hop) for fused, frame_weight in groups]
+            found = self.tracker.sources(streams, hop)[:self.max_sources]
         if not found:  # mono, or no consistent direction anywhere: one source in the centre
             found = [Track(np.full(len(level), 0.5), loud.copy(), np.where(loud, 1.0, 0.0), loud.copy())]
         owner = self._owners(cues, found, share)

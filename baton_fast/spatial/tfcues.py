@@ -111,9 +111,14 @@ def position_map(cues: SpatialCues, points: int = GRID) -> tuple[np.ndarray, np.
     weights = bin_weights(cues)
     frame_weight = weights.sum(axis=1)
     time, level = time_map(cues, weights, points), level_map(cues, weights, points)
-    a_time, a_level = cue_weights(time, level, frame_weight)
-    fused = (a_time * time + a_level * level) / np.maximum(frame_weight, 1e-30)[:, None]
-    return fused, weights, (a_time, a_level)
+    share = cue_weights(time, level, frame_weight)
+    return fused_map(time, level, share, frame_weight), weights, share
+
+
+def fused_map(time: np.ndarray, level: np.ndarray, share: tuple[float, float], frame_weight: np.ndarray
+              ) -> np.ndarray:
+    """``(a_time * time + a_level * level) / frame_weight``: float64 ``[F, G]``, 1 where every bin agrees."""
+    return (share[0] * time + share[1] * level) / np.maximum(frame_weight, 1e-30)[:, None]
 
 
 def bin_agreement(cues: SpatialCues, x: np.ndarray, cue_share: tuple[float, float]) -> np.ndarray:

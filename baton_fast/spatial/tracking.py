@@ -11,9 +11,14 @@ lobes of a louder source) and merged (fragments of one source: one ends where th
 next begins; two tracks that run side by side, or sit at the same median place, within
 ``merge_distance``: reverberant speech scatters its peaks by about +-0.15). The number of sources is the
 number of tracks left; two sources closer than ``merge_distance`` (about 35 degrees at the centre) are one.
+
+With bins grouped by what they are (:mod:`.grouping`: tonal partials, noise-like bins), each group's map
+gives its own peak stream, tracked and pruned on its own before the groups' tracks are merged: a hum
+next to a louder noise keeps its track although its peak in the all-bins map is a side lobe of the noise's.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +80,21 @@ class Tracker:
 
     def tracks(self, peaks: list[list[tuple[float, float]]], hop_seconds: float) -> list[Track]:
         """Follow ``peaks`` over the frames, prune and merge: the sources, strongest support first."""
-        frames = len(peaks)
+        return self.sources([peaks], hop_seconds)
+
+    def sources(self, streams: Sequence[list[list[tuple[float, float]]]], hop_seconds: float) -> list[Track]:
+        """The sources of several peak streams (one per bin group, :mod:`.grouping`): each stream is followed,
+        merged and pruned on its own (a group's reflections are weak against that group's source, not
+        against another group's louder one), then the tracks of all streams are merged where they are one
+        source and pruned against the strongest of all. Strongest support first."""
         max_gap = max(1, round(self.max_gap_seconds / hop_seconds))
+        found = []
+        for peaks in streams:
+            found += self._prune(self._merge(self._follow(peaks, max_gap), max_gap), hop_seconds)
+        return sorted(self._prune(self._merge(found, max_gap), hop_seconds), key=lambda t: -t.support)
+
+    def _follow(self, peaks: list[list[tuple[float, float]]], max_gap: int) -> list[Track]:
+        """The alpha-beta tracker over the frames' peaks: every track it started, unpruned."""
         live: list[dict] = []
         done: list[dict] = []
         for f, frame_peaks in enumerate(peaks):
@@ -100,16 +118,17 @@ class Tracker:
             ended = [s for s in live if f - s["last"] > max_gap]
             done += ended
             live = [s for s in live if f - s["last"] <= max_gap]
-        found = [self._track(s["points"], frames) for s in done + live]
-        found = self._merge(found, max_gap)
-        if not found:
+        return [self._track(s["points"], len(peaks)) for s in done + live]
+
+    def _prune(self, tracks: list[Track], hop_seconds: float) -> list[Track]:
+        """Drop tracks too short, or too weak without leading (see the module docstring)."""
+        if not tracks:
             return []
-        strongest = max(t.support for t in found)
+        strongest = max(t.support for t in tracks)
         min_frames, min_leading = self.min_seconds / hop_seconds, self.min_leading_seconds / hop_seconds
-        kept = [t for t in found if t.detected.sum() >= min_frames and (
+        return [t for t in tracks if t.detected.sum() >= min_frames and (
             t.support >= self.clear_support * strongest
             or (t.support >= self.min_support * strongest and t.leading.sum() >= min_leading))]
-        return sorted(kept, key=lambda t: -t.support)
 
     @staticmethod
     def _track(points: list[tuple[int, float, float, bool]], frames: int) -> Track:

@@ -1,0 +1,47 @@
+"""Time-frequency bins grouped by what they are: tonal partials and noise-like bins.
+
+A harmonic source (a hum, barks, a voice) puts its power into narrow partials; a noise spreads it over
+every bin. In a bin where a partial stands well above the spectrum around it, the partial dominates
+whatever noise is mixed in, so that bin's phase and level point at the harmonic source. Per analysis
+frame a bin is *tonal* when its channel-mean level is at least ``prominence_db`` above the median level
+of the ``neighbourhood_hz`` around it (the local noise floor), and so are its two neighbours (the Hann
+window's main lobe). The test looks at one frame at a time, so a partial stays tonal however its pitch
+moves (a voice or a gliding tone stays one group). Independent noise stands 10 dB above the local median
+in about 0.1 % of bins.
+
+Each group gets its own fused position map (:func:`.tfcues.fused_map` of the group's bin weights), and
+the tracker (:meth:`.tracking.Tracker.sources`) follows each group's peaks before merging groups that
+are one source (same place).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+
+from .cues import SpatialCues, to_db
+from .tfcues import GRID, bin_weights, cue_weights, fused_map, level_map, time_map
+
+
+def tonal_bins(cues: SpatialCues, prominence_db: float = 10.0, neighbourhood_hz: float = 250.0) -> np.ndarray:
+    """Bins of partials standing ``prominence_db`` above their neighbourhood's median, and their two
+    neighbours: bool ``[F, K]``."""
+    level = to_db(cues.mono_power)
+    width = 2 * max(1, round(neighbourhood_hz / 2 / (cues.freqs[1] - cues.freqs[0]))) + 1
+    floor = scipy.ndimage.median_filter(level, size=(1, width), mode="nearest")
+    return scipy.ndimage.binary_dilation(level >= floor + prominence_db, structure=np.ones((1, 3), dtype=bool))
+
+
+def group_maps(cues: SpatialCues, points: int = GRID
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, tuple[float, float]]:
+    """``([(fused map [F, G], frame weight [F]) of the tonal and of the noise-like bins], bin weights [F, K],
+    (a_time, a_level))``; the cue weights come from all bins together (both maps are linear in the
+    weights, so the all-bins maps are the sums of the groups')."""
+    weights = bin_weights(cues)
+    tonal = tonal_bins(cues)
+    parts = [np.where(group, weights, 0.0) for group in (tonal, ~tonal)]
+    times = [time_map(cues, part, points) for part in parts]
+    levels = [level_map(cues, part, points) for part in parts]
+    share = cue_weights(sum(times), sum(levels), weights.sum(axis=1))
+    groups = [(fused_map(time, level, share, part.sum(axis=1)), part.sum(axis=1))
+              for time, level, part in zip(times, levels, parts)]
+    return groups, weights, share
