@@ -9,7 +9,9 @@ time per call (median of several rounds after a warm-up round, every case timed 
 - one forward of the tiny preset's DiT at 256x256 px (quick: 2 s, 1280 video tokens; full: 4 s, 2304), the
   video and plan tokens split, audio replicated: one process against 2 ranks of 1 thread.
 
-Each figure carries its speedup over one process on one thread (the same work per core).
+Each figure carries its speedup over one process on one thread (the same work per core), and the ratio
+of CPU time (one process's against the busiest rank's): on a loaded machine the wall-time ratio says how
+the ranks fared against the other jobs, the CPU-time ratio how the split divided the work.
 
 The ranks are one local gloo group (:func:`~baton_fast.distributed.launch.run_local_group`: 2 processes of
 1 thread forked from a server that imported torch and baton-fast once, every collective under a timeout,
@@ -48,24 +50,26 @@ RANKS = 2
 
 
 def _interleaved_ms(cases: dict, repeats: int) -> dict:
-    """Median wall time in ms of each case, the cases timed in turn in each of ``repeats`` rounds (after one
-    warm-up round), so that load drifting over the run weighs on every case alike.
+    """``{name: (wall ms, CPU ms)}``: the medians of each case, the cases timed in turn in each of ``repeats``
+    rounds (after one warm-up round), so that load drifting over the run weighs on every case alike.
 
     ``cases``: ``{name: (fn, distributed)}``.  Every call starts from a barrier; a distributed case runs on
-    every rank and keeps the slowest rank's time, a single-process one runs on rank 0 while the others wait."""
+    every rank and keeps the slowest rank's times, a single-process one runs on rank 0 while the others
+    wait.  The CPU time is the process's (``time.process_time``: its threads, gloo's included), the work a
+    call costs whatever else runs on the machine."""
     rank, times = dist.get_rank(), {name: [] for name in cases}
     for round_ in range(repeats + 1):
         for name, (fn, distributed) in cases.items():
             dist.barrier()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             if distributed or rank == 0:
                 fn()
-            elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+            elapsed = torch.tensor([time.perf_counter() - start, time.process_time() - start_cpu], dtype=torch.float64)
             if distributed:
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             if round_:
-                times[name].append(float(elapsed) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[name].append((elapsed * 1e3).tolist())
+    return {name: tuple(statistics.median(column) for column in zip(*t)) for name, t in times.items()}
 
 
 def _on_threads(fn, threads: int):
@@ -149,14 +153,16 @@ def run(quick: bool = True) -> list:
              ("attention", "ring_attention, 2 ranks x 1 thread (gloo)", timings["ring"]),
              ("dit", "DiT sharded (Ulysses), 2 ranks x 1 thread (gloo)", timings["dit"])]
     records = []
-    for kind, backend, value in rows:
+    for kind, backend, (wall_ms, cpu_ms) in rows:
         case, shape = cases[kind]
+        single_wall_ms, single_cpu_ms = timings[f"{kind}/1"]
         records.append(dict(section=SECTION, case=case, backend=backend, device="cpu", kind="measured", metric="time",
-                            value=value, unit="ms", shape=shape, dtype="float32",
-                            extra={"speedup_vs_1_process_1_thread": timings[f"{kind}/1"] / value,
+                            value=wall_ms, unit="ms", shape=shape, dtype="float32",
+                            extra={"speedup_vs_1_process_1_thread": single_wall_ms / wall_ms,
+                                   "cpu_ms": cpu_ms, "cpu_ratio_vs_1_process_1_thread": single_cpu_ms / cpu_ms,
                                    "repeats": REPEATS[quick],
-                                   "timer": "median wall time after a warm-up, cases interleaved per round; "
-                                            "distributed: slowest rank"}))
+                                   "timer": "median wall (and process CPU) time after a warm-up, cases interleaved "
+                                            "per round; distributed: slowest rank"}))
     return records
 
 
@@ -165,5 +171,6 @@ if __name__ == "__main__":
     parser.add_argument("--full", action="store_true", help="the full shapes and repeats")
     args = parser.parse_args()
     for r in run(quick=not args.full):
-        print(f"{r['case']} | {r['backend']}: {r['value']:.1f} ms ({r['extra']['speedup_vs_1_process_1_thread']:.2f}x "
-              f"vs 1 process x 1 thread)")
+        extra = r["extra"]
+        print(f"{r['case']} | {r['backend']}: {r['value']:.1f} ms ({extra['speedup_vs_1_process_1_thread']:.2f}x "
+              f"vs 1 process x 1 thread; CPU {extra['cpu_ms']:.1f} ms, {extra['cpu_ratio_vs_1_process_1_thread']:.2f}x)")
