@@ -123,8 +123,8 @@ def _ranks_main(quick: bool) -> dict:
         sharded_ctx = dit.prepare(shape, *run_inputs, mesh=init_sequence_mesh(1, RANKS))
         cases = {}
         for threads in (1,) if quick else (1, 2):
-            cases[f"attention/{threads}"] = (_on_threads(lambda: baton_fast.rope_attention(q, k, v, coords, coords, table),
-                                                         threads), False)
+            attention = _on_threads(lambda: baton_fast.rope_attention(q, k, v, coords, coords, table), threads)
+            cases[f"attention/{threads}"] = (attention, False)
             cases[f"dit/{threads}"] = (_on_threads(lambda: dit(video, audio, t, single_ctx), threads), False)
         cases["ulysses"] = (lambda: ulysses_attention(local[0], local[1], local[2], local[3], local[3], table), True)
         cases["ring"] = (lambda: ring_attention(local[0], local[1], local[2], local[3], local[3], table), True)
@@ -173,4 +173,5 @@ if __name__ == "__main__":
     for r in run(quick=not args.full):
         extra = r["extra"]
         print(f"{r['case']} | {r['backend']}: {r['value']:.1f} ms ({extra['speedup_vs_1_process_1_thread']:.2f}x "
-              f"vs 1 process x 1 thread; CPU {extra['cpu_ms']:.1f} ms, {extra['cpu_ratio_vs_1_process_1_thread']:.2f}x)")
+              f"vs 1 process x 1 thread; CPU {extra['cpu_ms']:.1f} ms, "
+              f"{extra['cpu_ratio_vs_1_process_1_thread']:.2f}x)")

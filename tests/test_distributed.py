@@ -63,7 +63,8 @@ GRAD_CASES = [
     dict(name="grad_cross_ulysses_uneven_gqa_lens", world=2, scheme="ulysses", n_q=23, n_k=15, q_split=[5, 18],
          kv_heads=2, k_lens=True, lse=True),
     dict(name="grad_self_ulysses_groups_no_lse", world=2, scheme="ulysses", n_q=29, groups=True),
-    dict(name="grad_self_hybrid4_lens_groups_lse", world=4, scheme="hybrid", n_q=43, k_lens=True, groups=True, lse=True),
+    dict(name="grad_self_hybrid4_lens_groups_lse", world=4, scheme="hybrid", n_q=43, k_lens=True, groups=True,
+         lse=True),
     dict(name="grad_cross_ring4_empty_shards_gqa_prepared", world=4, scheme="ring", n_q=18, n_k=30,
          q_split=[5, 5, 0, 8], k_split=[12, 0, 9, 9], kv_heads=1, lse=True, prepared=True),
 ]
@@ -501,7 +502,7 @@ def test_gpu_check_sp_records_fail_when_any_rank_fails_its_check():
     def rank_result(ok, grad_ok, rel):  # stand-in rank results (no GPU ran): only the aggregation is tested
         scheme = dict(rel_vs_single=rel, error=0.01, budget=0.02, ok=ok, grad_ok=dict(dq=grad_ok, dk=True, dv=True),
                       forward_ms=5.0, forward_backward_ms=15.0)
-        return {"single_ms": 8.0, "schemes": {"ring": scheme, "ulysses": dict(scheme, ok=True)}}
+        return {"single_ms": 8.0, "repeats": 10, "schemes": {"ring": scheme, "ulysses": dict(scheme, ok=True)}}
 
     records = _records([rank_result(True, True, 1e-3), rank_result(True, False, 4e-3)], 2, "cuda:stand-in x 2")
     checks = {r["backend"]: r for r in records if r["metric"] == "max rel diff vs 1 GPU"}

@@ -18,7 +18,13 @@ single-process ``rope_attention`` output (and LSE).
 
 Before any data moves, the ranks agree (:func:`~baton_fast.distributed.agreement.agree`): a bad argument
 on one rank, a head count the Ulysses degree does not divide, or ranks disagreeing on shapes raise on
-every rank.
+every rank.  A run that agreed once (:func:`agree_shards`, the DiT's ``prepare``) passes the resulting
+:class:`~baton_fast.distributed.agreement.ShardPlan` as ``shards=``: its calls check locally and run no
+collective on host values.
+
+All three are differentiable in q, k, v (and through the LSE): the Ulysses exchange's backward is the
+inverse exchange (:class:`_UlyssesExchange`), the ring's a FlashAttention-2 style pass around the ring
+(:class:`_RingAttention`).
 """
 from __future__ import annotations
 
@@ -107,7 +113,8 @@ def hybrid_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[Rope
         q, k, v = (_sequence_to_heads(x, lens, mesh.ulysses_rank, mesh.ulysses)
                    for x, lens in ((q, nq_u), (k, nk_u), (v, nk_u)))
         if q_groups is not None:
-            q_groups, k_groups = _gather_tokens(q_groups, nq_u, mesh.ulysses), _gather_tokens(k_groups, nk_u, mesh.ulysses)
+            q_groups = _gather_tokens(q_groups, nq_u, mesh.ulysses)
+            k_groups = _gather_tokens(k_groups, nk_u, mesh.ulysses)
     block_lens = [sum(counts["nk"][r * U:(r + 1) * U]) for r in range(mesh.ring_degree)]
     out, lse = _ring(q, k, v, k_lens, q_groups, k_groups, scale, block_lens, mesh, return_lse)
     if U > 1:
@@ -123,7 +130,7 @@ def agree_shards(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTabl
     """The agreement a direct call runs, once: every rank of ``group`` (default: the world) checks these
     arguments (as for :func:`hybrid_attention`) and the ranks agree on them, raising on every rank as a call
     would.  Returns the :class:`ShardPlan` to pass as ``shards=`` to the calls of the same shapes."""
-    rope_attention_kwargs.pop("check_values", None)  # a call's keyword: no value is read here either way
+    rope_attention_kwargs.pop("check_values", None)  # a call's keyword, not one of the agreement's
     _, counts = _checked_call(q, k, v, q_coords, k_coords, table, SequenceMesh.ring_only(group), None,
                               **rope_attention_kwargs)
     return ShardPlan(tuple(counts["nq"]), tuple(counts["nk"]))

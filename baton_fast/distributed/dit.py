@@ -80,7 +80,8 @@ class SequenceSharding:
         """Every rank must call it (a collective): raises on every rank when the ranks' token counts differ."""
         if not isinstance(mesh, SequenceMesh):
             raise TypeError(f"mesh: expected a SequenceMesh (init_sequence_mesh), got {type(mesh).__name__}")
-        run = dict(mesh_size=mesh.size, video_tokens=video_tokens, plan_tokens=-1 if plan_tokens is None else plan_tokens)
+        run = dict(mesh_size=mesh.size, video_tokens=video_tokens,
+                   plan_tokens=-1 if plan_tokens is None else plan_tokens)
         agree(lambda: run, dict, mesh.group, collective_device(mesh.group), "sequence-parallel run")
         plan = TokenShard.split(mesh, plan_tokens) if plan_tokens is not None else None
         return cls(TokenShard.split(mesh, video_tokens), plan)
