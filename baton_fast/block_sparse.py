@@ -4,7 +4,8 @@
 grouped by how many key blocks they visit, the visited K/V blocks of a group are gathered into one
 ``[G, count * block_k, D]`` batch, and one ``scaled_dot_product_attention`` per group runs over them (with a
 token mask only where a group holds partial blocks or key lengths).  The work is that of the visited blocks
-plus one gather of their K/V.
+plus one gather of their K/V.  The grouping (:func:`visit_plan`) reads the mask's counts on the host once per mask,
+not per call: build it where the mask is built (a prepared run's steps then read nothing back).
 
 :func:`masked_attention` is the dense reference with the same token mask (``block_mask.to_dense()``), in any
 dtype, float64 included: the numerics oracle of the fused kernel and of this path.
@@ -12,13 +13,16 @@ dtype, float64 included: the numerics oracle of the fused kernel and of this pat
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
 
 from .block_mask import BlockMask
 
-__all__ = ["block_sparse_attention", "masked_attention"]
+__all__ = ["block_sparse_attention", "masked_attention", "visit_plan"]
+
+_PLANS: dict = {}  # id of a mask's kv_num_blocks -> (weak reference to it, its visit plan)
 
 
 def masked_attention(q, k, v, token_mask: torch.Tensor, *, scale: Optional[float] = None, k_lens=None,
@@ -54,6 +58,34 @@ def _masked_softmax(s: torch.Tensor, allowed: Optional[torch.Tensor]):
     return p / torch.where(l > 0, l, torch.ones_like(l)), (m + torch.log(l)).squeeze(-1).float()
 
 
+def visit_plan(block_mask: BlockMask) -> list:
+    """The mask's query blocks grouped by how many key blocks they visit: ``[(count, rows int64 [G], partial)]``
+    over the flattened mask rows ``(bm, hm, m)`` of ``[Bm, Hm, Mq]``, ``count > 0``; ``partial``: whether a row of
+    the group visits a partial block.  Reads the counts on the host the first time, then is kept beside the mask
+    (for as long as its ``kv_num_blocks`` tensor lives)."""
+    key = block_mask.kv_num_blocks
+    ref, plan = _PLANS.get(id(key), (None, None))
+    if ref is None or ref() is not key:  # keyed by identity: a tensor's == compares values
+        partial = block_mask.kv_num_blocks.reshape(-1).long()
+        counts = partial + block_mask.full_kv_num_blocks.reshape(-1).long()
+        plan = []
+        for count in counts.unique().tolist():
+            if count:
+                rows = (counts == count).nonzero(as_tuple=True)[0]
+                plan.append((count, rows, bool((partial[rows] > 0).any())))
+        _PLANS[id(key)] = (weakref.ref(key, lambda _, k=id(key): _PLANS.pop(k, None)), plan)
+    return plan
+
+
+def _rows(mask_rows: torch.Tensor, mask_shape, B: int, H: int) -> torch.Tensor:
+    """The rows ``(b, h, m)`` of ``[B, H, Mq]`` that read the flattened mask rows ``mask_rows`` of ``[Bm, Hm, Mq]``."""
+    Bm, Hm, Mq = mask_shape
+    bm, hm, m = mask_rows // (Hm * Mq), (mask_rows // Mq) % Hm, mask_rows % Mq
+    b = torch.arange(B, device=mask_rows.device)[:, None, None] if Bm == 1 else bm[None, None]
+    h = torch.arange(H, device=mask_rows.device)[None, :, None] if Hm == 1 else hm[None, None]
+    return ((b * H + h) * Mq + m[None, None]).reshape(-1)
+
+
 def block_sparse_attention(q, k, v, block_mask: BlockMask, *, scale: Optional[float] = None, k_lens=None,
                            return_lse: bool = False):
     """Attention over the key blocks ``block_mask`` lists (module docstring), equal to :func:`masked_attention`
@@ -78,8 +110,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, scale: Optional[fl
         return x.unflatten(1, (count, size)).permute(0, 3, 1, 2, 4).reshape(-1, size, D)
 
     q_rows, k_blocks, v_blocks = blocks(q, Mq, bq), blocks(k, Mk, bk), blocks(v, Mk, bk)
-    counts, indices, mask_ids = (t.to(device) for t in block_mask.visit_lists())
-    counts = counts.expand(B, H, Mq).reshape(-1).long()
+    _, indices, mask_ids = (t.to(device) for t in block_mask.visit_lists())
     indices = indices.expand(B, H, Mq, -1).reshape(B * H * Mq, -1).long()
     mask_ids = mask_ids.expand(B, H, Mq, -1).reshape(B * H * Mq, -1).long()
     row = torch.arange(B * H * Mq, device=device)
@@ -93,12 +124,13 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, scale: Optional[fl
 
     out = q_rows.new_zeros(q_rows.shape)
     lse = torch.full((B * H * Mq, bq), float("-inf"), device=device)
-    groups = [(count, (counts == count).nonzero(as_tuple=True)[0]) for count in counts.unique().tolist() if count]
+    groups = [(count, _rows(rows.to(device), block_mask.shape, B, H), partial)
+              for count, rows, partial in visit_plan(block_mask)]
     # one K and one V buffer for every group: fresh large tensors cost page faults on each call (the gather
     # into a new tensor took 6x as long on CPU as into a reused one)
-    size = max((rows.shape[0] * count for count, rows in groups), default=0) * bk * D
+    size = max((rows.shape[0] * count for count, rows, _ in groups), default=0) * bk * D
     key_buffer, value_buffer = k_blocks.new_empty(size), v_blocks.new_empty(size)
-    for count, rows in groups:
+    for count, rows, partial in groups:
         kb = indices[rows, :count]  # [G, count]
         flat = (key_base[rows, None] + kb).reshape(-1)
         shape = (flat.shape[0], bk, D)
@@ -107,7 +139,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, scale: Optional[fl
         keys, values = keys.view(rows.shape[0], count * bk, D), values.view(rows.shape[0], count * bk, D)
         ids = mask_ids[rows, :count]
         allowed = None
-        if k_lens is not None or bool((ids < pool.shape[0] - 1).any()):  # partial blocks or key lengths
+        if k_lens is not None or partial:
             key_pos = kb[:, :, None] * bk + torch.arange(bk, device=device)  # [G, count, bk]
             allowed = pool[ids] & (key_pos < key_limit[rows, None, None])[:, :, None, :]
             allowed = allowed.permute(0, 2, 1, 3).reshape(rows.shape[0], bq, count * bk)

@@ -104,20 +104,48 @@ def test_row_with_allowed_keys_only_in_a_later_tile_keeps_very_negative_scores()
     assert c.ok, c
 
 
-def test_sorting_tokens_by_group_skips_tiles_and_keeps_the_result():
-    """A box in a row-major latent grid mixes groups in every tile; sorted by group, whole tiles skip."""
-    from baton_fast.model.attention import attention_in_group_order
+def layout_self_attention_reference(module, x, coords, table, groups):
+    """:class:`SelfAttention` as it ran before the block mask: reference ops in raster order, the layout as
+    ``q_groups = k_groups`` bitmasks."""
+    from baton_fast.model.attention import split_heads
 
-    T, Hl, Wl, H, D = 2, 8, 8, 2, 32
-    grid = bf.video_grid_coords(T, Hl, Wl)
-    inside = (grid[:, 1] >= 2) & (grid[:, 1] < 6) & (grid[:, 2] >= 4)  # one object's box
-    groups = torch.where(inside, 2, 1)[None].long()
-    q, k, v, *_ = inputs(torch.float32, 1, len(grid), len(grid), H, D, seed=8)
-    kw = dict(rotate_q=False, rotate_k=False)
-    raster = bf.layout_tile_stats(q, k, v, q_groups=groups, k_groups=groups, **kw)
-    order = torch.argsort(groups[0], stable=True)
-    by_group = bf.layout_tile_stats(q[:, order], k[:, order], v[:, order], q_groups=groups[:, order],
-                                    k_groups=groups[:, order], **kw)
-    assert raster["skipped"] == 0 and by_group["skipped"] > 0
-    expected = bf.rope_attention(q, k, v, q_groups=groups, k_groups=groups, **kw)
-    torch.testing.assert_close(attention_in_group_order(q, k, v, groups, groups), expected, atol=1e-6, rtol=0)
+    q, k, v = (split_heads(proj(x), module.num_heads) for proj in (module.q, module.k, module.v))
+    q, k = reference.qk_rmsnorm_rope(q, k, coords, coords, table, q_weight=module.norm_q.weight,
+                                     k_weight=module.norm_k.weight, eps=module.eps)
+    out = reference.rope_attention(q, k, v, rotate_q=False, rotate_k=False, q_groups=groups, k_groups=groups)
+    return module.o(out.flatten(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_self_attention_in_group_order_on_its_block_mask_matches_float64(dtype, monkeypatch):
+    """The DiT's layout self-attention: tokens and coordinates moved once into the layout's group order, the kernel
+    on its BlockMask (built with the LayoutGuidance), moved back: equal to the float64 raster-order attention with
+    the bitmasks (DESIGN §5).  Odd sizes (3 x 5 x 7 tokens, 32 x 16 blocks), two overlapping boxes and background,
+    whole blocks skipped that raster order could not skip."""
+    import copy
+
+    from baton_fast.model import layout as layout_module
+    from baton_fast.model.attention import SelfAttention
+
+    monkeypatch.setattr(layout_module, "LAYOUT_BLOCK", (32, 16))
+    grid = bf.video_grid_coords(3, 5, 7)
+    box_a = (grid[:, 1] < 3) & (grid[:, 2] < 4)
+    box_b = (grid[:, 1] >= 2) & (grid[:, 2] >= 3)
+    groups = (torch.where(box_a | box_b, 0, 1) + 2 * box_a + 4 * box_b)[None].long()
+    assert set(groups.unique().tolist()) == {1, 2, 4, 6}
+    guidance = layout_module.LayoutGuidance(groups, torch.full((1, 3), -1, dtype=torch.int64))
+    order, n = guidance.order, grid.shape[0]
+    raster = bf.BlockMask.from_groups(groups, groups, 32, 16)
+    assert order.mask.visited_blocks() < raster.visited_blocks() == raster.shape[2] * raster.num_k_blocks
+    torch.manual_seed(9)
+    module = SelfAttention(64, 2, 1e-6)
+    coords, table = grid[None].float(), bf.RopeTable.wan(32)
+    x = torch.randn(1, n, 64)
+    with torch.no_grad():
+        truth = layout_self_attention_reference(copy.deepcopy(module).double(), x.double(), coords, table, groups)
+        module = module.to(dtype)
+        plain = layout_self_attention_reference(module, x.to(dtype), coords, table, groups)
+        out = module(x.to(dtype)[:, order.to_groups], coords[:, order.to_groups], table,
+                     block_mask=order.mask)[:, order.to_raster]
+    c = check(out, plain, truth, dtype)
+    assert c.ok, c

@@ -206,3 +206,127 @@ def test_compiled_blocks_fullgraph_match_eager(dit, case):
         compiled = model(case["video"], case["audio"], case["timesteps"], ctx)
     for e, c in zip(eager, compiled):
         assert torch.allclose(e, c, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- layout attention on a BlockMask
+def layout_case(monkeypatch):
+    """A 2 s clip (5 x 4 x 4 = 80 video tokens) with a layout of three groups and an overlap (bits 1, 2, 4 and 3
+    mixed over the grid, so raster order mixes them in every block) and 32 x 16 mask blocks (80 queries: the last
+    query block is half full)."""
+    from baton_fast.model import layout as layout_module
+
+    monkeypatch.setattr(layout_module, "LAYOUT_BLOCK", (32, 16))
+    g = torch.Generator().manual_seed(11)
+    shape = CFG.shape(2.0)
+    video_text, video_lens = random_text(2, 5, g)
+    audio_text, audio_lens = random_text(2, 5, g)
+    groups = torch.tensor([1, 2, 4, 1, 2, 4, 3])[torch.randint(0, 7, (1, shape.video_tokens), generator=g)]
+    text_groups = torch.full((2, 5), -1, dtype=torch.int64)
+    text_groups[:, 1:3] = 2
+    return dict(shape=shape, plan=random_plan(CFG, shape, 2, g), video_text=video_text, video_lens=video_lens,
+                audio_text=audio_text, audio_lens=audio_lens, video=torch.randn(2, *shape.video_latent, generator=g),
+                audio=torch.randn(2, shape.audio_latents, CFG.audio.latent_channels, generator=g),
+                timesteps=torch.tensor([900.0, 250.0]),
+                layout=layout_module.LayoutGuidance(groups, text_groups))
+
+
+def in_raster_order(layout):
+    """The same layout with the identity as its token order: the oracle's forward runs in raster order, its
+    self-attention on the block mask of the raster group masks (the rule ``q_groups & k_groups != 0``)."""
+    import dataclasses
+
+    from baton_fast.block_mask import BlockMask
+    from baton_fast.model.layout import LAYOUT_BLOCK, GroupOrder
+
+    same = dataclasses.replace(layout)
+    identity = torch.arange(layout.video_groups.shape[1])
+    groups = layout.video_groups
+    object.__setattr__(same, "order", GroupOrder(identity, identity, groups,
+                                                 BlockMask.from_groups(groups, groups, *LAYOUT_BLOCK)))
+    return same
+
+
+def masked_oracle(q, k, v, *args, block_mask=None, check_values=True, **kwargs):
+    """``reference.rope_attention``, and for a block mask the dense float64 attention under its token mask."""
+    from baton_fast.block_sparse import masked_attention
+
+    if block_mask is None:
+        return reference.rope_attention(q, k, v, *args, **kwargs)
+    assert not args and kwargs == dict(rotate_q=False, rotate_k=False)  # the self-attention reads rotated q, k
+    return masked_attention(q, k, v, block_mask.to_dense())
+
+
+def test_layout_forward_in_group_order_matches_the_float64_raster_oracle(dit, monkeypatch):
+    """A masked forward (tokens and coordinates in the layout's group order, self-attention on its block mask, on the
+    CPU block-sparse path) against float64 in raster order with the same token mask (fp32 rounding); the block mask skips
+    blocks that raster order could not; the masks matter.  The kernel on the same mask: tests/test_layout_attention.py."""
+    c = layout_case(monkeypatch)
+    order = c["layout"].order
+    raster_mask = in_raster_order(c["layout"]).order.mask
+    assert order.mask.visited_blocks() < raster_mask.visited_blocks() == raster_mask.num_k_blocks * 3
+    assert torch.equal(order.groups[0], c["layout"].video_groups[0, order.to_groups])
+    assert torch.equal(order.to_groups[order.to_raster], torch.arange(c["shape"].video_tokens))
+    dit64 = copy.deepcopy(dit).double()
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(baton_fast, "rope_attention", masked_oracle)
+        for name in ("qk_rmsnorm_rope", "rmsnorm_rope", "apply_rope"):
+            m.setattr(baton_fast, name, without_value_checks(getattr(reference, name)))
+        oracle = dit64(c["video"].double(), c["audio"].double(), c["timesteps"], prepare(dit64, c, torch.float64),
+                       in_raster_order(c["layout"]))
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    ctx = prepare(dit, c)
+    with torch.no_grad():
+        grouped = dit(c["video"], c["audio"], c["timesteps"], ctx, c["layout"])
+        unmasked = dit(c["video"], c["audio"], c["timesteps"], ctx)
+    assert (unmasked[0] - grouped[0]).abs().max() > 1e-2 * oracle[0].abs().max()
+    for i, name in enumerate(("video", "audio")):
+        assert grouped[i].dtype == torch.float32 and grouped[i].shape == oracle[i].shape
+        err = (grouped[i].double() - oracle[i]).abs().max().item()
+        assert err < 1e-5 * oracle[i].abs().max().item(), (name, err)  # fp32 rounding (4e-7 seen)
+
+
+# ---------------------------------------------------------------------- quantised steps: the quantising pre-pass
+class PrepassSpy:
+    """Wraps ``baton_fast.qk_rmsnorm_rope``: records the scheme of every call (None: full precision); with
+    ``drop_quant`` it runs the pre-pass in full precision whatever the caller asked (the path before the
+    quantising pre-pass: ``rope_attention`` then quantises the rotated q, k itself)."""
+
+    def __init__(self, function, drop_quant=False):
+        self.function, self.drop_quant, self.schemes = function, drop_quant, []
+
+    def __call__(self, *args, quant=None, **kwargs):
+        self.schemes.append(quant)
+        return self.function(*args, **kwargs) if self.drop_quant else self.function(*args, quant=quant, **kwargs)
+
+
+def test_quantised_steps_quantise_q_and_k_in_the_prepass(dit, case, monkeypatch):
+    """Inside the sampler's quant context (``attention_quant``) the self-, text and cross-modal attentions of both
+    branches quantise Q and K in their pre-pass (``qk_rmsnorm_rope(quant=...)``), with the same arithmetic as
+    before (fp32 pre-pass, then ``rope_attention`` quantising the rotated q, k: equal to rounding); masked calls
+    (layout) and full-precision steps keep the unquantised pre-pass."""
+    from baton_fast.model.layout import LayoutGuidance
+    from baton_fast.quant import attention_quant
+
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    ctx, c = prepare(dit, case), case
+    prepass = baton_fast.qk_rmsnorm_rope
+    results = {}
+    for name, spy in (("prepass", PrepassSpy(prepass)), ("before", PrepassSpy(prepass, drop_quant=True))):
+        monkeypatch.setattr(baton_fast, "qk_rmsnorm_rope", spy)
+        with torch.no_grad(), attention_quant("int8"):
+            results[name] = dit(c["video"], c["audio"], c["timesteps"], ctx)
+        assert spy.schemes == ["int8"] * 6 * CFG.video.num_layers, name  # per block: 2 self, 2 text, 2 cross-modal
+    spy = PrepassSpy(prepass)
+    monkeypatch.setattr(baton_fast, "qk_rmsnorm_rope", spy)
+    with torch.no_grad():
+        full = dit(c["video"], c["audio"], c["timesteps"], ctx)
+    assert spy.schemes == [None] * 6 * CFG.video.num_layers
+    for prepassed, before, exact in zip(results["prepass"], results["before"], full):
+        torch.testing.assert_close(prepassed, before, rtol=0, atol=1e-6)
+        assert (prepassed - exact).abs().max() > 1e-4 * exact.abs().max()  # the step really ran quantised
+    spy.schemes.clear()
+    layout = LayoutGuidance(torch.randint(1, 4, (1, c["shape"].video_tokens)), torch.full((2, 5), -1))
+    with torch.no_grad(), attention_quant("int8"):
+        dit(c["video"], c["audio"], c["timesteps"], ctx, layout)
+    # per block: video self (block mask), audio self, video text (masked), video cross-modal, audio text, audio cross
+    assert spy.schemes == [None, "int8", None, "int8", "int8", "int8"] * CFG.video.num_layers

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import baton_fast
+from baton_fast.quant import scheme_for_call
 from baton_fast.rope import RopeTable
 
-__all__ = ["split_heads", "KeyValue", "SelfAttention", "CrossAttention", "FeedForward"]
+__all__ = ["split_heads", "KeyValue", "SelfAttention", "prepass_quant", "CrossAttention", "FeedForward"]
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -43,8 +44,8 @@ class KeyValue(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Self-attention with coordinate RoPE: the fused QK RMSNorm + RoPE pre-pass rotates q and k once,
-    then ``rope_attention`` reads them already rotated."""
+    """Self-attention with coordinate RoPE: the fused QK RMSNorm + RoPE pre-pass rotates (and, on quantised
+    steps, quantises) q and k once, then ``rope_attention`` reads them already rotated."""
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -57,41 +58,28 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)  # weights read by the fused pre-pass
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable, q_groups=None,
-                k_groups=None, block_mask=None) -> torch.Tensor:
-        """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``; optional layout group
-        bitmasks ``[1, N]`` (the same tensor for queries and keys) are passed to ``rope_attention``, or a
-        :class:`~baton_fast.BlockMask` built once per run (sliding-tile windows: tokens in its order)."""
-        h = self.num_heads
-        q, k = baton_fast.qk_rmsnorm_rope(split_heads(self.q(x), h), split_heads(self.k(x), h), coords, coords, table,
-                                          q_weight=self.norm_q.weight, k_weight=self.norm_k.weight, eps=self.eps,
-                                          check_values=False)
-        v = split_heads(self.v(x), h)
-        if block_mask is not None:
-            out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, block_mask=block_mask,
-                                            check_values=False)
-        elif q_groups is None:
-            out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False)
-        else:
-            out = attention_in_group_order(q, k, v, q_groups, k_groups)
+    def forward(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable, block_mask=None) -> torch.Tensor:
+        """x ``[B, N, dim]``, coords float32 ``[1 or B, N, A]`` -> ``[B, N, dim]``; optional
+        :class:`~baton_fast.BlockMask` built once per run (layout groups or a sliding-tile window, over the tokens
+        in its order).  Under the sampler's quant schedule (:func:`baton_fast.quant.attention_quant`) an unmasked
+        call quantises Q and K in the pre-pass (:func:`prepass_quant`)."""
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))
+        q, k = baton_fast.qk_rmsnorm_rope(q, k, coords, coords, table, q_weight=self.norm_q.weight,
+                                          k_weight=self.norm_k.weight, eps=self.eps, check_values=False,
+                                          **prepass_quant(block_mask is not None, q, k, v))
+        sparse = {} if block_mask is None else {"block_mask": block_mask}
+        out = baton_fast.rope_attention(q, k, v, rotate_q=False, rotate_k=False, check_values=False, **sparse)
         return self.o(out.flatten(2))
 
 
-def attention_in_group_order(q, k, v, q_groups, k_groups):
-    """Layout self-attention with the tokens sorted by group mask, so that the fused kernel meets whole
-    tiles of one group and skips the tiles of pairs that share no bit.
-
-    q, k already rotated ``[B, N, H, D]`` (positions live in the rotation, so the order of tokens does not
-    change the result); ``q_groups is k_groups``, int64 ``[1, N]``.  Row-major latent order mixes
-    background and object tokens in nearly every tile (no tile skipped); sorted, each group is contiguous.
-    """
-    if k_groups is not q_groups or q_groups.shape[0] != 1:
-        raise ValueError("q_groups, k_groups: expected one [1, N] mask shared by queries and keys")
-    order = torch.argsort(q_groups[0], stable=True)
-    groups = q_groups[:, order]
-    out = baton_fast.rope_attention(q[:, order], k[:, order], v[:, order], rotate_q=False, rotate_k=False,
-                                    q_groups=groups, k_groups=groups)
-    return torch.empty_like(out).index_copy_(1, order, out)
+def prepass_quant(masked: bool, *tensors: torch.Tensor) -> dict:
+    """``{"quant": scheme}`` for a model attention's ``qk_rmsnorm_rope`` pre-pass, so that it quantises Q and K in
+    the same pass: the :func:`~baton_fast.quant.attention_quant` context's scheme, for a call with no mask and no
+    gradient through ``tensors`` (the projections it attends with), as ``rope_attention`` decides for its own
+    inputs; ``{}`` (full precision) otherwise."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    scheme = scheme_for_call(None, return_lse=False, masked=masked, grad=grad)
+    return {} if scheme is None else {"quant": scheme}
 
 
 class CrossAttention(nn.Module):

@@ -14,7 +14,11 @@ One fusion layer = one video block and one audio block (Ovi pairs them 1:1 at fu
 4. FFN, adaLN-modulated.
 
 SpA2V's layout masks (:class:`~baton_fast.model.layout.LayoutGuidance`, optional per evaluation)
-restrict steps 1 and 2a of the video branch.
+restrict steps 1 and 2a of the video branch: a masked forward runs its video tokens in the layout's group order
+(step 1 on the layout's block mask); a sliding-tile window (``prepare(..., sparse_window=...)``) runs them in
+tile-major order.  Either way the coordinates travel with the tokens, and the tokens go back to raster order
+before the head.  On quantised steps (the sampler's quant schedule) the unmasked attentions whose Q and K come
+from the QK RMSNorm + RoPE pre-pass quantise them there (:func:`~baton_fast.model.attention.prepass_quant`).
 
 Everything that is fixed for a sampling run (token coordinates, RoPE tables, embedded text, plan
 keys/values) lives in a :class:`RunContext`; a denoise step only reads it.
@@ -31,9 +35,9 @@ from torch import nn
 import baton_fast
 from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
 
-from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, split_heads
+from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, prepass_quant, split_heads
 from .config import BatonConfig, BranchConfig, RunShape
-from .layout import UNMASKED, AttentionGroups, LayoutGuidance
+from .layout import NO_MASKS, UNMASKED, AttentionGroups, LayoutGuidance, VideoMasks
 from .planner import PlannedTokens
 from .sparsity import VideoSparsity
 
@@ -123,6 +127,12 @@ class RunContext:
     def batch(self) -> int:
         return self.video.text.shape[0]
 
+    def video_reordered(self, order: torch.Tensor) -> RunContext:
+        """This context with the video coordinates moved by ``order`` (int64 ``[Nv]``), as the video tokens are."""
+        geo = self.video.geometry
+        video = dataclasses.replace(self.video, geometry=dataclasses.replace(geo, coords=geo.coords[:, order]))
+        return dataclasses.replace(self, video=video)
+
 
 def check_run_values(video: BranchGeometry, audio: BranchGeometry, text_lens, text_tokens: int) -> None:
     """The value checks of a run, once (a denoise step then reads nothing back from the device): every coordinate
@@ -151,18 +161,21 @@ class TextAndCrossModalAttention(CrossAttention):
     def forward(self, x, text, text_lens, other, geo: BranchGeometry, other_coords,
                 text_groups: AttentionGroups = UNMASKED, other_shard=None) -> torch.Tensor:
         """Both attentions read Q and K already normalised (and rotated) by the fused pre-pass, so they run the
-        kernel's fast ``plain`` tiles; the values were checked by :meth:`DualBranchDiT.prepare`."""
+        kernel's fast ``plain`` tiles (quantised there on quantised steps, unless masked or sharded); the values
+        were checked by :meth:`DualBranchDiT.prepare`."""
         q = split_heads(self.q(x), self.num_heads)
         norm = dict(q_weight=self.norm_q.weight, eps=self.norm_q.eps, check_values=False)
         k, v = self.kv.projections(text)
-        q_text, k = baton_fast.qk_rmsnorm_rope(q, k, k_weight=self.kv.norm_k.weight, **norm)
+        q_text, k = baton_fast.qk_rmsnorm_rope(q, k, k_weight=self.kv.norm_k.weight,
+                                               **prepass_quant(text_groups.q_groups is not None, q, k, v), **norm)
         out = baton_fast.rope_attention(q_text, k, v, rotate_q=False, rotate_k=False, k_lens=text_lens,
                                         q_groups=text_groups.q_groups, k_groups=text_groups.k_groups,
                                         check_values=False)
         k, v = self.other_kv.projections(self.norm_other(other))
+        other_quant = prepass_quant(False, q, k, v) if other_shard is None else {}  # sharded: merged by LSE
         q_other, k = baton_fast.qk_rmsnorm_rope(q, k, geo.coords, other_coords, geo.temporal_table,
                                                 k_table=geo.other_temporal_table, k_weight=self.other_kv.norm_k.weight,
-                                                **norm)
+                                                **other_quant, **norm)
         other_attention = baton_fast.rope_attention if other_shard is None else other_shard.keys_attention
         out = out + other_attention(q_other, k, v, rotate_q=False, rotate_k=False)
         return self.o(out.flatten(2))
@@ -208,11 +221,14 @@ class BranchBlock(nn.Module):
         shift, scale = mod[0], mod[1]
         return self.norm1(x) * (1 + scale) + shift
 
-    def self_attention(self, x, mod, geo: BranchGeometry, groups: AttentionGroups = UNMASKED, block_mask=None):
-        attention = self.self_attn if geo.shard is None else geo.shard.self_attention(self.self_attn)
-        sparse = {} if block_mask is None else {"block_mask": block_mask}
-        return x + attention(self.attention_input(x, mod), geo.coords, geo.table,
-                             q_groups=groups.q_groups, k_groups=groups.k_groups, **sparse) * mod[2]
+    def self_attention(self, x, mod, geo: BranchGeometry, masks: VideoMasks = NO_MASKS):
+        """``masks``: a block mask (one rank) or group bitmasks (a sequence-parallel rank, ``geo.shard``)."""
+        if geo.shard is None:
+            out = self.self_attn(self.attention_input(x, mod), geo.coords, geo.table, block_mask=masks.block_mask)
+        else:
+            out = geo.shard.self_attention(self.self_attn)(self.attention_input(x, mod), geo.coords, geo.table,
+                                                           *masks.self_groups)
+        return x + out * mod[2]
 
     def cross_attention(self, x, ctx: BranchContext, other, other_coords, text_groups: AttentionGroups = UNMASKED,
                         other_shard=None):
@@ -238,17 +254,15 @@ class FusionBlock(nn.Module):
         self.audio = BranchBlock(cfg.audio, cfg.video.dim, planned, cfg.eps)
 
     def forward(self, video, audio, video_mod, audio_mod, video_ctx: BranchContext, audio_ctx: BranchContext,
-                video_plan_kv=None, audio_plan_kv=None, layout: Optional[LayoutGuidance] = None, block_mask=None):
-        """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; ``layout``
-        masks the video self- and text cross-attention, ``block_mask`` (a sliding-tile window) the video
-        self-attention; returns both updated."""
+                video_plan_kv=None, audio_plan_kv=None, masks: VideoMasks = NO_MASKS):
+        """video ``[B, Nv, dv]``, audio ``[B, Na, da]``; ``*_mod [B, 6, d]`` from the timestep; ``masks``
+        restrict the video self- and text cross-attention (:meth:`DualBranchDiT.video_masks`, for the video
+        tokens in the order they come in); returns both updated."""
         gv, ga = video_ctx.geometry, audio_ctx.geometry
         mv, ma = self.video.modulation_terms(video_mod), self.audio.modulation_terms(audio_mod)
-        self_groups, text_groups = ((layout.self_attention, layout.text_attention) if layout is not None
-                                    else (UNMASKED, UNMASKED))
-        video = self.video.self_attention(video, mv, gv, self_groups, block_mask)
+        video = self.video.self_attention(video, mv, gv, masks)
         audio = self.audio.self_attention(audio, ma, ga)
-        video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords, text_groups),
+        video, audio = (self.video.cross_attention(video, video_ctx, audio, ga.coords, masks.text_groups),
                         self.audio.cross_attention(audio, audio_ctx, video, gv.coords, other_shard=gv.shard))
         return (self.video.plan_and_ffn(video, mv, video_plan_kv, gv),
                 self.audio.plan_and_ffn(audio, ma, audio_plan_kv, ga))
@@ -383,16 +397,27 @@ class DualBranchDiT(nn.Module):
             sparsity=sparsity)
 
     # ---------------------------------------------------------------- per evaluation
+    @staticmethod
+    def video_masks(ctx: RunContext, layout: Optional[LayoutGuidance] = None, sparse: bool = False) -> VideoMasks:
+        """The masks of one evaluation's video attentions: the layout's (block mask and group masks in its group
+        order; on a sequence-parallel rank, bitmasks of this rank's raster tokens), or ``ctx.sparsity``'s window
+        when ``sparse``, or none."""
+        if layout is not None:
+            shard = ctx.video.geometry.shard
+            return layout.grouped_masks() if shard is None else layout.sharded_masks(shard.video.take(layout.video_groups))
+        return VideoMasks(block_mask=ctx.sparsity.mask) if sparse else NO_MASKS
+
     def run_blocks(self, video, audio, video_mod, audio_mod, ctx: RunContext, layout: Optional[LayoutGuidance] = None,
                    start: int = 0, stop: Optional[int] = None, sparse: bool = False):
         """Fusion blocks ``start:stop`` (all by default) on the tokens ``video [B, Nv, dv]``, ``audio [B, Na, da]``
-        with the timestep modulation ``*_mod [B, 6, d]``; ``sparse``: the video self-attention visits only the
-        blocks of ``ctx.sparsity``'s window.  Returns both updated."""
-        block_mask = ctx.sparsity.mask if sparse else None
+        with the timestep modulation ``*_mod [B, 6, d]``; the video tokens and ``ctx``'s video coordinates in the
+        order of the evaluation (:meth:`forward`: the layout's group order with a ``layout``, tile-major with a
+        sliding-tile window); ``sparse``: the video self-attention visits only the blocks of ``ctx.sparsity``'s
+        window.  Returns both updated."""
+        masks = self.video_masks(ctx, layout, sparse)
         for i in range(start, len(self.blocks) if stop is None else stop):
             plan_kv = (ctx.video.plan_kv[i], ctx.audio.plan_kv[i]) if ctx.video.plan_kv is not None else (None, None)
-            video, audio = self.blocks[i](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, layout,
-                                          block_mask)
+            video, audio = self.blocks[i](video, audio, video_mod, audio_mod, ctx.video, ctx.audio, *plan_kv, masks)
         return video, audio
 
     def first_block_inputs(self, video, audio, video_mod, audio_mod):
@@ -427,16 +452,20 @@ class DualBranchDiT(nn.Module):
         if sparse and ctx.sparsity is None:
             raise ValueError("sparse: the run context was prepared without sparse_window")
         if ctx.sparsity is not None and (layout is not None or cache is not None):
-            raise ValueError("sparse_window: not supported with layout masks or step caching")
+            raise ValueError("sparse_window: not supported with layout masks (the window needs the tokens in "
+                             "tile-major order, the layout in group order) or step caching")
         dtype, shard = self.dtype, ctx.video.geometry.shard
         video = patchify_video(video_latents.to(dtype), cfg.video.patch)
         if ctx.sparsity is not None:  # tile-major order for the whole forward (the coordinates were moved in prepare)
             video = video[:, ctx.sparsity.to_tiles]
-        if shard is not None:  # this rank's video tokens, and their layout masks
+        grouped = layout is not None and shard is None
+        if grouped:  # the layout's group order for the whole forward, coordinates with the tokens
+            video, ctx = video[:, layout.order.to_groups], ctx.video_reordered(layout.order.to_groups)
+        if shard is not None:  # this rank's video tokens (raster order; run_blocks takes their layout masks)
             if cache is not None:
                 raise ValueError("cache: step caching is not supported with a sequence-parallel run context (each "
                                  "rank would decide on its own tokens whether to skip)")
-            video, layout = shard.video.take(video), shard.layout(layout)
+            video = shard.video.take(video)
         video = self.video_io.patch_embed(video)
         audio = self.audio_io.patch_embed(patchify_audio(audio_latents.to(dtype), cfg.audio.patch))
         video_emb, video_mod = self.video_io.time(timesteps, dtype)
@@ -450,6 +479,8 @@ class DualBranchDiT(nn.Module):
             video = shard.video.gather(video)
         if ctx.sparsity is not None:
             video = video[:, ctx.sparsity.to_raster]
+        if grouped:
+            video = video[:, layout.order.to_raster]
         video = unpatchify_video(video, shape.video_grid, cfg.video.patch, cfg.video.latent_channels)
         audio = unpatchify_audio(self.audio_io.head(audio, audio_emb), cfg.audio.patch, cfg.audio.latent_channels)
         return video, audio

@@ -13,11 +13,24 @@ from dataclasses import dataclass
 import torch
 
 from baton_fast.block_mask import BlockMask, tile_order
+from baton_fast.block_sparse import visit_plan
 
-__all__ = ["SPARSE_TILE", "SPARSE_BLOCK", "VideoSparsity", "parse_window"]
+__all__ = ["SPARSE_TILE", "SPARSE_BLOCK", "VideoSparsity", "parse_window", "block_visits"]
 
 SPARSE_TILE = (2, 4, 4)     # latent tokens per tile (t, h, w): 32, one mask block
 SPARSE_BLOCK = (32, 32)     # (block_q, block_k) of the mask
+
+
+def block_visits(mask: BlockMask, evaluations: int, layers: int) -> dict:
+    """Key blocks ``mask`` visits per attention and in a run of ``evaluations`` DiT evaluations of ``layers`` blocks
+    that use it, beside the dense count (the report entry of a block-sparse attention)."""
+    Bm, Hm, Mq = mask.shape
+    per_call = mask.visited_blocks()
+    dense = Bm * Hm * Mq * mask.num_k_blocks
+    return {"blocks": [mask.block_q, mask.block_k], "key_blocks_visited_per_attention": per_call,
+            "key_blocks_dense_per_attention": dense, "block_density": round(per_call / dense, 4),
+            "key_blocks_visited_in_run": per_call * evaluations * layers,
+            "key_blocks_dense_in_run": dense * evaluations * layers}
 
 
 def parse_window(text: str) -> tuple:
@@ -51,16 +64,11 @@ class VideoSparsity:
     def build(cls, grid, window, device) -> VideoSparsity:
         to_tiles, to_raster = tile_order(grid, SPARSE_TILE, device)
         mask = BlockMask.sliding_tile(grid, SPARSE_TILE, window, *SPARSE_BLOCK, device=device)
+        visit_plan(mask)  # the CPU path's grouping, read now rather than in a step
         return cls(tuple(window), to_tiles, to_raster, mask)
 
     def report(self, sparse_evaluations: int, layers: int) -> dict:
         """The report entry: window, tile, blocks and the key blocks visited per sparse self-attention and in
         the whole run (``sparse_evaluations`` DiT evaluations of ``layers`` blocks), beside dense."""
-        Bm, Hm, Mq = self.mask.shape
-        per_call = self.mask.visited_blocks()
-        dense = Bm * Hm * Mq * self.mask.num_k_blocks
-        return {"window_tiles": list(self.window), "tile_tokens": list(SPARSE_TILE), "blocks": list(SPARSE_BLOCK),
-                "key_blocks_visited_per_attention": per_call, "key_blocks_dense_per_attention": dense,
-                "block_density": round(per_call / dense, 4), "sparse_evaluations": sparse_evaluations,
-                "key_blocks_visited_in_run": per_call * sparse_evaluations * layers,
-                "key_blocks_dense_in_run": dense * sparse_evaluations * layers}
+        return {"window_tiles": list(self.window), "tile_tokens": list(SPARSE_TILE),
+                "sparse_evaluations": sparse_evaluations, **block_visits(self.mask, sparse_evaluations, layers)}
