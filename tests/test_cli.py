@@ -236,6 +236,37 @@ def test_generate_prints_the_threads_and_the_setup_progress(tmp_path, capsys):
     assert report["outputs"]["video_seconds"] == report["outputs"]["audio_seconds"] == 0.5
 
 
+IMPORT_PROBE = """
+import sys, traceback
+from baton_fast import cli
+
+class DynamoImport:  # where torch._dynamo is first imported from
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._dynamo" and "torch._dynamo" not in sys.modules:
+            stack = traceback.extract_stack()
+            print("dynamo from custom op:", any(f.filename.endswith("torch/_library/custom_ops.py") for f in stack))
+
+sys.meta_path.insert(0, DynamoImport())
+status = cli.main(sys.argv[1:])
+heavy = ("transformers", "scipy", "diffusers", "matplotlib", "baton_fast.spatial", "baton_fast.bench.runner")
+print("status", status, "imported", sorted(name for name in heavy if name in sys.modules))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter's imports: seconds
+def test_generate_imports_only_what_it_uses(tmp_path):
+    """``generate`` without --audio in a fresh interpreter: no transformers (the MiniLM encoder and the default
+    planner LM run on plain torch), no scipy, SpA2V or plotting; ``torch._dynamo`` (and the sympy it imports) comes
+    in only with the first call of a ``torch.library`` custom op (torch wraps every op's kernel in
+    ``_disable_dynamo``), not with the memory check's parameter counts or the models' construction."""
+    out = tmp_path / "clip.mp4"
+    run = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *_generate(out), "--seconds", "0.5"], capture_output=True,
+                         text=True, timeout=600)
+    lines = run.stdout.splitlines()
+    assert "status 0 imported []" in lines and "dynamo from custom op: True" in lines, run.stdout + run.stderr
+    assert "dynamo from custom op: False" not in lines
+
+
 @pytest.mark.slow  # a fresh interpreter's imports: seconds
 def test_ctrl_c_in_a_real_run_is_one_line_and_leaves_nothing(tmp_path):
     """SIGINT to ``python -m baton_fast.cli generate`` while it denoises: exit 130, one line, no traceback,

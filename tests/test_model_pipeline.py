@@ -370,7 +370,8 @@ def test_minilm_tokenizer_matches_transformers():
     assert ours(TEXTS[0], **offsets)["offset_mapping"] == theirs(TEXTS[0], **offsets)["offset_mapping"]
     special = {"additional_special_tokens": list(SPECIAL_TOKENS)}
     assert ours.add_special_tokens(special) == theirs.add_special_tokens(special) == 4 and len(ours) == len(theirs)
-    assert ours.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == theirs.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    ids = ours.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    assert ids == theirs.convert_tokens_to_ids(list(SPECIAL_TOKENS)) and ours.convert_ids_to_tokens(ids) == list(SPECIAL_TOKENS)
     for split in (True, False):
         planner = dict(add_special_tokens=False, split_special_tokens=split, truncation=True, max_length=16)
         assert ours(TEXTS, **planner)["input_ids"] == theirs(TEXTS, **planner)["input_ids"]

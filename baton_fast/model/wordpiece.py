@@ -48,6 +48,9 @@ class WordPieceTokenizer:
     def convert_tokens_to_ids(self, tokens: list) -> list:
         return [self._tokenizer.token_to_id(t) for t in tokens]
 
+    def convert_ids_to_tokens(self, ids: list) -> list:
+        return [self._tokenizer.id_to_token(i) for i in ids]
+
     def __call__(self, texts, *, add_special_tokens: bool = True, split_special_tokens: bool = False,
                  truncation: bool = False, max_length: int = None, padding: bool = False,
                  return_offsets_mapping: bool = False, return_tensors: str = None) -> dict:
