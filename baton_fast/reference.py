@@ -68,7 +68,7 @@ def _valid_keys(k_lens, n_k, device):
 def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | None = None, *,
                    k_table: RopeTable | None = None,
                    rotate_q: bool = True, rotate_k: bool = True, k_lens=None, scale=None, return_lse=False,
-                   q_groups=None, k_groups=None):
+                   q_groups=None, k_groups=None, block_mask=None):
     """Attention with coordinate RoPE, in plain PyTorch.
 
     Args:
@@ -78,6 +78,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | Non
         k_lens: optional int ``[B]``: keys ``>= k_lens[b]`` are masked.
         q_groups / k_groups: optional integer bitmasks ``[B or 1, N]`` (SpA2V layout attention): query ``i``
             attends to key ``j`` only when ``q_groups[i] & k_groups[j] != 0``.
+        block_mask: optional :class:`~baton_fast.BlockMask`: only the token pairs of ``block_mask.to_dense()``.
     Returns:
         ``out [B, Nq, H, D]`` in q's dtype; with ``return_lse`` also ``lse`` float32 ``[B, H, Nq]``
         (natural log; ``-inf`` and a zero output where every key is masked).
@@ -95,6 +96,8 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: RopeTable | Non
     if q_groups is not None:
         allowed = (q_groups.to(q.device).long()[:, :, None] & k_groups.to(q.device).long()[:, None, :]) != 0
         s = s.masked_fill(~allowed[:, None], float("-inf"))
+    if block_mask is not None:
+        s = s.masked_fill(~block_mask.to_dense().to(q.device), float("-inf"))
     m = s.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)

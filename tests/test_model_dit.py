@@ -246,16 +246,6 @@ def in_raster_order(layout):
     return same
 
 
-def masked_oracle(q, k, v, *args, block_mask=None, check_values=True, **kwargs):
-    """``reference.rope_attention``, and for a block mask the dense float64 attention under its token mask."""
-    from baton_fast.block_sparse import masked_attention
-
-    if block_mask is None:
-        return reference.rope_attention(q, k, v, *args, **kwargs)
-    assert not args and kwargs == dict(rotate_q=False, rotate_k=False)  # the self-attention reads rotated q, k
-    return masked_attention(q, k, v, block_mask.to_dense())
-
-
 def test_layout_forward_in_group_order_matches_the_float64_raster_oracle(dit, monkeypatch):
     """A masked forward (tokens and coordinates in the layout's group order, self-attention on its block mask, on the
     CPU block-sparse path) against float64 in raster order with the same token mask (fp32 rounding); the block mask skips
@@ -268,8 +258,7 @@ def test_layout_forward_in_group_order_matches_the_float64_raster_oracle(dit, mo
     assert torch.equal(order.to_groups[order.to_raster], torch.arange(c["shape"].video_tokens))
     dit64 = copy.deepcopy(dit).double()
     with monkeypatch.context() as m, torch.no_grad():
-        m.setattr(baton_fast, "rope_attention", masked_oracle)
-        for name in ("qk_rmsnorm_rope", "rmsnorm_rope", "apply_rope"):
+        for name in ("rope_attention", "qk_rmsnorm_rope", "rmsnorm_rope", "apply_rope"):
             m.setattr(baton_fast, name, without_value_checks(getattr(reference, name)))
         oracle = dit64(c["video"].double(), c["audio"].double(), c["timesteps"], prepare(dit64, c, torch.float64),
                        in_raster_order(c["layout"]))

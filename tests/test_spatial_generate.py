@@ -125,7 +125,8 @@ class AttentionSpy:
         return out
 
     def masked(self):
-        return [call for call in self.calls if call[1].get("q_groups") is not None]
+        return [call for call in self.calls
+                if call[1].get("q_groups") is not None or call[1].get("block_mask") is not None]
 
 
 def run_context(dit, shape, text_tokens, text_lens, generator):
@@ -153,9 +154,10 @@ def allowed_attention(call, query_groups, key_groups, k_lens=None):
 
 
 def test_masks_reach_the_video_self_and_text_attention(pipeline, tokenizer, monkeypatch):
-    """With a layout, every block's video self-attention gets q_groups = k_groups = the token masks and
-    its text cross-attention the phrase masks; a token attends only to the keys it shares a bit with
-    (a background token: background tokens only); nothing else is masked; without a layout nothing is."""
+    """With a layout, the video tokens run in its group order: every block's video self-attention gets the
+    layout's block mask and its text cross-attention the token masks (in that order) and the phrase masks; a token
+    attends only to the keys it shares a bit with (a background token: background tokens only); nothing else is
+    masked; without a layout nothing is."""
     dit, shape = pipeline.dit, CFG.shape(2.0)
     text_tokens = 10
     guidance = layout_guidance(SCENE, CFG, shape, tokenizer, [PROMPT], text_tokens, max_tokens=64)
@@ -179,11 +181,11 @@ def test_masks_reach_the_video_self_and_text_attention(pipeline, tokenizer, monk
     assert 0 < len(background) < shape.video_tokens
     for block in range(CFG.video.num_layers):
         self_call, text_call = masked[2 * block], masked[2 * block + 1]
-        # self-attention sees its tokens sorted by group (attention_in_group_order): same masks, permuted
-        sorted_groups = self_call[1]["q_groups"]
-        assert self_call[1]["k_groups"] is sorted_groups
+        # the tokens run sorted by group (the layout's GroupOrder): same masks, permuted
+        sorted_groups = guidance.order.groups
+        assert self_call[1]["block_mask"] is guidance.order.mask and "q_groups" not in self_call[1]
         assert torch.equal(sorted_groups[0], video_groups[torch.argsort(video_groups, stable=True)])
-        assert text_call[1]["q_groups"] is guidance.video_groups and text_call[1]["k_groups"] is guidance.text_groups
+        assert text_call[1]["q_groups"] is sorted_groups and text_call[1]["k_groups"] is guidance.text_groups
         assert self_call[0][1].shape[1] == shape.video_tokens and text_call[0][1].shape[1] == text_tokens
         out = self_call[2]
         expected = allowed_attention(self_call, sorted_groups[0], sorted_groups)
@@ -194,7 +196,7 @@ def test_masks_reach_the_video_self_and_text_attention(pipeline, tokenizer, monk
         only_background = reference.rope_attention(q[:, background], k[:, background], v[:, background], None,
                                                    None, None, rotate_q=False, rotate_k=False)
         torch.testing.assert_close(out[:, background], only_background, rtol=1e-5, atol=1e-6)
-        expected = allowed_attention(text_call, video_groups, text_groups, k_lens=text_call[1]["k_lens"])
+        expected = allowed_attention(text_call, sorted_groups[0], text_groups, k_lens=text_call[1]["k_lens"])
         torch.testing.assert_close(text_call[2], expected, rtol=1e-5, atol=1e-6)
 
 
@@ -252,14 +254,18 @@ def test_generation_masks_the_first_steps_and_differs(generations):
 
 # ---------------------------------------------------------------------- Triton kernel
 def masked_first_block(model, shape, ctx, layout, video, audio, timesteps):
-    """Embed and run fusion block 0 with ``layout``: (video tokens, audio tokens)."""
+    """Embed and run fusion block 0 with ``layout`` (video tokens in its group order, as a masked forward runs
+    them; returned in raster order): (video tokens, audio tokens)."""
     dtype = model.dtype
     x_video = model.video_io.patch_embed(patchify_video(video.to(dtype), CFG.video.patch))
     x_audio = model.audio_io.patch_embed(patchify_audio(audio.to(dtype), CFG.audio.patch))
     _, video_mod = model.video_io.time(timesteps, dtype)
     _, audio_mod = model.audio_io.time(timesteps, dtype)
-    return model.blocks[0](x_video, x_audio, video_mod, audio_mod, ctx.video, ctx.audio, ctx.video.plan_kv[0],
-                           ctx.audio.plan_kv[0], layout)
+    if layout is not None:
+        x_video, ctx = x_video[:, layout.order.to_groups], ctx.video_reordered(layout.order.to_groups)
+    x_video, x_audio = model.blocks[0](x_video, x_audio, video_mod, audio_mod, ctx.video, ctx.audio,
+                                       ctx.video.plan_kv[0], ctx.audio.plan_kv[0], model.video_masks(ctx, layout))
+    return (x_video if layout is None else x_video[:, layout.order.to_raster]), x_audio
 
 
 def test_masked_block_on_triton_matches_the_float64_oracle(pipeline, tokenizer, monkeypatch):
