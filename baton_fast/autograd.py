@@ -27,7 +27,7 @@ import torch
 from . import ops, reference
 from .rope import RopeTable
 
-__all__ = ["deterministic", "deterministic_enabled"]
+__all__ = ["deterministic", "deterministic_enabled", "triton_backward"]
 
 _DETERMINISTIC = [False]
 
@@ -72,14 +72,20 @@ def _rope_attention_backward_op(
         out: torch.Tensor, lse: torch.Tensor, q_coords: torch.Tensor, k_coords: torch.Tensor, q_freqs: torch.Tensor,
         q_axes: torch.Tensor, k_freqs: torch.Tensor, k_axes: torch.Tensor, interleaved: bool, rotate_q: bool,
         rotate_k: bool, k_lens: Optional[torch.Tensor], scale: float, q_groups: Optional[torch.Tensor],
-        k_groups: Optional[torch.Tensor], deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of ``baton_fast::rope_attention`` by the Triton backward kernels (CUDA, or the
-    interpreter): the forward's arguments, its outputs ``out, lse`` (an empty ``lse`` is recomputed) and their
-    gradients ``dout``, ``dlse`` (None when the LSE was not returned).  Contiguous, in q's dtype."""
+        k_groups: Optional[torch.Tensor], deterministic: bool, mask: list[torch.Tensor], block_q: int,
+        block_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of ``baton_fast::rope_attention`` (or, with ``mask``, of
+    ``baton_fast::block_sparse_rope_attention``: a BlockMask's six tensors and block sizes; ``[]``, 0, 0 without) by the Triton backward
+    kernels (CUDA, or the interpreter): the forward's arguments, its outputs ``out, lse`` (an empty ``lse`` is
+    recomputed) and their gradients ``dout``, ``dlse`` (None when the LSE was not returned).  Contiguous, in q's
+    dtype."""
+    from .block_mask import BlockMask
     from .kernels.rope_attention import rope_attention_fwd
     from .kernels.rope_attention_bwd import rope_attention_bwd
+    block_mask = None if not mask else BlockMask(*mask, q_len=q.shape[1], k_len=k.shape[1], block_q=block_q,
+                                                     block_k=block_k)
     rope = dict(rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale, q_groups=q_groups,
-                k_groups=k_groups)
+                k_groups=k_groups, block_mask=block_mask)
     if lse.numel() == 0:  # forward called without its LSE
         out, lse = rope_attention_fwd(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
                                       return_lse=True, **rope)
@@ -89,8 +95,18 @@ def _rope_attention_backward_op(
 
 @_rope_attention_backward_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q,
-      rotate_k, k_lens, scale, q_groups, k_groups, deterministic):
+      rotate_k, k_lens, scale, q_groups, k_groups, deterministic, mask, block_q, block_k):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def triton_backward(dout, dlse, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved,
+                    rotate_q, rotate_k, k_lens, scale, *, q_groups=None, k_groups=None, mask=(), block_q=0,
+                    block_k=0):
+    """``(dq, dk, dv)`` by the Triton backward kernels in the current :func:`deterministic` mode, for a forward that
+    ran them: arguments as ``baton_fast::rope_attention_backward``'s (``mask``: a BlockMask's six tensors)."""
+    return _rope_attention_backward_op(dout, dlse, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs,
+                                       k_axes, interleaved, rotate_q, rotate_k, k_lens, scale, q_groups, k_groups,
+                                       deterministic_enabled(), list(mask), block_q, block_k)
 
 
 def _attention_reference_backward(dout, dlse, q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
@@ -132,7 +148,7 @@ def _attention_backward(ctx, dout, dlse):
     rope = (q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale,
             q_groups, k_groups)
     if on_triton:
-        grads = _rope_attention_backward_op(dout, dlse, q, k, v, out, lse, *rope, deterministic_enabled())
+        grads = triton_backward(dout, dlse, q, k, v, out, lse, *rope[:-2], q_groups=q_groups, k_groups=k_groups)
     else:
         grads = _attention_reference_backward(dout, dlse, q, k, v, *rope)
     return tuple(grads) + (None,) * 14

@@ -23,6 +23,7 @@ group mask, a frame) and a class compatibility matrix, so no ``[Nq, Nk]`` mask i
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -180,6 +181,29 @@ class BlockMask:
         ids = torch.cat([self.kv_mask_ids, torch.full_like(self.full_kv_indices, -1)], dim=3)
         keys, order = keys.sort(dim=3, stable=True)
         return counts, torch.where(keys < big, keys, 0).to(torch.int32), ids.gather(3, order)
+
+    @functools.cached_property
+    def query_lists(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The visit lists transposed, per key block (FlexAttention's ``q_num_blocks`` / ``q_indices``), for the
+        dK/dV backward: ``(q_num_blocks int32 [Bm, Hm, Mk], q_indices int32 [Bm, Hm, Mk, Mq], q_mask_ids int32
+        [Bm, Hm, Mk, Mq], full_q_num_blocks int32 [Bm, Hm, Mk], full_q_indices int32 [Bm, Hm, Mk, Mq])``: the query
+        blocks visiting each key block, ascending, partial (with their ``partial_masks`` tile, read transposed) and
+        full apart; slots past a count hold 0.  Built once per mask on its device, without a host sync (the lists
+        are ``Mq`` wide)."""
+        Mk = self.num_k_blocks
+        partial = self._by_key_block(self.kv_num_blocks, self.kv_indices, self.kv_mask_ids, Mk)
+        full = self._by_key_block(self.full_kv_num_blocks, self.full_kv_indices, torch.zeros_like(self.full_kv_indices),
+                                  Mk)
+        return (*_ascending_lists(partial), *_ascending_lists(full)[:2])
+
+    def _by_key_block(self, counts, indices, values, num_k_blocks: int) -> torch.Tensor:
+        """int32 ``[Bm, Hm, Mk, Mq]``: ``values`` of one list at its visited ``(query block, key block)`` pairs,
+        transposed, -1 at pairs the list does not visit."""
+        Bm, Hm, Mq = self.shape
+        slots = torch.arange(indices.shape[3], device=self.device) < counts[..., None]
+        dense = torch.full((Bm, Hm, Mq, num_k_blocks + 1), -1, dtype=torch.int32, device=self.device)
+        dense.scatter_(3, torch.where(slots, indices, num_k_blocks).long(), torch.where(slots, values, -1))
+        return dense[..., :num_k_blocks].transpose(2, 3)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -381,6 +405,18 @@ def sliding_tile_block_counts(grid, tile, window, block_q: int = DEFAULT_BLOCK[0
 
 _TENSOR_FIELDS = ("kv_num_blocks", "kv_indices", "kv_mask_ids", "full_kv_num_blocks", "full_kv_indices",
                   "partial_masks")
+
+
+def _ascending_lists(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(counts int32 [..., M], indices int32 [..., M, W], values int32 [..., M, W])`` of the entries ``>= 0`` of
+    ``values [..., M, W]``, ascending by index; full width ``W``, so no host sync; slots past a count hold 0."""
+    width = values.shape[-1]
+    visited = values >= 0
+    order = torch.where(visited, torch.arange(width, device=values.device), width).sort(dim=-1).values
+    used = order < width
+    indices = torch.where(used, order, 0)
+    return (visited.sum(-1).to(torch.int32), indices.to(torch.int32),
+            torch.where(used, values.gather(-1, indices), 0).to(torch.int32))
 
 
 def _sorted_lists(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,10 @@ sizes.  On the Triton backend the fused kernel walks the mask's visit lists (``k
 the sides are rotated by :mod:`baton_fast.reference` and :func:`baton_fast.block_sparse.block_sparse_attention`
 visits the listed blocks.
 
-Backward: exact, by ``torch.func.vjp`` of the reference rotation and the dense masked attention
-(:func:`baton_fast.block_sparse.masked_attention` under ``block_mask.to_dense()``, in the inputs' dtype): a dense
-recompute, O(Nq*Nk) memory per head.  The Triton backward kernels do not walk the lists yet.
+Backward: on the Triton backend the backward kernels walk the lists (:func:`baton_fast.autograd.triton_backward`;
+dK/dV over the transposed lists); on the reference backend, by ``torch.func.vjp`` of the reference rotation and
+the dense masked attention (:func:`baton_fast.block_sparse.masked_attention` under ``block_mask.to_dense()``, in
+the inputs' dtype): a dense recompute, O(Nq*Nk) memory per head.
 """
 from __future__ import annotations
 
@@ -77,13 +78,20 @@ def _(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved
 def _setup_context(ctx, inputs, output):
     (q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale,
      return_lse, mask, block_q, block_k) = inputs
-    ctx.save_for_backward(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, *mask)
-    ctx.flags = (interleaved, rotate_q, rotate_k, scale, return_lse, block_q, block_k)
+    ctx.save_for_backward(q, k, v, *output, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, *mask)
+    ctx.flags = (interleaved, rotate_q, rotate_k, scale, return_lse, block_q, block_k, _on_triton(q, k))
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, *mask = ctx.saved_tensors
-    interleaved, rotate_q, rotate_k, scale, return_lse, block_q, block_k = ctx.flags
+    q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens, *mask = ctx.saved_tensors
+    interleaved, rotate_q, rotate_k, scale, return_lse, block_q, block_k, on_triton = ctx.flags
+    if on_triton:
+        from .autograd import triton_backward
+
+        grads = triton_backward(dout, dlse if return_lse else None, q, k, v, out, lse, q_coords, k_coords, q_freqs,
+                                q_axes, k_freqs, k_axes, interleaved, rotate_q, rotate_k, k_lens, scale, mask=mask,
+                                block_q=block_q, block_k=block_k)
+        return tuple(grads) + (None,) * 12 + ([None] * len(mask), None, None)
     token_mask = _rebuilt(mask, q.shape[1], k.shape[1], block_q, block_k).to_dense()
     qt, kt = _tables(q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, interleaved)
 

@@ -329,14 +329,16 @@ def _launcher(q, k, v, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, int
     return out, lse, flags, launch
 
 
-def _block_mask_args(block_mask, placeholder):
+def _block_mask_args(block_mask, placeholder, by_key_block: bool = False):
     """The kernel's six list pointers and eight list strides for a :class:`~baton_fast.block_mask.BlockMask`
-    (rows of 1 broadcast with stride 0), or placeholders without one."""
+    (rows of 1 broadcast with stride 0), or placeholders without one: its visit lists per query block, or with
+    ``by_key_block`` the transposed ones (:meth:`~baton_fast.block_mask.BlockMask.query_lists`, per key block)."""
     if block_mask is None:
         return (placeholder,) * 6, (0,) * 8
-    counts = (block_mask.kv_num_blocks.contiguous(), block_mask.full_kv_num_blocks.contiguous())
-    partial = (block_mask.kv_indices.contiguous(), block_mask.kv_mask_ids.contiguous())
-    full = block_mask.full_kv_indices.contiguous()
+    lists = block_mask.query_lists if by_key_block else (
+        block_mask.kv_num_blocks, block_mask.kv_indices, block_mask.kv_mask_ids, block_mask.full_kv_num_blocks,
+        block_mask.full_kv_indices)
+    num, indices, mask_ids, full_num, full_indices = (x.contiguous() for x in lists)
     pool = block_mask.partial_masks.contiguous().view(torch.uint8)
     if pool.numel() == 0:
         pool = placeholder
@@ -345,8 +347,7 @@ def _block_mask_args(block_mask, placeholder):
     def rows(x):  # (batch, head[, query block]) strides, 0 where the mask has one row
         return (x.stride(0) if Bm > 1 else 0, x.stride(1) if Hm > 1 else 0) + tuple(x.stride()[2:3] * (x.dim() == 4))
 
-    return ((counts[0], *partial, counts[1], full, pool),
-            rows(counts[0]) + rows(partial[0]) + rows(full))
+    return (num, indices, mask_ids, full_num, full_indices, pool), rows(num) + rows(indices) + rows(full_indices)
 
 
 def check_block_mask_tile(block_mask, config) -> None:

@@ -7,10 +7,16 @@ Three kernels, as in Triton's fused-attention tutorial:
    the query heads of its grouped-query group): ``dV += P^T dO``, ``dK += dS^T Q``;
 3. ``_bwd_dq``: one program per query tile, looping over key tiles: ``dQ += dS K``.
 
-Q and K are loaded as pair halves and rotated exactly as in the forward (rotated, then rounded to the
-input dtype), so ``P`` is recomputed bit-for-bit the same way.  The gradients of the rotated tensors are
-turned into gradients of the inputs by the transpose rotation, ``R(phi)^T = R(-phi)``: the same
-:func:`rotate_pairs` with the frequencies negated, angles from the coordinates in registers.
+The kernels never rotate: the sides the forward rotated are rotated once by the pre-pass kernel
+(``kernels/rope_norm.py``, exactly as the forward rotates them: fp32, rounded to the input dtype), so ``P`` is
+recomputed bit-for-bit the same way, and the gradients of the rotated tensors are turned into gradients of
+the inputs by the transpose rotation ``R(phi)^T = R(-phi)`` (the same kernel with negated frequencies, fp32)
+in one elementwise pass.  Plain tiles, fewer registers: every shipped configuration compiles spill-free.
+
+Block sparsity (a :class:`~baton_fast.block_mask.BlockMask`): the dQ kernel walks each query block's visit
+lists, the dK/dV kernel the transposed lists (the query blocks that visit each key block,
+``BlockMask.query_lists``); partial blocks apply their token tile, full blocks only the key-length bound.  Tiles
+may be smaller than the mask's blocks: each mask block is walked in whole tiles.
 
 Grouped-query heads: the fast mode runs one dK/dV program per *query* head and adds its share into fp32
 buffers with atomics (more programs, but the order of the additions varies from run to run); the
@@ -21,8 +27,7 @@ Interpreter work-around: under ``TRITON_INTERPRET=1`` the CPU emulation of ``tl.
 bit patterns of bf16 operands, so with ``UPCAST_DOTS`` the forward's :func:`dot` widens the dot operands to fp32 first (set
 only when interpreting bf16; compiled kernels never take that branch).  The interpreter also truncates (rather
 than rounds) fp32 -> bf16 conversions, so there P and dS are rounded to nearest-even by hand
-(:func:`_dot_operand`) and the gradients are written to fp32 buffers and rounded by PyTorch.  Rotated Q
-and K keep the forward kernel's conversion, so that P is recomputed exactly as the forward computed it.
+(:func:`_dot_operand`) and the gradients are written to fp32 buffers and rounded by PyTorch.
 """
 import math
 
@@ -30,8 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .rope_attention import _bit_or, _interpreting, dot, half_pad, upcast_dots
-from .rope_math import pair_offsets, rotate_pairs
+from .rope_attention import _bit_or, _block_mask_args, _interpreting, dot, half_pad, upcast_dots
+from .rope_math import key_length
+from .rope_norm import rmsnorm_rope_fwd
 
 LOG2E = math.log2(math.e)
 
@@ -47,42 +53,6 @@ def _dot_operand(x, dtype: tl.constexpr, UPCAST_DOTS: tl.constexpr):
         return bits.to(tl.float32, bitcast=True)
     else:
         return x.to(dtype)
-
-
-@triton.jit
-def _load_pair_halves(rows, n, mask_rows, stride_n, j1, j2, mask_j, stride_d, coords, stride_c_n, stride_c_a,
-                      freq, axis, ROTATE: tl.constexpr):
-    """A ``[BLOCK, HALF_PAD]`` tile as its two pair halves, rotated when ``ROTATE`` (then rounded to the
-    tensor's dtype, as the forward does).  ``rows`` and ``coords`` point at the tile's first row, ``n`` are
-    the in-tile row indices."""
-    mask = mask_rows[:, None] & mask_j[None, :]
-    x1 = tl.load(rows + n[:, None] * stride_n + j1[None, :] * stride_d, mask=mask, other=0.0)
-    x2 = tl.load(rows + n[:, None] * stride_n + j2[None, :] * stride_d, mask=mask, other=0.0)
-    if ROTATE:
-        r1, r2 = rotate_pairs(x1.to(tl.float32), x2.to(tl.float32), coords + n[:, None] * stride_c_n,
-                              axis[None, :] * stride_c_a, freq[None, :], mask)
-        x1 = r1.to(rows.dtype.element_ty)
-        x2 = r2.to(rows.dtype.element_ty)
-    return x1, x2
-
-
-@triton.jit
-def _store_pair_halves(rows, n, mask_rows, stride_n, j1, j2, mask_j, stride_d, g1, g2, coords, stride_c_n,
-                       stride_c_a, freq, axis, ROTATE: tl.constexpr, ATOMIC: tl.constexpr):
-    """Store the gradient halves ``(g1, g2)`` (fp32) of a rotated tile as the gradient of the unrotated
-    input: rotated back by ``R(-phi)`` when ``ROTATE``; added with atomics into fp32 when ``ATOMIC``."""
-    mask = mask_rows[:, None] & mask_j[None, :]
-    if ROTATE:
-        g1, g2 = rotate_pairs(g1, g2, coords + n[:, None] * stride_c_n, axis[None, :] * stride_c_a,
-                              -freq[None, :], mask)
-    p1 = rows + n[:, None] * stride_n + j1[None, :] * stride_d
-    p2 = rows + n[:, None] * stride_n + j2[None, :] * stride_d
-    if ATOMIC:
-        tl.atomic_add(p1, g1, mask=mask, sem="relaxed")
-        tl.atomic_add(p2, g2, mask=mask, sem="relaxed")
-    else:
-        tl.store(p1, g1.to(rows.dtype.element_ty), mask=mask)
-        tl.store(p2, g2.to(rows.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -115,226 +85,259 @@ def _bwd_delta(
 
 
 @triton.jit
+def _program_heads(pid_bh, num_heads, group, PER_KEY_HEAD: tl.constexpr):
+    """``(b, first query head, query heads, key head)`` of program row ``pid_bh`` (int64): one query head, or
+    with ``PER_KEY_HEAD`` one key head and the ``group`` query heads that share it, in a fixed order."""
+    pid_bh = pid_bh.to(tl.int64)
+    if PER_KEY_HEAD:
+        b = pid_bh // (num_heads // group)
+        hk = pid_bh % (num_heads // group)
+        h_first = hk * group
+        heads = group
+    else:
+        b = pid_bh // num_heads
+        h_first = pid_bh % num_heads
+        hk = h_first // group
+        heads = 1
+    return b, h_first, heads, hk
+
+
+@triton.jit
+def _load_rows(base, start, offs, n, stride_n, offs_d, mask_d, stride_d):
+    """The ``[BLOCK, D_PAD]`` tile of rows ``start + offs`` (int64 ``start``; zeros from row ``n`` and past the
+    head dim); ``base`` points at row 0 of the (batch, head)."""
+    ptrs = base + start * stride_n + offs[:, None] * stride_n + offs_d[None, :] * stride_d
+    return tl.load(ptrs, mask=((start + offs) < n)[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
+def _row_stats(Lse, Delta, row, offs, n):
+    """``(lse in base 2, delta)``, fp32, of query rows ``row + offs`` (``row``: the tile's first row); rows past
+    ``n`` and rows with no key (``lse = -inf``) get ``+inf``, so that their ``P`` is 0."""
+    mask = offs < n
+    lse = tl.load(Lse + row + offs, mask=mask, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    return lse, tl.load(Delta + row + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q, offs_d, mask_d,
+               stride_qn, stride_qd, stride_don, stride_dod, allowed, qk_scale, DOT_PRECISION: tl.constexpr,
+               UPCAST_DOTS: tl.constexpr):
+    """One query tile's share of a key tile's gradients: ``dk``, ``dv`` fp32 ``[BLOCK_N, D_PAD]`` updated from
+    the key tile ``k``, ``v`` and the query rows ``start_m + offs_m``; ``allowed`` bool ``[BLOCK_N, BLOCK_M]``."""
+    q = _load_rows(q_base, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
+    do = _load_rows(do_base, start_m, offs_m, n_q, stride_don, offs_d, mask_d, stride_dod)
+    lse, delta = _row_stats(Lse, Delta, stats_row + start_m, offs_m, n_q - start_m)
+    qk_t = dot(k, tl.trans(q), None, DOT_PRECISION, UPCAST_DOTS)
+    p_t = tl.where(allowed, tl.math.exp2(qk_t * qk_scale - lse[None, :]), 0.0)
+    dv = dot(_dot_operand(p_t, v.dtype, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
+    dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
+    ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), q.dtype, UPCAST_DOTS)
+    dk = dot(ds_t, q, dk, DOT_PRECISION, UPCAST_DOTS)
+    return dk, dv
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, n_k, offs_d, mask_d, stride_kn, stride_kd,
+             stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """One key tile's share of a query tile's ``dq`` (fp32 ``[BLOCK_M, D_PAD]``): keys ``start_n + offs_n``,
+    ``allowed`` bool ``[BLOCK_M, BLOCK_N]``."""
+    k = _load_rows(k_base, start_n, offs_n, n_k, stride_kn, offs_d, mask_d, stride_kd)
+    v = _load_rows(v_base, start_n, offs_n, n_k, stride_vn, offs_d, mask_d, stride_vd)
+    qk = dot(q, tl.trans(k), None, DOT_PRECISION, UPCAST_DOTS)
+    p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
+    dp = dot(do, tl.trans(v), None, DOT_PRECISION, UPCAST_DOTS)
+    ds = _dot_operand(p * (dp - delta[:, None]), k.dtype, UPCAST_DOTS)
+    return dot(ds, k, dq, DOT_PRECISION, UPCAST_DOTS)
+
+
+@triton.jit
+def _list_rows(b, h, block, stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b,
+               stride_bmf_h, stride_bmf_m):
+    """Offsets of one visit-list row (a block of one batch item and head) in the count, partial and full lists."""
+    return (b * stride_bm_b + h * stride_bm_h + block,
+            b * stride_bmp_b + h * stride_bmp_h + block * stride_bmp_m,
+            b * stride_bmf_b + h * stride_bmf_h + block * stride_bmf_m)
+
+
+# The two gradient kernels share their arguments up to the outputs: inputs, statistics, key lengths, layout
+# masks, the visit lists (dQ: per query block; dK/dV: per key block, BlockMask.query_lists), then their
+# strides, then the outputs' strides.
+@triton.jit
 def _bwd_dkdv(
-    Q, K, V, dO, dK, dV, Lse, Delta, QC, KC, QF, QA, KF, KA, KLens, QG, KG,
+    Q, K, V, dO, Lse, Delta, KLens, QG, KG, Num, Idx, MaskId, FullNum, FullIdx, MaskPool, dK, dV,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_dob, stride_don, stride_doh, stride_dod,
+    stride_qg_b, stride_qg_n, stride_kg_b, stride_kg_n,
+    stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m,
     stride_dkb, stride_dkn, stride_dkh, stride_dkd,
     stride_dvb, stride_dvn, stride_dvh, stride_dvd,
-    stride_qc_b, stride_qc_n, stride_qc_a,
-    stride_kc_b, stride_kc_n, stride_kc_a,
-    stride_qf_h, stride_kf_h,
-    stride_qg_b, stride_qg_n, stride_kg_b, stride_kg_n,
     n_q, n_k, num_heads, group, qk_scale, sm_scale,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
-    ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
-    ATOMIC: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
+    HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, ATOMIC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    if ATOMIC:  # one query head per program
-        b = pid_bh // num_heads
-        h_first = pid_bh % num_heads
-        heads_here = 1
-    else:  # one key head per program, looping over its group of query heads in a fixed order
-        b = pid_bh // (num_heads // group)
-        h_first = (pid_bh % (num_heads // group)) * group
-        heads_here = group
-    hk = h_first // group
-
-    start_n = pid_n.to(tl.int64) * BLOCK_N
+    """One program per key tile (and query head, or with ``ATOMIC`` off per key head and its group):
+    ``dV = sum P^T dO``, ``dK = scale * sum dS^T Q`` over the query tiles that see it."""
+    b, h_first, heads, hk = _program_heads(tl.program_id(1), num_heads, group, not ATOMIC)
+    start_n = tl.program_id(0).to(tl.int64) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_j = tl.arange(0, HALF_PAD)
-    offs_d = tl.arange(0, 2 * HALF_PAD)
-    mask_j = offs_j < HALF
-    mask_d = offs_d < 2 * HALF
-    j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
-    k_len = n_k
-    if HAS_KLENS:
-        k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
-    mask_n = start_n + offs_n < k_len
-
-    k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0.0)
-    k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0)
-    k_coords = KC + b * stride_kc_b + start_n * stride_kc_n
-    k_rows = K + b * stride_kb + hk * stride_kh + start_n * stride_kn
-    k1, k2 = _load_pair_halves(k_rows, offs_n, mask_n, stride_kn, j1, j2, mask_j, stride_kd, k_coords,
-                               stride_kc_n, stride_kc_a, k_freq, k_axis, ROTATE_K)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + start_n * stride_vn
-                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-
-    k_groups = tl.zeros([BLOCK_N], tl.int64)
-    q_groups = tl.zeros([BLOCK_M], tl.int64)
-    visit = True
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < HEAD_DIM
+    k_len = key_length(KLens, b, n_k, HAS_KLENS)
+    keys = start_n + offs_n < k_len
+    k = _load_rows(K + b * stride_kb + hk * stride_kh, start_n, offs_n, k_len, stride_kn, offs_d, mask_d, stride_kd)
+    v = _load_rows(V + b * stride_vb + hk * stride_vh, start_n, offs_n, k_len, stride_vn, offs_d, mask_d, stride_vd)
     if HAS_GROUPS:
-        k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n, mask=mask_n, other=0).to(tl.int64)
+        k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n, mask=keys, other=0).to(tl.int64)
         k_groups_any = tl.reduce(k_groups, 0, _bit_or)
+    if HAS_BLOCK_MASK:  # the transposed lists of the mask's key block holding this tile (BLOCK_N divides block_k)
+        key_block = start_n // MASK_BK
+        tile_offsets = offs_m[None, :] * MASK_BK + ((tl.program_id(0) * BLOCK_N) % MASK_BK + offs_n)[:, None]
 
-    dk1 = tl.zeros([BLOCK_N, HALF_PAD], tl.float32)
-    dk2 = tl.zeros([BLOCK_N, HALF_PAD], tl.float32)
-    dv = tl.zeros([BLOCK_N, 2 * HALF_PAD], tl.float32)
-    q_end = tl.where(start_n < k_len, n_q, 0)  # key tile wholly past k_len: gradients are zero
-    for g in range(0, heads_here):
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    for g in range(0, heads):
         h = h_first + g
-        q_freq = tl.load(QF + h * stride_qf_h + offs_j, mask=mask_j & ROTATE_Q, other=0.0)
-        q_axis = tl.load(QA + h * stride_qf_h + offs_j, mask=mask_j & ROTATE_Q, other=0)
-        row0 = (b * num_heads + h) * n_q
-        for tile_m in range(0, q_end, BLOCK_M):
-            start_m = tl.cast(tile_m, tl.int64)
-            mask_m = start_m + offs_m < n_q
-            if HAS_GROUPS:
-                q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n, mask=mask_m,
-                                   other=0).to(tl.int64)
-                visit = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
-            if visit:
-                q_rows = Q + b * stride_qb + h * stride_qh + start_m * stride_qn
-                q1, q2 = _load_pair_halves(q_rows, offs_m, mask_m, stride_qn, j1, j2, mask_j, stride_qd,
-                                           QC + b * stride_qc_b + start_m * stride_qc_n, stride_qc_n,
-                                           stride_qc_a, q_freq, q_axis, ROTATE_Q)
-                do = tl.load(dO + b * stride_dob + h * stride_doh + start_m * stride_don
-                             + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                             mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                lse = tl.load(Lse + row0 + start_m + offs_m, mask=mask_m, other=float("inf"))
-                lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # no key: P = 0
-                delta = tl.load(Delta + row0 + start_m + offs_m, mask=mask_m, other=0.0)
-
-                qk_t = dot(k1, tl.trans(q1), None, DOT_PRECISION, UPCAST_DOTS)
-                qk_t = dot(k2, tl.trans(q2), qk_t, DOT_PRECISION, UPCAST_DOTS)
-                allowed = mask_n[:, None]
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = dO + b * stride_dob + h * stride_doh
+        stats_row = (b * num_heads + h) * n_q
+        if HAS_BLOCK_MASK:  # partial query blocks with their token tile (read transposed), then full ones
+            row, partial_row, full_row = _list_rows(b, h, key_block, stride_bm_b, stride_bm_h, stride_bmp_b,
+                                                    stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m)
+            for i in range(0, tl.load(Num + row)):
+                q_block = tl.load(Idx + partial_row + i).to(tl.int64)
+                tile = MaskPool + tl.load(MaskId + partial_row + i).to(tl.int64) * (MASK_BQ * MASK_BK) + tile_offsets
+                for sub in range(0, MASK_BQ, BLOCK_M):
+                    allowed = keys[:, None] & (tl.load(tile + sub * MASK_BK) != 0)
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
+                                        allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
+            for i in range(0, tl.load(FullNum + row)):
+                q_block = tl.load(FullIdx + full_row + i).to(tl.int64)
+                for sub in range(0, MASK_BQ, BLOCK_M):
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
+                                        keys[:, None], qk_scale, DOT_PRECISION, UPCAST_DOTS)
+        else:
+            q_end = tl.where(start_n < k_len, n_q, 0)  # a key tile wholly past k_len: its gradients are zero
+            for tile_m in range(0, q_end, BLOCK_M):
+                start_m = tl.cast(tile_m, tl.int64)
+                allowed = keys[:, None]
+                visit = True
                 if HAS_GROUPS:
+                    q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n,
+                                       mask=start_m + offs_m < n_q, other=0).to(tl.int64)
+                    visit = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
                     allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
-                p_t = tl.where(allowed, tl.math.exp2(qk_t * qk_scale - lse[None, :]), 0.0)
-                dv = dot(_dot_operand(p_t, V.dtype.element_ty, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
-                dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
-                ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), Q.dtype.element_ty, UPCAST_DOTS)
-                dk1 = dot(ds_t, q1, dk1, DOT_PRECISION, UPCAST_DOTS)
-                dk2 = dot(ds_t, q2, dk2, DOT_PRECISION, UPCAST_DOTS)
+                if visit:
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q,
+                                        offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod, allowed,
+                                        qk_scale, DOT_PRECISION, UPCAST_DOTS)
 
-    dk_rows = dK + b * stride_dkb + hk * stride_dkh + start_n * stride_dkn
-    # keys past k_len get a zero gradient (stored: the buffer is not pre-zeroed in deterministic mode)
-    mask_keys = start_n + offs_n < n_k
-    _store_pair_halves(dk_rows, offs_n, mask_keys, stride_dkn, j1, j2, mask_j, stride_dkd, dk1 * sm_scale,
-                       dk2 * sm_scale, k_coords, stride_kc_n, stride_kc_a, k_freq, k_axis, ROTATE_K, ATOMIC)
-    dv_ptrs = (dV + b * stride_dvb + hk * stride_dvh + start_n * stride_dvn
-               + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd)
-    mask_dv = mask_keys[:, None] & mask_d[None, :]
+    # keys past k_len get a zero gradient (stored: the buffers are not pre-zeroed in deterministic mode)
+    mask = (start_n + offs_n < n_k)[:, None] & mask_d[None, :]
+    rows = start_n * stride_dkn + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
+    dk_ptrs = dK + b * stride_dkb + hk * stride_dkh + rows
+    dv_ptrs = dV + b * stride_dvb + hk * stride_dvh + start_n * stride_dvn + offs_n[:, None] * stride_dvn \
+        + offs_d[None, :] * stride_dvd
     if ATOMIC:
-        tl.atomic_add(dv_ptrs, dv, mask=mask_dv, sem="relaxed")
+        tl.atomic_add(dk_ptrs, dk * sm_scale, mask=mask, sem="relaxed")
+        tl.atomic_add(dv_ptrs, dv, mask=mask, sem="relaxed")
     else:
-        tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=mask_dv)
+        tl.store(dk_ptrs, (dk * sm_scale).to(dK.dtype.element_ty), mask=mask)
+        tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bwd_dq(
-    Q, K, V, dO, dQ, Lse, Delta, QC, KC, QF, QA, KF, KA, KLens, QG, KG,
+    Q, K, V, dO, Lse, Delta, KLens, QG, KG, Num, Idx, MaskId, FullNum, FullIdx, MaskPool, dQ,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_dob, stride_don, stride_doh, stride_dod,
-    stride_dqb, stride_dqn, stride_dqh, stride_dqd,
-    stride_qc_b, stride_qc_n, stride_qc_a,
-    stride_kc_b, stride_kc_n, stride_kc_a,
-    stride_qf_h, stride_kf_h,
     stride_qg_b, stride_qg_n, stride_kg_b, stride_kg_n,
+    stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m,
+    stride_dqb, stride_dqn, stride_dqh, stride_dqd,
     n_q, n_k, num_heads, group, qk_scale, sm_scale,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
-    ROTATE_Q: tl.constexpr, ROTATE_K: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
+    HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    hk = h // group
-
-    start_m = pid_m.to(tl.int64) * BLOCK_M
+    """One program per query tile and head: ``dQ = scale * sum dS K`` over the key tiles it sees."""
+    b, h, _, hk = _program_heads(tl.program_id(1), num_heads, group, False)
+    start_m = tl.program_id(0).to(tl.int64) * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_j = tl.arange(0, HALF_PAD)
-    offs_d = tl.arange(0, 2 * HALF_PAD)
-    mask_m = start_m + offs_m < n_q
-    mask_j = offs_j < HALF
-    mask_d = offs_d < 2 * HALF
-    j1, j2 = pair_offsets(offs_j, HALF, INTERLEAVED)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < HEAD_DIM
+    k_len = key_length(KLens, b, n_k, HAS_KLENS)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
+    do = _load_rows(dO + b * stride_dob + h * stride_doh, start_m, offs_m, n_q, stride_don, offs_d, mask_d,
+                    stride_dod)
+    lse, delta = _row_stats(Lse, Delta, (b * num_heads + h) * n_q + start_m, offs_m, n_q - start_m)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
 
-    q_freq = tl.load(QF + h * stride_qf_h + offs_j, mask=mask_j & ROTATE_Q, other=0.0)
-    q_axis = tl.load(QA + h * stride_qf_h + offs_j, mask=mask_j & ROTATE_Q, other=0)
-    q_coords = QC + b * stride_qc_b + start_m * stride_qc_n
-    q_rows = Q + b * stride_qb + h * stride_qh + start_m * stride_qn
-    q1, q2 = _load_pair_halves(q_rows, offs_m, mask_m, stride_qn, j1, j2, mask_j, stride_qd, q_coords,
-                               stride_qc_n, stride_qc_a, q_freq, q_axis, ROTATE_Q)
-    do = tl.load(dO + b * stride_dob + h * stride_doh + start_m * stride_don
-                 + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    row0 = pid_bh * n_q + start_m
-    lse = tl.load(Lse + row0 + offs_m, mask=mask_m, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta = tl.load(Delta + row0 + offs_m, mask=mask_m, other=0.0)
-
-    k_freq = tl.load(KF + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0.0)
-    k_axis = tl.load(KA + hk * stride_kf_h + offs_j, mask=mask_j & ROTATE_K, other=0)
-    k_len = n_k
-    if HAS_KLENS:
-        k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
-    q_groups = tl.zeros([BLOCK_M], tl.int64)
-    k_groups = tl.zeros([BLOCK_N], tl.int64)
-    visit = True
-    if HAS_GROUPS:
-        q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n, mask=mask_m, other=0).to(tl.int64)
-        q_groups_any = tl.reduce(q_groups, 0, _bit_or)
-
-    dq1 = tl.zeros([BLOCK_M, HALF_PAD], tl.float32)
-    dq2 = tl.zeros([BLOCK_M, HALF_PAD], tl.float32)
-    for tile_n in range(0, k_len, BLOCK_N):
-        start_n = tl.cast(tile_n, tl.int64)
-        mask_n = start_n + offs_n < k_len
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    if HAS_BLOCK_MASK:
+        # the visit lists of the mask's query block holding this tile (BLOCK_M divides block_q): partial key
+        # blocks with their token tile, then full ones, each in BLOCK_N-wide sub-tiles
+        row, partial_row, full_row = _list_rows(b, h, start_m // MASK_BQ, stride_bm_b, stride_bm_h, stride_bmp_b,
+                                                stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m)
+        tile_offsets = ((tl.program_id(0) * BLOCK_M) % MASK_BQ + offs_m)[:, None] * MASK_BK + offs_n[None, :]
+        for i in range(0, tl.load(Num + row)):
+            key_block = tl.load(Idx + partial_row + i).to(tl.int64)
+            tile = MaskPool + tl.load(MaskId + partial_row + i).to(tl.int64) * (MASK_BQ * MASK_BK) + tile_offsets
+            for sub in range(0, MASK_BK, BLOCK_N):
+                start_n = key_block * MASK_BK + sub
+                allowed = (start_n + offs_n < k_len)[None, :] & (tl.load(tile + sub) != 0)
+                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
+                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
+        for i in range(0, tl.load(FullNum + row)):
+            key_block = tl.load(FullIdx + full_row + i).to(tl.int64)
+            for sub in range(0, MASK_BK, BLOCK_N):
+                start_n = key_block * MASK_BK + sub
+                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
+                              stride_kn, stride_kd, stride_vn, stride_vd, (start_n + offs_n < k_len)[None, :],
+                              qk_scale, DOT_PRECISION, UPCAST_DOTS)
+    else:
         if HAS_GROUPS:
-            k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n, mask=mask_n,
+            q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n, mask=start_m + offs_m < n_q,
                                other=0).to(tl.int64)
-            visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0
-        if visit:
-            k_rows = K + b * stride_kb + hk * stride_kh + start_n * stride_kn
-            k1, k2 = _load_pair_halves(k_rows, offs_n, mask_n, stride_kn, j1, j2, mask_j, stride_kd,
-                                       KC + b * stride_kc_b + start_n * stride_kc_n, stride_kc_n, stride_kc_a,
-                                       k_freq, k_axis, ROTATE_K)
-            v = tl.load(V + b * stride_vb + hk * stride_vh + start_n * stride_vn
-                        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            qk = dot(q1, tl.trans(k1), None, DOT_PRECISION, UPCAST_DOTS)
-            qk = dot(q2, tl.trans(k2), qk, DOT_PRECISION, UPCAST_DOTS)
-            allowed = mask_n[None, :]
+            q_groups_any = tl.reduce(q_groups, 0, _bit_or)
+        for tile_n in range(0, k_len, BLOCK_N):
+            start_n = tl.cast(tile_n, tl.int64)
+            allowed = (start_n + offs_n < k_len)[None, :]
+            visit = True
             if HAS_GROUPS:
+                k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n,
+                                   mask=start_n + offs_n < k_len, other=0).to(tl.int64)
+                visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0
                 allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
-            p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
-            dp = dot(do, tl.trans(v), None, DOT_PRECISION, UPCAST_DOTS)
-            ds = _dot_operand(p * (dp - delta[:, None]), K.dtype.element_ty, UPCAST_DOTS)
-            dq1 = dot(ds, k1, dq1, DOT_PRECISION, UPCAST_DOTS)
-            dq2 = dot(ds, k2, dq2, DOT_PRECISION, UPCAST_DOTS)
+            if visit:
+                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
+                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
 
-    dq_rows = dQ + b * stride_dqb + h * stride_dqh + start_m * stride_dqn
-    _store_pair_halves(dq_rows, offs_m, mask_m, stride_dqn, j1, j2, mask_j, stride_dqd, dq1 * sm_scale,
-                       dq2 * sm_scale, q_coords, stride_qc_n, stride_qc_a, q_freq, q_axis, ROTATE_Q, False)
-
+    dq_ptrs = dQ + b * stride_dqb + h * stride_dqh + start_m * stride_dqn + offs_m[:, None] * stride_dqn \
+        + offs_d[None, :] * stride_dqd
+    tl.store(dq_ptrs, (dq * sm_scale).to(dQ.dtype.element_ty), mask=(start_m + offs_m < n_q)[:, None] & mask_d[None, :])
 
 # Shipped configurations per GPU arch (SM major) and padded half head dim:
 # (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M, BLOCK_N, num_warps, num_stages).  As in the tutorial, the dK/dV
-# kernel keeps a tall key tile resident and streams narrow query tiles; the dQ kernel the reverse.
-# Compiled ahead of time (bf16, GQA group 2, key lengths; triton 3.8 ptxas; docs/training.md has the table):
-# sm_90 D = 32 and 64 spill-free with HGMMA, Q and K rotated in the kernel; D = 128 spill-free with HGMMA for
-# pre-rotated Q/K (the QK-norm pre-pass path), ~100 B spilled when the kernel rotates; D = 256 spill-free
-# for pre-rotated Q/K but HMMA (16-row tiles).  sm_80 D = 128 spill-free for pre-rotated Q/K; rotating in
-# the kernel spills at every head dim tried (48-500 B).  Not yet in `selftest --static`.
+# kernel keeps a tall key tile resident and streams narrow query tiles; the dQ kernel the reverse.  The kernels
+# never rotate (Q and K are rotated by the pre-pass kernel first), so one list serves every RoPE family; each
+# entry is compiled by `baton-fast selftest --static` (spill-free, HGMMA on sm_90 / HMMA on sm_80, 64-bit
+# addresses; docs/training.md has the table).
 BWD_CONFIGS = {
     (9, 16): (32, 64, 64, 32, 4, 2),
     (9, 32): (32, 64, 64, 32, 8, 2),
     (9, 64): (32, 64, 64, 32, 8, 2),
-    (9, 128): (16, 32, 32, 16, 8, 1),
+    (9, 128): (16, 64, 64, 16, 8, 1),
     (8, 16): (32, 64, 64, 32, 4, 2),
     (8, 32): (16, 64, 64, 16, 4, 2),
     (8, 64): (16, 32, 32, 16, 4, 1),
@@ -342,35 +345,74 @@ BWD_CONFIGS = {
 }
 # Pinned under the interpreter (and by tests): few tile iterations keep CPU emulation fast, and the test
 # sizes (1, 17, 33, 130, 257) still end in partial tiles.
-INTERPRETER_BWD_CONFIG = (32, 32, 32, 32, 1, 1)
+INTERPRETER_BWD_CONFIG = (16, 32, 32, 16, 1, 1)
 
 
-def bwd_config(q) -> tuple:
-    """The configuration for q's device: pinned under the interpreter, else the shipped one per arch."""
+def bwd_config(q, block_mask=None) -> tuple:
+    """The configuration for q's device: pinned under the interpreter, else the shipped one per arch; with a
+    block mask, tiles no larger than its blocks (the kernels walk each mask block in whole tiles)."""
     if _interpreting() or q.device.type != "cuda":
-        return INTERPRETER_BWD_CONFIG
-    major = torch.cuda.get_device_capability(q.device)[0]
-    return BWD_CONFIGS[(9 if major >= 9 else 8, half_pad(q.shape[3]))]
+        config = INTERPRETER_BWD_CONFIG
+    else:
+        major = torch.cuda.get_device_capability(q.device)[0]
+        config = BWD_CONFIGS[(9 if major >= 9 else 8, half_pad(q.shape[3]))]
+    if block_mask is None:
+        return config
+    bq, bk = block_mask.block_q, block_mask.block_k
+    return (min(config[0], bq), min(config[1], bk), min(config[2], bq), min(config[3], bk), *config[4:])
+
+
+def _rotated(x, coords, freqs, axes, interleaved: bool, inverse: bool = False):
+    """x rotated by its RoPE table (the pre-pass kernel, in x's dtype); ``inverse``: by the transpose rotation
+    ``R(phi)^T = R(-phi)``, the rotation by negated angles."""
+    return rmsnorm_rope_fwd(x, coords, -freqs if inverse else freqs, axes, interleaved)
 
 
 def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes,
                        interleaved: bool, *, rotate_q: bool, rotate_k: bool, k_lens, scale: float,
-                       q_groups=None, k_groups=None, dlse=None, deterministic: bool = False, config=None):
+                       q_groups=None, k_groups=None, block_mask=None, dlse=None, deterministic: bool = False,
+                       config=None):
     """Gradients of :func:`rope_attention_fwd` w.r.t. the *unrotated* q, k, v, from its saved output and LSE.
 
     dout, out ``[B, Nq, H, D]``; q ``[B, Nq, H, D]``, k/v ``[B, Nk, Hk, D]`` (any strides, one dtype);
     lse float32 ``[B, H, Nq]`` (natural log, ``-inf`` for rows with no key); dlse optional float32
-    ``[B, H, Nq]`` (gradient of a returned LSE).  Other arguments as the forward's.  ``deterministic``:
-    no atomics (bit-identical runs) for grouped-query heads.  Returns ``(dq, dk, dv)`` in q's dtype and
-    shapes, contiguous.
+    ``[B, H, Nq]`` (gradient of a returned LSE); block_mask optional
+    :class:`~baton_fast.block_mask.BlockMask` (checked; its transposed lists are built once per mask).  Other
+    arguments as the forward's.  ``deterministic``: no atomics (bit-identical runs) for grouped-query heads.
+
+    The sides the forward rotated are rotated once by the pre-pass kernel (exactly as the forward rotated them:
+    fp32, rounded to the input dtype), the gradient kernels run on the rotated tensors, and the gradients of the
+    rotated sides are rotated back by ``R(-phi)`` in fp32.  Returns ``(dq, dk, dv)`` in q's dtype and shapes,
+    contiguous.
     """
+    if rotate_q:
+        q = _rotated(q, q_coords, q_freqs, q_axes, interleaved)
+    if rotate_k:
+        k = _rotated(k, k_coords, k_freqs, k_axes, interleaved)
+    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, k_lens=k_lens, scale=scale, q_groups=q_groups, k_groups=k_groups,
+                               block_mask=block_mask, dlse=dlse, deterministic=deterministic, config=config,
+                               fp32_grads=(rotate_q, rotate_k))
+    if rotate_q:
+        dq = _rotated(dq, q_coords, q_freqs, q_axes, interleaved, inverse=True)
+    if rotate_k:
+        dk = _rotated(dk, k_coords, k_freqs, k_axes, interleaved, inverse=True)
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+
+
+def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=None, k_groups=None, block_mask=None,
+                  dlse=None, deterministic: bool = False, config=None, fp32_grads=(False, False)):
+    """``(dq, dk, dv)`` of softmax attention on already rotated q, k (the gradient kernels; arguments as
+    :func:`rope_attention_bwd`'s).  ``dq``, ``dk`` are float32 where ``fp32_grads`` says so (they are rotated
+    back next), and wherever atomics or the interpreter's bf16 work-around need it; else in q's dtype."""
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     group = H // Hk
-    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = config or bwd_config(q)
+    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = config or bwd_config(q, block_mask)
     upcast = upcast_dots(q.dtype)
-    common = dict(HALF=D // 2, HALF_PAD=half_pad(D), INTERLEAVED=interleaved, ROTATE_Q=rotate_q, ROTATE_K=rotate_k,
-                  HAS_KLENS=k_lens is not None, HAS_GROUPS=q_groups is not None,
+    common = dict(HEAD_DIM=D, D_PAD=2 * half_pad(D), HAS_KLENS=k_lens is not None, HAS_GROUPS=q_groups is not None,
+                  HAS_BLOCK_MASK=block_mask is not None,
+                  MASK_BQ=block_mask.block_q if block_mask is not None else 16,
+                  MASK_BK=block_mask.block_k if block_mask is not None else 16,
                   DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast,
                   num_warps=num_warps, num_stages=num_stages)
 
@@ -381,31 +423,31 @@ def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_a
         out, dout, dlse if dlse is not None else lse, delta, *out.stride(), *dout.stride(), n_q, H,
         HEAD_DIM=D, D_PAD=2 * half_pad(D), HAS_DLSE=dlse is not None, BLOCK_M=block_m2)
 
-    def batch_stride(x):  # broadcast a batch (or head) of 1 with stride 0
+    def batch_stride(x):  # broadcast a batch of 1 with stride 0
         return x.stride(0) if x.shape[0] > 1 else 0
 
     has_groups = q_groups is not None
-    tables = (q_coords, k_coords, q_freqs, q_axes, k_freqs, k_axes, k_lens if k_lens is not None else q_freqs,
-              q_groups if has_groups else q_axes, k_groups if has_groups else q_axes)
-    side_strides = (batch_stride(q_coords), q_coords.stride(1), q_coords.stride(2),
-                    batch_stride(k_coords), k_coords.stride(1), k_coords.stride(2),
-                    batch_stride(q_freqs), batch_stride(k_freqs),
-                    batch_stride(q_groups) if has_groups else 0, q_groups.stride(1) if has_groups else 0,
-                    batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0,
-                    n_q, n_k, H, group, scale * LOG2E, scale)
+    inputs = (q, k, v, dout, lse, delta, k_lens if k_lens is not None else lse,
+              q_groups if has_groups else lse, k_groups if has_groups else lse)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(),
+               batch_stride(q_groups) if has_groups else 0, q_groups.stride(1) if has_groups else 0,
+               batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0)
+    scalars = (n_q, n_k, H, group, scale * LOG2E, scale)
 
     atomic = group > 1 and not deterministic
-    grad_dtype = torch.float32 if atomic or upcast else q.dtype
-    dk = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device, dtype=grad_dtype)
-    dv = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device, dtype=grad_dtype)
+    fp32_q, fp32_k = (flag or upcast for flag in fp32_grads)
+    k_dtype = torch.float32 if atomic or fp32_k else q.dtype
+    dk = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device, dtype=k_dtype)
+    dv = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device,
+                                                  dtype=torch.float32 if atomic or upcast else q.dtype)
+    lists, list_strides = _block_mask_args(block_mask, lse, by_key_block=True)
     _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
-        q, k, v, dout, dk, dv, lse, delta, *tables,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *side_strides,
+        *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars,
         ATOMIC=atomic, BLOCK_M=block_m1, BLOCK_N=block_n1, **common)
 
-    dq = torch.empty((B, n_q, H, D), device=q.device, dtype=torch.float32 if upcast else q.dtype)
+    dq = torch.empty((B, n_q, H, D), device=q.device, dtype=torch.float32 if fp32_q else q.dtype)
+    lists, list_strides = _block_mask_args(block_mask, lse)
     _bwd_dq[(triton.cdiv(n_q, block_m2), B * H)](
-        q, k, v, dout, dq, lse, delta, *tables,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *side_strides,
+        *inputs, *lists, dq, *strides, *list_strides, *dq.stride(), *scalars,
         BLOCK_M=block_m2, BLOCK_N=block_n2, **common)
-    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+    return dq, dk, dv

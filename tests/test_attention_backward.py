@@ -8,6 +8,8 @@ import torch
 
 import baton_fast as bf
 from baton_fast import reference
+from baton_fast.block_mask import BlockMask
+from baton_fast.block_sparse import masked_attention
 from test_attention_numerics import assert_within_budget, make_inputs
 
 
@@ -157,3 +159,36 @@ def test_coordinates_and_tables_are_not_differentiable(name):
         args[name] = args[name].clone().requires_grad_()
     with pytest.raises(ValueError, match=f"{name}: not differentiable"):
         bf.rope_attention(q.requires_grad_(), k, v, **args)
+
+
+@pytest.mark.parametrize("family,dtype,B,H,Hk,deterministic", [
+    ("wan", torch.float16, 1, 2, 1, False),
+    ("ltx2_interleaved", torch.bfloat16, 2, 2, 1, True),
+    ("ovi_av", torch.float32, 1, 2, 2, False),
+])
+def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, Hk, deterministic):
+    """rope_attention(..., block_mask=...): dQ walks the visit lists, dK/dV the transposed ones (tiles smaller
+    than the 32 x 32 mask blocks on both sides), never the dense mask; against float64 autograd of the dense
+    masked attention.  Partial, full and unvisited blocks, per-head masks, odd sizes, key lengths, a query block
+    with no key."""
+    Nq, Nk, D = 70, 57, 32
+    q, k, v, qc, kc, table, k_table = make_inputs(family, dtype, B, Nq, Nk, H, Hk, D, seed=21)
+    g = torch.Generator().manual_seed(22)
+    dense = torch.rand(1, H, Nq, Nk, generator=g) < 0.4
+    dense[:, :, :32, :32] = True  # full blocks
+    dense[:, 0, 32:64, 32:] = False  # an unvisited block
+    dense[:, 1, 64:] = False  # a query block with no key
+    mask = BlockMask.from_dense(dense, 32, 32)
+    assert int(mask.kv_num_blocks.sum()) and int(mask.full_kv_num_blocks.sum()) and mask.visited_blocks() < 2 * 3 * 2
+    k_lens = torch.tensor([Nk, 40])[:B] if B > 1 else None
+    k_table = k_table or table
+
+    def reference_fn(q, k, v):
+        q_rot, k_rot = reference.apply_rope(q, qc, table), reference.apply_rope(k, kc, k_table)
+        return masked_attention(q_rot, k_rot, v, dense, k_lens=k_lens)
+
+    monkeypatch.setattr(BlockMask, "to_dense", lambda self: pytest.fail("the backward formed the dense mask"))
+    with bf.deterministic(deterministic):
+        assert_gradients_within_budget(
+            lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
+            reference_fn, (q, k, v), dtype, seed=23)

@@ -43,7 +43,7 @@ def test_opcheck_rope_attention_backward():
     dout = torch.randn_like(out)
     rest = args[3:13] + (args[13],)  # coords, tables, layout, rotate flags, k_lens, scale
     torch.library.opcheck(torch.ops.baton_fast.rope_attention_backward.default,
-                          (dout, torch.randn_like(lse), q, k, v, out, lse, *rest, None, None, False))
+                          (dout, torch.randn_like(lse), q, k, v, out, lse, *rest, None, None, False, [], 0, 0))
 
 
 def norm_op_args(norm, weighted, requires_grad=True):
