@@ -75,6 +75,8 @@ DIT_CASES = [
     dict(name="dit_forward_ring2", world=2, mesh=(2, 1)),
     dict(name="dit_sampling_ulysses2", world=2, mesh=(1, 2), steps=2),
     dict(name="dit_forward_hybrid4_layout", world=4, mesh=(2, 2), layout=True),
+    dict(name="dit_backward_ulysses2_layout", world=2, mesh=(1, 2), layout=True, grad=True),
+    dict(name="dit_backward_ring2", world=2, mesh=(2, 1), grad=True),
 ]
 
 # configurations that must raise on every rank: (name, world, expected message fragment per rank role)
@@ -258,6 +260,8 @@ def _run_dit_case(case: dict, rank: int, meshes: dict) -> dict:
     dit, shape, run_inputs, layout, (video, audio) = _dit_inputs()
     mesh = init_sequence_mesh(*case["mesh"])
     layout = layout if case.get("layout") else None
+    if case.get("grad"):
+        return _dit_gradients(dit, shape, run_inputs, layout, video, audio, mesh)
     with torch.inference_mode():
         contexts = [dit.prepare(shape, *run_inputs), dit.prepare(shape, *run_inputs, mesh=mesh)]
         if case.get("steps"):
@@ -274,6 +278,39 @@ def _run_dit_case(case: dict, rank: int, meshes: dict) -> dict:
     # the plan K/V cache: this rank's plan tokens (ring), or every plan token of this rank's heads (Ulysses)
     report["plan_cache_shape"] = list(contexts[1].video.plan_kv[0][0].shape)
     report["plan_shape"] = list(contexts[0].video.plan_kv[0][0].shape)
+    return report
+
+
+def _dit_gradients(dit, shape, run_inputs, layout, video, audio, mesh) -> dict:
+    """One DiT forward + backward, one process against the mesh: the gradients of both latents and of every
+    weight for seeded output gradients.  Sharded, each rank back-propagates its share of the loss (the
+    output is replicated: ``loss / world``) and the gradients of the replicated inputs and weights are
+    summed over the ranks, as data parallelism would."""
+    import torch.distributed as dist
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor([900.0, 250.0])
+    with torch.no_grad():
+        contexts = [dit.prepare(shape, *run_inputs), dit.prepare(shape, *run_inputs, mesh=mesh)]
+    d_video, d_audio = torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g)
+    flat = []
+    for ctx, share in zip(contexts, (1.0, 1.0 / mesh.size)):
+        dit.zero_grad(set_to_none=True)
+        leaves = [x.clone().requires_grad_() for x in (video, audio)]
+        out_video, out_audio = dit(*leaves, t, ctx, layout)
+        (((out_video * d_video).sum() + (out_audio * d_audio).sum()) * share).backward()
+        grads = [x.grad for x in leaves] + [p.grad if p.grad is not None else torch.zeros_like(p)
+                                            for p in dit.parameters()]
+        flat.append(torch.cat([x.flatten() for x in grads]))
+    dist.all_reduce(flat[1], group=mesh.group)
+    single, sharded = flat
+    n_video, n_audio = video.numel(), audio.numel()
+    parts = {"video": slice(0, n_video), "audio": slice(n_video, n_video + n_audio),
+             "weights": slice(n_video + n_audio, None)}
+    report = {}
+    for name, part in parts.items():
+        report[f"{name}_grad_rel"] = float((sharded[part] - single[part]).abs().max() / single[part].abs().max())
+        report[f"{name}_grad_nonzero"] = bool(single[part].abs().max() > 0)
     return report
 
 
@@ -373,6 +410,12 @@ def test_sequence_parallel_backward_equals_single_process(results, case):
 
 @pytest.mark.parametrize("case", DIT_CASES, ids=[c["name"] for c in DIT_CASES])
 def test_sharded_dit_equals_single_process(results, case):
+    if case.get("grad"):
+        for rank, res in enumerate(_case_result(results, case)):
+            for name in ("video", "audio", "weights"):
+                assert res[f"{name}_grad_nonzero"], f"rank {rank}: no {name} gradient to compare"
+                assert res[f"{name}_grad_rel"] <= REL_TOL, f"rank {rank}: {name} grad rel {res[f'{name}_grad_rel']:.3g}"
+        return
     for rank, res in enumerate(_case_result(results, case)):
         for branch in ("video", "audio"):
             assert res[f"{branch}_shape_ok"], f"rank {rank}: {branch} shape differs"

@@ -223,11 +223,32 @@ def _exchange(x: torch.Tensor, lens: list, rank: int, group, to_heads: bool) -> 
 
 
 def _gather_tokens(x: torch.Tensor, lens: list, group) -> torch.Tensor:
-    """Per-token data ``[G, lens[me]]`` of every rank of ``group``, concatenated: ``[G, sum(lens)]``."""
-    n_pad = max(lens)
-    gathered = [torch.empty((x.shape[0], n_pad), dtype=x.dtype, device=x.device) for _ in lens]
-    dist.all_gather(gathered, _pad_tokens(x, n_pad).contiguous(), group=group)
-    return torch.cat([g[:, :n] for g, n in zip(gathered, lens)], dim=1)
+    """Per-token data ``[G, lens[me]]`` of every rank of ``group``, concatenated: ``[G, sum(lens)]``.
+    Differentiable (:class:`_TokenGather`)."""
+    return _TokenGather.apply(x, tuple(lens), group)
+
+
+class _TokenGather(torch.autograd.Function):
+    """The all-gather of every rank's tokens.  With the loss summed over the ranks, the gathered tensor's
+    gradient is every rank's gradient summed, of which this rank keeps its own tokens: a reduce-scatter
+    (an all-reduce and a slice here: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, lens, group):
+        ctx.gather = (lens, group)
+        n_pad = max(lens)
+        gathered = [torch.empty((x.shape[0], n_pad), dtype=x.dtype, device=x.device) for _ in lens]
+        dist.all_gather(gathered, _pad_tokens(x, n_pad).contiguous(), group=group)
+        return torch.cat([g[:, :n] for g, n in zip(gathered, lens)], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lens, group = ctx.gather
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, group=group)
+        rank = dist.get_rank(group)
+        start = sum(lens[:rank])
+        return total[:, start:start + lens[rank]], None, None
 
 
 # ------------------------------------------------------------------ ring
@@ -387,9 +408,9 @@ def sharded_keys_attention(q, k, v, q_coords=None, k_coords=None, table: Optiona
         shards.counts(dist.get_rank(group), None, k.shape[1])
     out, lse = baton_fast.rope_attention(q, k, v, q_coords, k_coords, table, return_lse=True, **rope_attention_kwargs)
     world = dist.get_world_size(group)
-    outs, lses = [torch.empty_like(out) for _ in range(world)], [torch.empty_like(lse) for _ in range(world)]
-    dist.all_gather(outs, out.contiguous(), group=group)
-    dist.all_gather(lses, lse.contiguous(), group=group)
+    # every rank's partial output and LSE, each flattened as the "tokens" of one row (differentiable)
+    outs, lses = (_gather_tokens(x.reshape(1, -1), [x.numel()] * world, group).reshape(world, *x.shape)
+                  for x in (out, lse))
     merged = merged_lse = None
     for part, part_lse in zip(outs, lses):
         merged, merged_lse = merge_partials(merged, merged_lse, part, part_lse)
