@@ -14,6 +14,9 @@ rank's plan tokens only (``1 / degree`` of the cache).  Per evaluation:
   :func:`sharded_keys_attention` (partial outputs merged in rank order, the same on every rank);
 - the video queries' text and cross-modal attentions read replicated keys: local, unchanged;
 - the head's output tokens are all-gathered, so every rank returns the whole velocity.
+
+Every transfer is differentiable: a backward of ``loss / world`` on each rank, then the gradients of the
+replicated inputs and weights summed over the ranks, gives one process's gradients (docs/distributed.md).
 """
 from __future__ import annotations
 
