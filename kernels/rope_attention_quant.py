@@ -31,6 +31,7 @@ import triton.language as tl
 
 from .quant_formats import FP8_PV, P_SCALE, QK_FORMAT, QMAX, STORAGE, V_BLOCK
 from .rope_attention import _interpreting
+from .rope_math import key_length
 from .rope_norm import (heads_pad, num_warps_for, pairs_pad, rmsnorm_rope_pairs, token_pairs,
                         tokens_per_program)
 
@@ -183,9 +184,7 @@ def _quant_attention_fwd(
     # the softmax scale (base 2) folded into the query scales
     q_scale = tl.load(QS + b * stride_qs_b + h * stride_qs_h + offs_m, mask=mask_m, other=0.0) * qk_scale
 
-    k_len = n_k
-    if HAS_KLENS:
-        k_len = tl.minimum(tl.load(KLens + b).to(tl.int32), n_k)
+    k_len = key_length(KLens, b, n_k, HAS_KLENS)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -15,7 +15,8 @@ from baton_fast.kernels.rope_attention_quant import SHIPPED_CONFIGS as QUANT_CON
 from baton_fast.rope import RopeTable, video_grid_coords
 
 FLOOR = 1e-3
-# fp8 e4m3 Q.K (3 mantissa bits) measures 0.9989-0.9990 on Gaussian inputs, the plain scheme as much
+# fp8: four e4m3 roundings (Q, K, V and the kernel's P, 2-4e-4 each) give 0.9987-0.9990 on Gaussian inputs,
+# whatever the scales or smoothing (docs/quantization.md, "Why fp8 stays below 0.999")
 COSINE = {"fp8": 0.998, "int8": 0.999, "int8+fp8": 0.999}
 
 
@@ -105,8 +106,7 @@ def test_ltx2_split_pairs_int8_fp8(triton_backend):
     _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v.float(), "int8+fp8"), "int8+fp8")
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int8+fp8"])
-def test_lse_merges_key_shards_quantised_apart(triton_backend, scheme):
+def test_lse_merges_key_shards_quantised_apart(triton_backend, scheme="int8+fp8"):
     """return_lse on pre-quantised q, k (ring attention): the keys in two shards (Nk = 40 + 29), each quantised
     apart (its own smoothing mean, which the LSE adds back), merged by their LSEs; GQA 4/2, Nq = 33, batch item 1
     has no key in the second shard (lse -inf).  Each shard's out and lse against float64 within budget; the
