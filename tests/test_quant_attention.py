@@ -92,18 +92,19 @@ def test_cross_attention_gqa_key_lengths_ovi(triton_backend, scheme):
     _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v, scheme, k_lens), scheme)
 
 
-def test_ltx2_split_pairs_int8_fp8(triton_backend):
-    """LTX-2 per-head table with split pairs (identity padding pairs first), D = 80 (padded to 128 in the kernel),
-    N = 33, bf16 inputs, SageAttention2's int8 Q.K + fp8 P.V."""
+@pytest.mark.parametrize("interleaved, scheme", [(False, "int8+fp8"), (True, "fp8")])
+def test_ltx2_per_head_table(triton_backend, interleaved, scheme):
+    """LTX-2 per-head table (identity padding pairs first), split pairs with SageAttention2's int8 Q.K + fp8 P.V
+    and interleaved pairs with fp8; D = 80 (padded to 128 in the kernel), N = 33, bf16 inputs."""
     torch.manual_seed(2)
     B, N, H, D = 1, 33, 2, 80
     q, k, v = (torch.randn(B, N, H, D, dtype=torch.bfloat16) for _ in range(3))
-    table = RopeTable.ltx2(H * D, H, interleaved=False)
+    table = RopeTable.ltx2(H * D, H, interleaved=interleaved)
     coords = torch.rand(1, N, 3) * 2 - 1
-    out = baton_fast.rope_attention(q, k, v, coords, coords, table, quant="int8+fp8")
+    out = baton_fast.rope_attention(q, k, v, coords, coords, table, quant=scheme)
     assert out.dtype == torch.bfloat16
     q_rot, k_rot = reference.apply_rope(q.float(), coords, table), reference.apply_rope(k.float(), coords, table)
-    _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v.float(), "int8+fp8"), "int8+fp8")
+    _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v.float(), scheme), scheme)
 
 
 def test_lse_merges_key_shards_quantised_apart(triton_backend, scheme="int8+fp8"):
