@@ -256,15 +256,16 @@ print("status", status, "imported", sorted(name for name in heavy if name in sys
 @pytest.mark.slow  # a fresh interpreter's imports: seconds
 def test_generate_imports_only_what_it_uses(tmp_path):
     """``generate`` without --audio in a fresh interpreter: no transformers (the MiniLM encoder and the default
-    planner LM run on plain torch), no scipy, SpA2V or plotting; ``torch._dynamo`` (and the sympy it imports) comes
-    in only with the first call of a ``torch.library`` custom op (torch wraps every op's kernel in
-    ``_disable_dynamo``), not with the memory check's parameter counts or the models' construction."""
+    planner LM run on plain torch), no scipy, SpA2V or plotting; ``torch._dynamo`` (and the sympy it imports) at
+    most with the first call of a ``torch.library`` custom op (torch wraps every op's kernel in
+    ``_disable_dynamo``; the eager CPU ops may skip that dispatch), never with the memory check's parameter counts
+    or the models' construction."""
     out = tmp_path / "clip.mp4"
     run = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *_generate(out), "--seconds", "0.5"], capture_output=True,
                          text=True, timeout=600)
     lines = run.stdout.splitlines()
-    assert "status 0 imported []" in lines and "dynamo from custom op: True" in lines, run.stdout + run.stderr
-    assert "dynamo from custom op: False" not in lines
+    assert "status 0 imported []" in lines, run.stdout + run.stderr
+    assert "dynamo from custom op: False" not in lines, run.stdout  # imported by something else than an op call
 
 
 @pytest.mark.slow  # a fresh interpreter's imports: seconds
