@@ -23,6 +23,7 @@ Channel 0 is the left channel, channel 1 the right one (the WAV convention).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -89,10 +90,12 @@ class SpatialCues:
     def is_stereo(self) -> bool:
         return self.power.shape[2] == 2
 
-    @property
+    @functools.cached_property
     def mono_power(self) -> np.ndarray:
-        """Channel-mean power spectrum, float64 ``[F, K]``."""
-        return self.power.mean(axis=2, dtype=np.float64)
+        """Channel-mean power spectrum, float64 ``[F, K]`` (computed once; read-only)."""
+        mono = self.power.mean(axis=2, dtype=np.float64)
+        mono.flags.writeable = False
+        return mono
 
     @property
     def active(self) -> np.ndarray:

@@ -27,7 +27,7 @@ def tonal_bins(cues: SpatialCues, prominence_db: float = 10.0, neighbourhood_hz:
     neighbours: bool ``[F, K]``."""
     level = to_db(cues.mono_power)
     width = 2 * max(1, round(neighbourhood_hz / 2 / (cues.freqs[1] - cues.freqs[0]))) + 1
-    floor = scipy.ndimage.median_filter(level, size=(1, width), mode="nearest")
+    floor = scipy.ndimage.uniform_filter1d(level, width, axis=1, mode="nearest")
     return scipy.ndimage.binary_dilation(level >= floor + prominence_db, structure=np.ones((1, 3), dtype=bool))
 
 
@@ -38,10 +38,9 @@ def group_maps(cues: SpatialCues, points: int = GRID
     weights, so the all-bins maps are the sums of the groups')."""
     weights = bin_weights(cues)
     tonal = tonal_bins(cues)
-    parts = [np.where(group, weights, 0.0) for group in (tonal, ~tonal)]
-    times = [time_map(cues, part, points) for part in parts]
-    levels = [level_map(cues, part, points) for part in parts]
-    share = cue_weights(sum(times), sum(levels), weights.sum(axis=1))
+    parts = np.stack([np.where(tonal, weights, 0.0), np.where(tonal, 0.0, weights)])  # [2, F, K]
+    times, levels = time_map(cues, parts, points), level_map(cues, parts, points)
+    share = cue_weights(times.sum(axis=0), levels.sum(axis=0), weights.sum(axis=1))
     groups = [(fused_map(time, level, share, part.sum(axis=1)), part.sum(axis=1))
               for time, level, part in zip(times, levels, parts)]
     return groups, weights, share

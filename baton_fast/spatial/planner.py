@@ -5,23 +5,24 @@ director" instruction, ``k`` retrieved in-context examples, the cue report) and 
 
 Conventions (the camera stands where the listener is):
 
-- horizontal position: the constant-power pan law inverted, ``x = arctan(10^(-ILD/20)) / (pi/2)``
-  (ILD = left over right, dB): a source only in the left channel sits at ``x = 0``, an equal-level
-  source at ``0.5``. For a single broadband source the ITD gives ``x = 0.5 - 0.5 * ITD / max_itd`` too,
-  and the more lateral estimate wins (amplitude-panned mixes have ITD = 0, time-panned ones ILD = 0);
-  tonal sources use the ILD only, since GCC-PHAT on a tone has one peak per period.
-- size: louder = nearer = larger; the height follows ``amplitude ** size_exponent`` around a reference
-  set by the source's median loudness (``size_exponent = 1`` is the pinhole law, size ~ 1/distance ~
-  amplitude; the default 0.5 keeps a 24 dB swing inside the frame). Nearer boxes also sit lower.
+- horizontal position: the fused time/level-difference map of :mod:`.tfcues` (``x = 0`` hard left,
+  ``0.5`` ahead, ``1`` hard right; ``sin(azimuth) = 1 - 2x``).
+- sources: the tracks (:mod:`.tracking`) of the maps of each bin group (:mod:`.grouping`: tonal
+  partials, noise-like bins), merged where they are one source; each bin belongs to the source whose
+  position it agrees with best. Sources are ranked by their bins' energy, loudest first; rank ``i``
+  gets object id ``i`` and ``names[i]`` (or "sound source"). ``partials_hz`` (the prominent peaks of
+  a source's long-term spectrum) is reported, not used for grouping.
+- size: louder = nearer = larger; the height follows ``amplitude ** size_exponent`` of the direct
+  level around a reference set by the source's median direct level (``size_exponent = 1`` is the
+  pinhole law, size ~ 1/distance ~ amplitude; the default 0.5 keeps a 24 dB swing inside the frame).
+  Nearer boxes also sit lower.
 - motion, from straight-line fits over the frames where the source is audible:
   ``left-crossing`` = enters from the left and moves to the right (x grows by >= ``crossing_threshold``),
-  ``right-crossing`` = from the right towards the left, ``approaching`` / ``receding`` = loudness rises /
-  falls by >= ``loudness_threshold_db``, else ``stationary``; when both a crossing and a loudness trend
-  pass their threshold, the one that passes it by the larger factor wins.
-- several sources are told apart by pitch: each prominent peak of the clip's long-term spectrum is a
-  partial; a partial at an integer multiple of a lower one (and at the same ILD) is its harmonic. With
-  no prominent peak the recording is one broadband source. Sources are ranked loudest first; rank ``i``
-  gets object id ``i`` and ``names[i]`` (or "sound source").
+  ``right-crossing`` = from the right towards the left, ``approaching`` / ``receding`` = the distance
+  evidence (mean of the direct-level trend and the direct-to-reverberant-ratio trend, both -20 log10
+  of the distance's change; the direct level alone for mono) rises / falls by >= ``distance_threshold_db``,
+  else ``stationary``; when both a crossing and a distance trend pass their threshold, the one that
+  passes it by the larger factor wins.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import scipy.signal
 
 from .cues import SpatialCues, cue_report, load_audio, spatial_cues, to_db
 from .grouping import group_maps
-from .tfcues import bin_agreement
+from .tfcues import MIN_FREQUENCY_HZ, bin_agreement
 from .tracking import Track, Tracker
 from .vsl import VSL, LayoutFrame, LayoutObject
 
@@ -53,8 +54,12 @@ class SourceTrack:
     x            float64 [F]  horizontal position in [0, 1] (0 = left edge)
     active       bool    [F]  frames where the source is audible
     direct_level_db float64 [F] level of its direct sound: ``level_db + 10 log10(CDR / (1 + CDR))``
-    x_start, x_end, level_change_db: the straight-line fits (of x and of the direct level) at the first
-    and last audible frame
+    drr_db       float64 [F]  its direct-to-reverberant ratio, dB: the median CDR of its audible bins (NaN
+                              where none has one); None for mono
+    x_start, x_end, level_change_db, drr_change_db: the straight-line fits (of x, of the direct level and
+    of the DRR) at the first and last audible frame (``drr_change_db`` 0 for mono)
+    distance_change_db: what the motion label reads: the mean of ``level_change_db`` and
+    ``drr_change_db`` (``level_change_db`` for mono); > 0 when the source comes nearer
     """
     index: int
     partials_hz: tuple[float, ...]
@@ -66,6 +71,9 @@ class SourceTrack:
     level_change_db: float
     motion: str
     direct_level_db: np.ndarray
+    drr_db: np.ndarray | None = None
+    drr_change_db: float = 0.0
+    distance_change_db: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ class CuePlanner:
     peak_prominence_db: float = 10.0
     dynamic_range_db: float = 30.0
     crossing_threshold: float = 0.25
-    loudness_threshold_db: float = 5.0
+    distance_threshold_db: float = 3.5
     size_exponent: float = 0.5
     box_aspect: float = 1.0
     min_height: float = 0.08
@@ -117,8 +125,12 @@ class CuePlanner:
         """Index of the source each bin belongs to, int ``[F, K]``: the one whose position it agrees with best."""
         if len(found) == 1:
             return np.zeros(cues.power.shape[:2], dtype=np.int64)
-        agreement = np.stack([bin_agreement(cues, track.x, share) for track in found])
-        return agreement.argmax(axis=0)
+        agreement = bin_agreement(cues, np.stack([track.x for track in found]), share)
+        owner, best = np.zeros(agreement.shape[1:], dtype=np.int64), agreement[0]
+        for j in range(1, len(found)):  # argmax over sources, without a strided reduction over axis 0
+            better = agreement[j] > best
+            owner[better], best = j, np.where(better, agreement[j], best)
+        return owner
 
     @staticmethod
     def _direct_share(cues: SpatialCues, bins: np.ndarray) -> np.ndarray:
@@ -158,30 +170,44 @@ class CuePlanner:
         if not active.any():
             active = track.detected
         x = track.x if cues.is_stereo else np.full(len(level), 0.5)
-        t = cues.times[active]
-        if len(t) >= 2 and t[-1] > t[0]:
-            x_slope, x_mid = np.polyfit(t - t.mean(), x[active], 1)
-            level_slope, _ = np.polyfit(t - t.mean(), direct[active], 1)
-            half_span = (t[-1] - t[0]) / 2
-            x_start, x_end = x_mid - x_slope * half_span, x_mid + x_slope * half_span
-            level_change = level_slope * 2 * half_span
+        drr = None if cues.cdr is None else self._drr_db(cues, own_power)
+        x_start, x_end = _line_ends(cues.times, x, active)
+        level_change = _line_change(cues.times, direct, active)
+        if drr is None:
+            drr_change, distance_change = 0.0, level_change
         else:
-            x_start = x_end = float(np.mean(x[active]))
-            level_change = 0.0
+            drr_change = _line_change(cues.times, drr, active & np.isfinite(drr))
+            distance_change = (level_change + drr_change) / 2
         return SourceTrack(index=rank, partials_hz=self._partials(cues, own_power[active].mean(axis=0)),
                            level_db=level, x=x,
                            active=active, x_start=float(np.clip(x_start, 0, 1)), x_end=float(np.clip(x_end, 0, 1)),
-                           level_change_db=float(level_change), motion=self._motion(x_end - x_start, level_change),
-                           direct_level_db=direct)
+                           level_change_db=level_change, motion=self._motion(x_end - x_start, distance_change),
+                           direct_level_db=direct, drr_db=drr, drr_change_db=drr_change,
+                           distance_change_db=distance_change)
 
-    def _motion(self, x_change: float, level_change_db: float) -> str:
+    @staticmethod
+    def _drr_db(cues: SpatialCues, own_power: np.ndarray, dynamic_range_db: float = 40.0) -> np.ndarray:
+        """Direct-to-reverberant ratio of a source per frame, dB ``[F]``: the median CDR of its bins within
+        ``dynamic_range_db`` of its frame's strongest bin, from 80 Hz (NaN where no such bin has a CDR).
+        A median over bins, not a power-weighted mean: the source's own spectral changes (vowels, pitch)
+        do not move it, only its distance does (a 4 -> 0.8 m approach raises it as much as the direct level)."""
+        strongest = own_power.max(axis=1, keepdims=True)
+        used = ((own_power > 0) & (own_power >= strongest * 10.0 ** (-dynamic_range_db / 10.0))
+                & np.isfinite(cues.cdr) & (cues.freqs >= MIN_FREQUENCY_HZ)[None, :])
+        count = used.sum(axis=1)
+        ordered = np.sort(np.where(used, cues.cdr, np.inf), axis=1)  # the used bins first, ascending
+        rows = np.arange(len(ordered))
+        median = 0.5 * (ordered[rows, np.maximum(count - 1, 0) // 2] + ordered[rows, count // 2])
+        return np.where(count > 0, to_db(np.where(count > 0, median, 1.0)), np.nan)
+
+    def _motion(self, x_change: float, distance_change_db: float) -> str:
         crossing = abs(x_change) / self.crossing_threshold
-        loudness = abs(level_change_db) / self.loudness_threshold_db
-        if max(crossing, loudness) < 1.0:
+        distance = abs(distance_change_db) / self.distance_threshold_db
+        if max(crossing, distance) < 1.0:
             return "stationary"
-        if crossing >= loudness:
+        if crossing >= distance:
             return "left-crossing" if x_change > 0 else "right-crossing"
-        return "approaching" if level_change_db > 0 else "receding"
+        return "approaching" if distance_change_db > 0 else "receding"
 
     # ---- layout -----------------------------------------------------------------------------------------
     def keyframe_times(self, duration: float) -> np.ndarray:
@@ -229,6 +255,24 @@ class CuePlanner:
         return (round(x1, 4), round(bottom - height, 4), round(x2, 4), round(bottom, 4))
 
 
+def _line_ends(times: np.ndarray, values: np.ndarray, frames: np.ndarray) -> tuple[float, float]:
+    """The straight-line fit of ``values`` over ``frames`` (bool ``[F]``) at its first and last frame (the
+    mean twice when fewer than two frames)."""
+    t = times[frames]
+    if len(t) < 2 or t[-1] <= t[0]:
+        mean = float(np.mean(values[frames])) if len(t) else float(np.mean(values))
+        return mean, mean
+    slope, middle = np.polyfit(t - t.mean(), values[frames], 1)
+    half_span = (t[-1] - t[0]) / 2
+    return float(middle - slope * half_span), float(middle + slope * half_span)
+
+
+def _line_change(times: np.ndarray, values: np.ndarray, frames: np.ndarray) -> float:
+    """How much the straight-line fit of ``values`` over ``frames`` changes from their first to last frame."""
+    start, end = _line_ends(times, values, frames)
+    return end - start
+
+
 def _region(x: float) -> str:
     return "on the left" if x < 1 / 3 else "on the right" if x > 2 / 3 else "in the centre"
 
@@ -262,7 +306,8 @@ def track_report(tracks: Sequence[SourceTrack]) -> str:
     for track in tracks:
         pitch = ", ".join(f"{f:.0f}" for f in track.partials_hz) + " Hz" if track.partials_hz else "broadband"
         lines.append(f"source {track.index}: {pitch}; position x {track.x_start:.2f} -> {track.x_end:.2f} "
-                     f"(0 left, 1 right); loudness change {track.level_change_db:+.1f} dB; motion {track.motion}")
+                     f"(0 left, 1 right); direct level change {track.level_change_db:+.1f} dB, "
+                     f"direct-to-reverberant ratio change {track.drr_change_db:+.1f} dB; motion {track.motion}")
     return "\n".join(lines)
 
 
@@ -295,7 +340,7 @@ class LayoutExample:
 
 
 def cue_features(tracks: Sequence[SourceTrack]) -> np.ndarray:
-    """Retrieval key of a recording: (number of sources, start x, end x, loudness change / 24 dB) of its
+    """Retrieval key of a recording: (number of sources, start x, end x, direct level change / 24 dB) of its
     loudest source; float64 ``[4]``."""
     if not tracks:
         return np.array([0.0, 0.5, 0.5, 0.0])

@@ -71,8 +71,9 @@ def x_to_delay(cues: SpatialCues, x: np.ndarray) -> np.ndarray:
 
 
 def time_map(cues: SpatialCues, weights: np.ndarray, points: int = GRID) -> np.ndarray:
-    """SRP-PHAT over the grid, float64 ``[F, G]``, in units of ``weights`` (a source whose every bin agrees
-    reads the frame's weight sum at its position)."""
+    """SRP-PHAT over the grid, float64 ``[..., F, G]`` for ``weights`` ``[..., F, K]`` (several weightings of the
+    bins at once), in units of ``weights`` (a source whose every bin agrees reads the frame's weight sum at
+    its position)."""
     cross = cues.cross
     phase = (weights * cross / np.maximum(np.abs(cross), 1e-30)).astype(np.complex64)
     steering = np.exp(-2j * np.pi * cues.freqs[:, None] * x_to_delay(cues, grid(points))[None, :])  # [K, G]
@@ -80,13 +81,15 @@ def time_map(cues: SpatialCues, weights: np.ndarray, points: int = GRID) -> np.n
 
 
 def level_map(cues: SpatialCues, weights: np.ndarray, points: int = GRID) -> np.ndarray:
-    """Weighted histogram of the bins' level-difference positions, smoothed: float64 ``[F, G]``."""
-    cell = np.rint(ild_to_x(cues, bin_ild(cues)) * (points - 1)).astype(np.int64)
-    frames = np.repeat(np.arange(len(cell)), cell.shape[1]).reshape(cell.shape)
-    histogram = np.bincount((frames * points + cell).ravel(), weights=weights.ravel(),
-                            minlength=len(cell) * points).reshape(len(cell), points)
+    """Weighted histogram of the bins' level-difference positions, smoothed: float64 ``[..., F, G]`` for
+    ``weights`` ``[..., F, K]``."""
+    cell = np.rint(ild_to_x(cues, bin_ild(cues)) * (points - 1)).astype(np.int64)  # [F, K]
+    rows = weights.shape[:-1]  # one histogram row per frame of every weighting
+    row = np.arange(math.prod(rows)).reshape(*rows, 1)
+    histogram = np.bincount((row * points + cell).ravel(), weights=weights.ravel(),
+                            minlength=row.size * points).reshape(*rows, points)
     width = 1.5  # cells; scaled so that bins all in one cell read their weight sum, as in the time map
-    return math.sqrt(2 * math.pi) * width * scipy.ndimage.gaussian_filter1d(histogram, width, axis=1, mode="nearest")
+    return math.sqrt(2 * math.pi) * width * scipy.ndimage.gaussian_filter1d(histogram, width, axis=-1, mode="nearest")
 
 
 def cue_weights(time: np.ndarray, level: np.ndarray, frame_weight: np.ndarray) -> tuple[float, float]:
@@ -122,13 +125,14 @@ def fused_map(time: np.ndarray, level: np.ndarray, share: tuple[float, float], f
 
 
 def bin_agreement(cues: SpatialCues, x: np.ndarray, cue_share: tuple[float, float]) -> np.ndarray:
-    """How well each bin agrees with a source at ``x`` (float64 ``[F]``, one position per frame):
-    ``a_time cos(phase error) + a_level exp(-(ILD error / 6 dB)^2 / 2)``, ``[F, K]``."""
+    """How well each bin agrees with a source at ``x`` (float64 ``[..., F]``, one position per frame, for any
+    number of sources): ``a_time cos(phase error) + a_level exp(-(ILD error / 6 dB)^2 / 2)``, float32 ``[..., F, K]``."""
     a_time, a_level = cue_share
-    agreement = np.zeros(cues.power.shape[:2])
+    x = np.asarray(x)
+    agreement = np.zeros(x.shape + cues.freqs.shape, dtype=np.float32)
     if a_time > 0:
-        expected = 2 * np.pi * cues.freqs[None, :] * x_to_delay(cues, x)[:, None]
+        expected = (2 * np.pi * cues.freqs * x_to_delay(cues, x)[..., None]).astype(np.float32)
         agreement += a_time * np.cos(np.angle(cues.cross) - expected)
     if a_level > 0:
-        agreement += a_level * np.exp(-0.5 * ((bin_ild(cues) - x_to_ild(cues, x)[:, None]) / 6.0) ** 2)
+        agreement += a_level * np.exp(-0.5 * ((bin_ild(cues) - x_to_ild(cues, x)[..., None]) / 6.0) ** 2)
     return agreement
