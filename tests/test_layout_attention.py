@@ -137,6 +137,9 @@ def test_self_attention_in_group_order_on_its_block_mask_matches_float64(dtype, 
     order, n = guidance.order, grid.shape[0]
     raster = bf.BlockMask.from_groups(groups, groups, 32, 16)
     assert order.mask.visited_blocks() < raster.visited_blocks() == raster.shape[2] * raster.num_k_blocks
+    report = guidance.block_report(masked_evaluations=3, layers=2)  # what a run's report says the layout visited
+    assert report["key_blocks_visited_in_run"] == 6 * order.mask.visited_blocks()
+    assert report["key_blocks_dense_in_run"] == 6 * raster.visited_blocks() and report["blocks"] == [32, 16]
     torch.manual_seed(9)
     module = SelfAttention(64, 2, 1e-6)
     coords, table = grid[None].float(), bf.RopeTable.wan(32)

@@ -5,6 +5,7 @@ import torch
 
 from baton_fast.model.config import get_preset
 from baton_fast.model.dit import DualBranchDiT
+from baton_fast.model.layout import LayoutGuidance
 from baton_fast.model.planner import PlannedTokens, rs_rope_coords
 from baton_fast.model.sparsity import parse_window
 
@@ -60,6 +61,9 @@ def test_sparse_errors(run):
     dit, prepare, inputs = run
     with pytest.raises(ValueError, match="sparse: the run context was prepared without sparse_window"):
         dit(*inputs, prepare(), sparse=True)
+    layout = LayoutGuidance(torch.ones(1, 48, dtype=torch.int64), torch.full((2, 5), -1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="sparse_window: not supported with layout masks"):  # tile vs group order
+        dit(*inputs, prepare((1, 1, 1)), layout)
     for text in ("2,1,1", "1,1", "a,b,c", "0,1,1"):
         with pytest.raises(ValueError, match="expected three odd integers"):
             parse_window(text)
