@@ -32,13 +32,32 @@ def is_bert_folder(path) -> bool:
             and (path / "tokenizer.json").is_file())
 
 
+class _Loaded:
+    """Parameters left uninitialised (``torch.empty``): :meth:`BertEncoder.from_folder` loads every one, strictly."""
+
+    def reset_parameters(self):
+        pass
+
+
+class _Linear(_Loaded, nn.Linear):
+    pass
+
+
+class _Embedding(_Loaded, nn.Embedding):
+    pass
+
+
+class _LayerNorm(_Loaded, nn.LayerNorm):
+    pass
+
+
 class _Embeddings(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
-        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.word_embeddings = _Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = _Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = _Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = _LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, input_ids):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -51,8 +70,8 @@ class _DenseNorm(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, eps: float):
         super().__init__()
-        self.dense = nn.Linear(n_in, n_out)
-        self.LayerNorm = nn.LayerNorm(n_out, eps=eps)
+        self.dense = _Linear(n_in, n_out)
+        self.LayerNorm = _LayerNorm(n_out, eps=eps)
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dense(x) + residual)
@@ -62,7 +81,7 @@ class _SelfAttention(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.num_heads = c.num_attention_heads
-        self.query, self.key, self.value = (nn.Linear(c.hidden_size, c.hidden_size) for _ in range(3))
+        self.query, self.key, self.value = (_Linear(c.hidden_size, c.hidden_size) for _ in range(3))
 
     def forward(self, x, key_mask):
         """x ``[B, L, C]``, key_mask bool ``[B, 1, 1, L]`` (True: attend) -> ``[B, L, C]``."""
@@ -83,7 +102,7 @@ class _Attention(nn.Module):
 class _Intermediate(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.dense = _Linear(c.hidden_size, c.intermediate_size)
 
     def forward(self, x):
         return F.gelu(self.dense(x))
@@ -131,7 +150,7 @@ class BertEncoder(nn.Module):
             model = cls(config)
         weights = {name: tensor for name, tensor in load_file(path / "model.safetensors").items()
                    if not name.startswith("pooler.") and name != "embeddings.position_ids"}
-        model.load_state_dict({name.removeprefix("bert."): tensor for name, tensor in weights.items()})
+        model.load_state_dict({name.removeprefix("bert."): tensor for name, tensor in weights.items()}, assign=True)
         return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
