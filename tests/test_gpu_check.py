@@ -12,7 +12,7 @@ import torch
 
 from baton_fast import cli
 from baton_fast.bench import report
-from baton_fast.bench.cases import FULL_CASES
+from baton_fast.bench.cases import FULL_CASES, Case, Side
 from baton_fast.bench.cost_model import QUANT_CASES
 from baton_fast.gpu_check import command, graph, native, results, timings
 from baton_fast.gpu_check.checkout import REPO_ROOT
@@ -101,7 +101,7 @@ def test_each_part_lists_its_items(monkeypatch):
     assert len(numerics) == len(selftest.ATTENTION_CASES + selftest.ROPE_CASES) + len(native.config_cases(9))
     assert [label for label, _ in command._items("cuda_graph", WHERE, 0)] == ["tiny denoise step, bf16"]
     assert [label for label, _ in command._items("timings", WHERE, 0)] == [c.name for c in timings.TIMED_CASES] + [
-        f"{case[0]} (quantised)" for case in QUANT_CASES]
+        f"{c.name} (forward+backward)" for c in timings.TRAINING_CASES] + [f"{case[0]} (quantised)" for case in QUANT_CASES]
 
 
 def test_selftest_items_are_the_selftest_cases():
@@ -155,6 +155,21 @@ def test_timed_cases_and_their_accounting():
     assert {n for n, m in metric.items() if m == "GB/s"} == {
         "text cross-attn", "Ovi audio->video cross-attn", "Ovi video->audio cross-attn", "Ovi audio self-attn"}
     assert metric["Baton plan cross-attn"] == metric["LTX-2 video self-attn"] == "TFLOP/s"
+
+
+def test_forward_backward_timing_records_on_cpu():
+    """The forward + backward task on a scaled-down case (CPU paths): both paths timed, rate from 14 B H Nq Nk D."""
+    case = Case("tiny video self-attn", Side("video", (1, 4, 8)), Side("video", (1, 4, 8)), 2, 32, 1)
+    (label, task), = timings.training_timing_items("cpu", WHERE, cases=[case], dtype=torch.float32)
+    records = task()
+    assert label == f"{case.name} (forward+backward)" and all(r["case"] == label for r in records)
+    assert {r["backend"] for r in records} == {"baton-fast rope_attention", "PyTorch RoPE + SDPA"}
+    times = {r["backend"]: r["value"] for r in records if r["metric"] == "forward+backward time"}
+    flops = 14 * case.heads * case.q.tokens * case.k.tokens * case.head_dim
+    for r in records:
+        assert r["section"] == "kernels" and r["device"] == WHERE and r["value"] > 0
+        if r["unit"] == "TFLOP/s":
+            assert r["value"] == pytest.approx(flops / times[r["backend"]] / 1e9)
 
 
 def test_backends_that_cannot_be_imported_are_named(monkeypatch):

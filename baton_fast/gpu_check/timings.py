@@ -11,6 +11,11 @@ pass when importable.  Throughputs use the cost model's counts; the figure a cas
 side is short (text 512 keys, audio 157 tokens: memory bound).  Peak memory (:func:`with_peak_memory`)
 is the CUDA allocator's peak during one call, above what was allocated before it (inputs, the
 comparison output), after one untimed call (tuning, compilation).
+
+Forward + backward (:func:`training_timing_items`): the video self-attentions a fine-tuning step is made of,
+one forward + backward through autograd (q, k, v require grad) of baton-fast's fused attention (Triton forward
+and backward kernels) and of PyTorch RoPE + SDPA (:func:`baton_fast.bench.training_bench.measured_records`,
+``do_bench`` median), with the matrix rate of the 14 ``B H Nq Nk D`` FLOPs of a step (forward 4, backward 10).
 """
 from __future__ import annotations
 
@@ -20,15 +25,15 @@ from typing import Callable
 
 import torch
 
-from baton_fast.bench import kernels_bench
+from baton_fast.bench import kernels_bench, training_bench
 from baton_fast.bench.cases import FULL_CASES, Case, Side
 from baton_fast.bench.cost_model import attention_flops, fused_cost
 from baton_fast.bench.report import GPU_MEMORY_SECTION
 
 from .results import record
 
-__all__ = ["WAN_14B_720P", "TIMED_CASES", "SHORT_SIDE", "DTYPE", "headline_metric", "case_accounting",
-           "with_peak_memory", "timing_items", "unavailable_backends"]
+__all__ = ["WAN_14B_720P", "TIMED_CASES", "TRAINING_CASES", "SHORT_SIDE", "DTYPE", "headline_metric",
+           "case_accounting", "with_peak_memory", "timing_items", "training_timing_items", "unavailable_backends"]
 
 # Wan2.1-T2V-14B, 1280x720, 81 frames: VAE 4x time (causal: 1 + 80/4 = 21 latent frames) and 8x space,
 # 2x2 patches: 21 x 45 x 80 = 75,600 tokens; 40 heads x 128 (dim 5120); 40 blocks.
@@ -39,6 +44,9 @@ _BY_NAME = {c.name: c for c in FULL_CASES}
 TIMED_CASES = (_BY_NAME["Ovi video self-attn"], WAN_14B_720P, _BY_NAME["LTX-2 video self-attn"],
                _BY_NAME["Baton plan cross-attn"], _BY_NAME["text cross-attn"], _BY_NAME["Ovi audio->video cross-attn"],
                _BY_NAME["Ovi video->audio cross-attn"], _BY_NAME["Ovi audio self-attn"])
+# forward + backward: Ovi's and LTX-2's video self-attention (Wan-14B 720p, ~25x the work of a step at 75,600
+# tokens, would not fit the part's budget beside them)
+TRAINING_CASES = (_BY_NAME["Ovi video self-attn"], _BY_NAME["LTX-2 video self-attn"])
 SHORT_SIDE = 1024  # tokens: an attention with a side this short is read in GB/s
 DTYPE = torch.bfloat16
 
@@ -109,4 +117,24 @@ def timing_items(device, where: str, cases=TIMED_CASES, dtype=DTYPE) -> list[tup
 
     from .quant_timings import quant_timing_items  # fp8 / int8+fp8 against SageAttention, FA3-FP8
 
-    return [(case.name, lambda case=case: task(case)) for case in cases] + quant_timing_items(device, where)
+    return ([(case.name, lambda case=case: task(case)) for case in cases] + training_timing_items(device, where)
+            + quant_timing_items(device, where))
+
+
+def training_timing_items(device, where: str, cases=TRAINING_CASES, dtype=DTYPE) -> list[tuple[str, Callable[[], list]]]:
+    """``(label, task)`` per case: forward + backward time and TFLOP/s of each path (module docstring) as
+    ``kernels`` records."""
+    device = torch.device(device)
+
+    def task(case: Case):
+        label, out = f"{case.name} (forward+backward)", []
+        s = case.shape()
+        flops = 14 * s.batch * s.heads * s.n_q * s.n_k * s.head_dim
+        for r in training_bench.measured_records(case, device, dtype, quick=True):
+            common = dict(device=where, shape=r["shape"], dtype=r["dtype"], **r["extra"])
+            out += [record("kernels", label, r["backend"], "forward+backward time", r["value"], "ms", **common),
+                    record("kernels", label, r["backend"], "forward+backward TFLOP/s", flops / r["value"] / 1e9,
+                           "TFLOP/s", **common)]
+        return out
+
+    return [(f"{case.name} (forward+backward)", lambda case=case: task(case)) for case in cases]
