@@ -1,10 +1,11 @@
-"""The source tracker on synthetic peak lists, and the boxes PNG's label placement."""
+"""The source tracker on synthetic peak lists, bin grouping (tonal bins), and the boxes PNG's label placement."""
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from baton_fast.spatial import VSL
+from baton_fast.spatial import VSL, spatial_cues
 from baton_fast.spatial.draw import vsl_figure
+from baton_fast.spatial.grouping import tonal_bins
 from baton_fast.spatial.tracking import Tracker
 
 HOP = 0.032
@@ -38,6 +39,35 @@ def test_a_source_heard_in_bursts_is_one_track_and_weak_followers_are_dropped():
 
 def test_no_peaks_no_tracks():
     assert Tracker().tracks([[] for _ in range(FRAMES)], HOP) == []
+
+
+def test_a_weak_source_of_its_own_group_survives_and_one_source_seen_by_two_groups_is_one():
+    """Stream 0 (noise-like bins): a strong source at 0.8; stream 1 (tonal bins): a source at 0.2 with a
+    fifth of that strength, and the strong one's partials at 0.79 (half the weak source's strength). Tracked as one stream the weak
+    source never leads and is pruned as a reflection would be; tracked per group it is a source."""
+    noise_like = [[(0.8, 10.0)] for _ in range(FRAMES)]
+    tonal = [[(0.2, 2.0), (0.79, 1.0)] for _ in range(FRAMES)]
+    tracks = Tracker().sources([noise_like, tonal], HOP)
+    assert len(tracks) == 2
+    np.testing.assert_allclose([np.median(t.x) for t in tracks], [0.8, 0.2], atol=0.015)
+    assert tracks[0].support == pytest.approx(11.0 * FRAMES)  # the 0.79 partials joined the 0.8 source
+    one_stream = [sorted(a + b, key=lambda p: -p[1]) for a, b in zip(noise_like, tonal)]
+    assert [round(float(np.median(t.x)), 1) for t in Tracker().tracks(one_stream, HOP)] == [0.8]
+
+
+def test_tonal_bins_are_the_partials_and_few_noise_bins():
+    rate, seconds = 16000, 2.0
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(1)
+    hum = sum(0.1 / k * np.sin(2 * np.pi * 200.0 * k * t) for k in range(1, 6)) + 1e-3 * rng.standard_normal(len(t))
+    cues = spatial_cues(np.stack([hum, hum]), rate)
+    tonal = tonal_bins(cues)
+    partials = [int(np.argmin(np.abs(cues.freqs - 200.0 * k))) for k in range(1, 6)]
+    assert tonal[:, partials].mean() > 0.95
+    assert tonal[:, cues.freqs > 1200].mean() < 0.02  # above the partials: the noise floor only
+    noise = rng.standard_normal((2, len(t)))
+    share = tonal_bins(spatial_cues(noise, rate)).mean()
+    assert share < 0.005, share  # 10 dB above the neighbourhood's mean level: rare in noise (0.03 % here)
 
 
 def boxes_vsl(objects):
