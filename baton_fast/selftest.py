@@ -251,13 +251,13 @@ def format_numeric_table(records: list[dict]) -> str:
 
 # attention kernel flags as printed in the static table
 FLAG_CODES = {"ROTATE_Q": "rq", "ROTATE_K": "rk", "INTERLEAVED": "il", "HAS_KLENS": "klens", "RETURN_LSE": "lse",
-              "HAS_GROUPS": "groups", "COUNT_SKIPPED": "count"}
+              "HAS_GROUPS": "groups", "COUNT_SKIPPED": "count", "HAS_BLOCK_MASK": "bm", "DETERMINISTIC": "det"}
 
 
 def _flag_summary(record: dict) -> str:
-    """Attention: the flags that are on (FLAG_CODES); pre-pass: case, heads and NORM."""
+    """Attention (forward and backward): the flags that are on (FLAG_CODES); pre-passes: case, heads and NORM."""
     flags = record["flags"]
-    if record["kernel"] == "rmsnorm_rope":
+    if record["kernel"] in ("rmsnorm_rope", "quantize_rows", "quantize_v"):
         return f"{record['case']} H{record['heads']} NORM={flags['NORM']}"
     return ",".join(code for name, code in FLAG_CODES.items() if flags.get(name)) or "-"
 
@@ -272,7 +272,8 @@ def format_static_table(records: list[dict]) -> str:
                      "i64" if r["addr64"] else "i32", "ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])])
     legend = ", ".join(f"{code} = {name}" for name, code in FLAG_CODES.items())
     wide = sum(r["addr64"] for r in records)
-    return (_table(rows) + f"\n\nconfig: BLOCK_M x BLOCK_N x warps x stages (pre-pass: warps x stages); flags: {legend}; "
+    return (_table(rows) + "\n\nconfig: BLOCK_M x BLOCK_N x warps x stages (backward: dK/dV BLOCK_M x BLOCK_N x "
+            f"dQ BLOCK_M x BLOCK_N x warps x stages; pre-passes: warps x stages); flags: {legend}; "
             f"addr: width of the offsets of the token-indexed tensors in the TTIR\n"
             f"64-bit address arithmetic: {wide}/{len(records)} kernels (the base offset of every token-indexed "
             f"tensor is i64 in the TTIR)")

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-__all__ = ["Job", "shipped_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
+__all__ = ["Job", "shipped_jobs", "backward_jobs", "prepass_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
 
 ARCHS = (90, 80)
 EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
@@ -78,6 +78,30 @@ NORM_CASES = (
 )
 
 
+# Backward (kernels/rope_attention_bwd.py): the dK/dV and dQ kernels of every shipped configuration, in bf16 with
+# grouped-query heads (group 2), one head dim per padded half dim.  The kernels never rotate (the pre-pass rotates
+# Q and K), so the variants are the loops: the dense loop with key lengths and layout masks (the tile-skip branch,
+# int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with the default 128 x 64 blocks,
+# key lengths and atomics.
+BWD_KERNELS = ("attention_bwd_dkdv", "attention_bwd_dq")
+BWD_HEAD_DIMS = {16: 32, 32: 64, 64: 128, 128: 256}
+BWD_VARIANTS = (dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False, DETERMINISTIC=True),
+                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=False))
+# Quantising pre-pass (kernels/rope_attention_quant.py, through quantize_rows_fwd / quantize_v_fwd), bf16 in, on
+# the arch of its scheme: (case, kernel, scheme, heads, head dim, NORM, smooth, which launch of the launcher).
+# Wan's Q and K (RMSNorm across heads): K smoothed by its token mean (the mean pass, then the quantising pass).
+PREPASS_CASES = (
+    ("q_int8", "quantize_rows", "int8", 24, 128, 2, False, 0),
+    ("k_fp8_mean", "quantize_rows", "fp8", 24, 128, 2, True, 0),
+    ("k_fp8", "quantize_rows", "fp8", 24, 128, 2, True, 1),
+    ("v_fp8", "quantize_v", "fp8", 24, 128, 0, False, 0),
+)
+# Kernels whose dots must use tensor cores (EXPECTED_MMA); the rest have no dot.
+MMA_KERNELS = ("rope_attention",) + BWD_KERNELS
+# Backward head dims that run mma.sync (HMMA) tiles on sm_90: no wgmma tile of the D = 256 dK/dV kernel compiles
+# spill-free (kernels/rope_attention_bwd.py, BWD_CONFIGS)
+BWD_HMMA_ON_SM90 = (256,)
+
 # Quantised attention (kernels/rope_attention_quant.py): each scheme on the arch it is for, and the matrix
 # instructions its dots must use there (fp8 wgmma: QGMMA; int8 wgmma: IGMMA; int8 mma.sync: IMMA).
 QUANT_ARCH_MMA = {"fp8": (90, ("QGMMA",)), "int8": (80, ("IMMA",)), "int8+fp8": (90, ("IGMMA", "QGMMA"))}
@@ -87,9 +111,10 @@ MMA_OPCODES = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 @dataclass(frozen=True)
 class Job:
-    """One compilation: ``kernel`` ("rope_attention" or "rmsnorm_rope"), ``arch`` (90 or 80), ``config``
-    ((BLOCK_M, BLOCK_N, num_warps, num_stages) for attention; None for rmsnorm_rope, whose launcher
-    picks num_warps), torch ``dtype`` name, head dim ``D``, ``heads`` and kernel ``flags``."""
+    """One compilation: ``kernel`` ("rope_attention", "rmsnorm_rope", "quant_attention", one of
+    :data:`BWD_KERNELS` or a quantising pre-pass), ``arch`` (90 or 80), ``config`` ((BLOCK_M, BLOCK_N, num_warps,
+    num_stages) for attention; the backward's six-tuple; None for the pre-passes, whose launchers pick num_warps),
+    torch ``dtype`` name, head dim ``D``, ``heads`` and kernel or launcher ``flags``."""
     kernel: str
     arch: int
     config: Optional[tuple]
@@ -120,7 +145,24 @@ def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
         for case, heads, D, norm, has_weight, interleaved in NORM_CASES:
             flags = dict(NORM=norm, HAS_WEIGHT=has_weight, INTERLEAVED=interleaved)
             jobs.append(Job("rmsnorm_rope", arch, None, "bfloat16", D, heads, tuple(sorted(flags.items())), case))
-    return jobs
+    return jobs + backward_jobs(archs) + prepass_jobs(archs)
+
+
+def backward_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
+    """The backward kernels of every shipped backward configuration x :data:`BWD_VARIANTS`."""
+    from .kernels.rope_attention_bwd import BWD_CONFIGS
+
+    return [Job(kernel, arch, tuple(config), "bfloat16", BWD_HEAD_DIMS[half_pad], 2, tuple(sorted(flags.items())))
+            for arch in archs for (major, half_pad), config in sorted(BWD_CONFIGS.items()) if major == arch // 10
+            for flags in BWD_VARIANTS for kernel in BWD_KERNELS]
+
+
+def prepass_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
+    """The quantising pre-pass cases (:data:`PREPASS_CASES`) on the arch of their scheme."""
+    return [Job(kernel, QUANT_ARCH_MMA[scheme][0], None, "bfloat16", D, heads,
+                tuple(sorted(dict(SCHEME=scheme, NORM=norm, SMOOTH=smooth, LAUNCH=launch).items())), case)
+            for case, kernel, scheme, heads, D, norm, smooth, launch in PREPASS_CASES
+            if QUANT_ARCH_MMA[scheme][0] in archs]
 
 
 def quant_jobs() -> list[Job]:
@@ -134,6 +176,9 @@ def quant_jobs() -> list[Job]:
 
 
 # --------------------------------------------------------------------------- launch recording
+_RECORDED_TOKENS = 17  # tokens of every recording (no other size of the small tensors equals it)
+
+
 class _RecordingKernel:
     """Stands in for a jit kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
 
@@ -152,6 +197,10 @@ def _record_launch(job: Job):
 
     if job.kernel == "quant_attention":
         return _record_quant_launch(job, rope_attention_quant)
+    if job.kernel in BWD_KERNELS:
+        return _record_backward_launch(job)
+    if job.kernel in ("quantize_rows", "quantize_v"):
+        return _record_prepass_launch(job, rope_attention_quant)
     dtype = getattr(torch, job.dtype)
     flags = job.flag_dict
     n, heads, D = 17, job.heads, job.D
@@ -195,6 +244,57 @@ def _compile_block_mask(n: int, config):
     return BlockMask.from_dense(torch.ones(n, n, dtype=torch.bool).tril(), *config[:2])
 
 
+def _recorded(module, names, pick, launcher, *args, **kwargs):
+    """Call ``launcher(*args, **kwargs)`` with the jit kernels ``names`` of ``module`` replaced by recorders; returns
+    ``(kernel, args, kwargs)`` of launch number ``pick[1]`` of kernel ``names[pick[0]]``."""
+    kernels = {name: getattr(module, name) for name in names}
+    recorders = {name: _RecordingKernel() for name in names}
+    for name in names:
+        setattr(module, name, recorders[name])
+    try:
+        launcher(*args, **kwargs)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(module, name, kernel)
+    name = names[pick[0]]
+    return (kernels[name], *recorders[name].calls[pick[1]])
+
+
+def _record_backward_launch(job: Job):
+    """The gradient launcher (``attention_bwd``, on already rotated Q and K) on small CPU tensors: the launch of
+    the job's kernel."""
+    import torch
+
+    from .block_mask import DEFAULT_BLOCK
+    from .kernels import rope_attention_bwd
+
+    flags, n, D = job.flag_dict, _RECORDED_TOKENS, job.D
+    q = torch.zeros(1, n, job.heads, D, dtype=getattr(torch, job.dtype))
+    kv = torch.zeros(1, n, job.heads // 2, D, dtype=q.dtype)
+    groups = torch.ones(1, n, dtype=torch.int64) if flags["HAS_GROUPS"] else None
+    return _recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (BWD_KERNELS.index(job.kernel), 0),
+                     rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, job.heads, n),
+                     k_lens=torch.full((1,), n, dtype=torch.int32) if flags["HAS_KLENS"] else None, scale=D ** -0.5,
+                     q_groups=groups, k_groups=groups,
+                     block_mask=_compile_block_mask(n, DEFAULT_BLOCK) if flags["HAS_BLOCK_MASK"] else None,
+                     deterministic=flags["DETERMINISTIC"], config=job.config)
+
+
+def _record_prepass_launch(job: Job, module):
+    """``quantize_rows_fwd`` / ``quantize_v_fwd`` on small CPU tensors: the job's launch (``LAUNCH``) of its kernel."""
+    import torch
+
+    flags, n, D = job.flag_dict, _RECORDED_TOKENS, job.D
+    x = torch.zeros(1, n, job.heads, D, dtype=getattr(torch, job.dtype))
+    pick = (0, flags["LAUNCH"])
+    if job.kernel == "quantize_v":
+        return _recorded(module, ("_quantize_v",), pick, module.quantize_v_fwd, x)
+    return _recorded(module, ("_quantize_rows",), pick, module.quantize_rows_fwd, x, torch.zeros(1, n, 3),
+                     torch.ones(1, D // 2), torch.zeros(1, D // 2, dtype=torch.int32), True, scheme=flags["SCHEME"],
+                     norm=flags["NORM"], weight=torch.ones(job.heads * D, dtype=x.dtype) if flags["NORM"] else None,
+                     smooth=flags["SMOOTH"])
+
+
 def _record_quant_launch(job: Job, module):
     """:func:`_record_launch` for the quantised attention (scheme in ``job.dtype``)."""
     import torch
@@ -226,7 +326,9 @@ def _tool(name: str) -> str:
 
 
 def _compile(job: Job):
-    """Compile the job with Triton for its arch; returns the CompiledKernel."""
+    """Compile the job with Triton for its arch; returns ``(CompiledKernel, token-indexed argument names, how many
+    of the first of them every variant uses)``: :data:`TOKEN_TENSORS` where listed, else the recorded launch's
+    tensors with a token dimension (``_RECORDED_TOKENS``), of which the first (the input) is always read."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -242,7 +344,11 @@ def _compile(job: Job):
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
-    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    if job.kernel in TOKEN_TENSORS:
+        return compiled, TOKEN_TENSORS[job.kernel], ALWAYS_USED[job.kernel]
+    return compiled, [name for name, a in zip(kernel.arg_names, args)
+                      if hasattr(a, "shape") and _RECORDED_TOKENS in a.shape], 1
 
 
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -294,11 +400,12 @@ def address_widths(ttir: str, names) -> dict:
     return widths
 
 
-def _address_problems(kernel: str, ttir: str) -> list:
-    names = TOKEN_TENSORS[kernel]
+def _address_problems(kernel: str, ttir: str, tokens=None) -> list:
+    """Problems of the TTIR's address arithmetic: ``tokens = (names, always used)``, default
+    :data:`TOKEN_TENSORS` / :data:`ALWAYS_USED` of ``kernel``."""
+    names, always = tokens or (TOKEN_TENSORS[kernel], ALWAYS_USED[kernel])
     widths = address_widths(ttir, names)
-    problems = [f"address arithmetic: no offset of {n} found in the TTIR" for n in names[:ALWAYS_USED[kernel]]
-                if not widths[n]]
+    problems = [f"address arithmetic: no offset of {n} found in the TTIR" for n in names[:always] if not widths[n]]
     narrow = [n for n in names if "i32" in widths[n]]
     if narrow:
         problems.append(f"address arithmetic: 32-bit offsets on {', '.join(narrow)}")
@@ -322,17 +429,27 @@ def _cubin_report(cubin: bytes) -> dict:
                 local_mem_ops=opcodes.count("LDL") + opcodes.count("STL"))
 
 
+def expected_mma_of(job: Job) -> str:
+    """The matrix instruction a (non-quantised) job must use: :data:`EXPECTED_MMA` for its arch, HMMA for the
+    backward head dims of :data:`BWD_HMMA_ON_SM90` on sm_90, "none" for the kernels without a dot."""
+    if job.kernel not in MMA_KERNELS:
+        return "none"
+    if job.kernel in BWD_KERNELS and job.arch == 90 and job.D in BWD_HMMA_ON_SM90:
+        return "HMMA"
+    return EXPECTED_MMA[job.arch]
+
+
 def compile_job(job: Job) -> dict:
     """Compile one job and return its record (see :func:`check`)."""
     start = time.perf_counter()
-    compiled = _compile(job)
+    compiled, *tokens = _compile(job)
     cubin = _cubin_report(compiled.asm["cubin"])
     ptxas = _ptxas_report(compiled.asm["ptx"], job.arch)
     if (ptxas["regs"], ptxas["stack"]) != (cubin["regs"], cubin["stack"]):
         raise RuntimeError(f"{job}: ptxas log ({ptxas['regs']} regs, {ptxas['stack']} B stack) does not describe "
                            f"Triton's cubin ({cubin['regs']} regs, {cubin['stack']} B stack)")
     meta = compiled.metadata
-    expected_mma = EXPECTED_MMA[job.arch] if job.kernel == "rope_attention" else "none"
+    expected_mma = expected_mma_of(job)
     problems = []
     if ptxas["spill_stores"] or ptxas["spill_loads"] or cubin["local_mem_ops"] or cubin["stack"]:
         problems.append(f"local memory: {ptxas['spill_stores']} B spill stores, {ptxas['spill_loads']} B spill loads, "
@@ -349,7 +466,7 @@ def compile_job(job: Job) -> dict:
     if meta.shared > SMEM_LIMIT[job.arch]:
         problems.append(f"shared memory {meta.shared} B > {SMEM_LIMIT[job.arch]} B")
     problems += [f"ptxas: {w}" for w in ptxas["ptxas_warnings"]]
-    address = _address_problems(job.kernel, compiled.asm["ttir"])
+    address = _address_problems(job.kernel, compiled.asm["ttir"], tokens)
     return dict(
         kernel=job.kernel, case=job.case, arch=f"sm_{job.arch}",
         config=list(job.config) if job.config else [meta.num_warps, meta.num_stages],

@@ -333,13 +333,17 @@ def _bwd_dq(
 # never rotate (Q and K are rotated by the pre-pass kernel first), so one list serves every RoPE family; each
 # entry is compiled by `baton-fast selftest --static` (spill-free, HGMMA on sm_90 / HMMA on sm_80, 64-bit
 # addresses; docs/training.md has the table).
+# sm_90 at D = 256: a 64-key dK/dV tile (the least a wgmma takes) holds K, V and fp32 dK, dV; every wgmma tile tried
+# spilled (108-4128 B at 4, 8 and 16 warps), so D = 256 runs 16-row mma.sync (HMMA) tiles there, spill-free with
+# two stages (one stage spilled 24 B in the dQ kernel's block-mask loop; static_check.BWD_HMMA_ON_SM90).  sm_8x at
+# D = 32 / 64: the former (16 or 32, 64, 64, ..., 4, 2) tiles spilled 8 B in one loop variant.
 BWD_CONFIGS = {
     (9, 16): (32, 64, 64, 32, 4, 2),
     (9, 32): (32, 64, 64, 32, 8, 2),
     (9, 64): (32, 64, 64, 32, 8, 2),
-    (9, 128): (16, 64, 64, 16, 8, 1),
-    (8, 16): (32, 64, 64, 32, 4, 2),
-    (8, 32): (16, 64, 64, 16, 4, 2),
+    (9, 128): (16, 32, 32, 16, 8, 2),
+    (8, 16): (32, 64, 64, 32, 4, 3),
+    (8, 32): (16, 64, 64, 16, 8, 2),
     (8, 64): (16, 32, 32, 16, 4, 1),
     (8, 128): (16, 32, 32, 16, 8, 1),
 }

@@ -31,15 +31,32 @@ def test_every_shipped_config_is_compiled(records):
     assert norm_cases == {(f"sm_{a}", c[0]) for a in static_check.ARCHS for c in static_check.NORM_CASES}
 
 
+def test_every_backward_config_and_quantising_prepass_is_compiled(records):
+    """Both gradient kernels of every shipped backward configuration, in both loop variants; the quantising
+    pre-pass launches (issue 14) on the arch of their scheme."""
+    from baton_fast.kernels.rope_attention_bwd import BWD_CONFIGS
+
+    compiled = {(r["kernel"], int(r["arch"][3:]) // 10, tuple(r["config"]), tuple(sorted(r["flags"].items())))
+                for r in records if r["kernel"] in static_check.BWD_KERNELS}
+    expected = {(kernel, major, config, tuple(sorted(flags.items()))) for (major, _), config in BWD_CONFIGS.items()
+                for flags in static_check.BWD_VARIANTS for kernel in static_check.BWD_KERNELS}
+    assert compiled == expected
+    prepass = {(r["kernel"], r["case"], r["arch"]) for r in records if r["kernel"].startswith("quantize")}
+    assert prepass == {(c[1], c[0], f"sm_{static_check.QUANT_ARCH_MMA[c[2]][0]}") for c in static_check.PREPASS_CASES}
+
+
 def test_no_spills_and_no_local_memory(records):
     for r in records:
         assert (r["spill_stores"], r["spill_loads"], r["stack"], r["local_mem_ops"]) == (0, 0, 0, 0), r
 
 
 def test_tensor_core_instructions(records):
-    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel; the pre-pass has no dot."""
+    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel, forward and backward (but the D = 256
+    backward on sm_90: HMMA, static_check.BWD_HMMA_ON_SM90); the pre-passes have no dot."""
     for r in records:
-        expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}[r["arch"]] if r["kernel"] == "rope_attention" else "none"
+        expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}[r["arch"]] if r["kernel"] in static_check.MMA_KERNELS else "none"
+        if r["kernel"] in static_check.BWD_KERNELS and r["arch"] == "sm_90" and r["D"] in static_check.BWD_HMMA_ON_SM90:
+            expected = "HMMA"
         assert r["mma"] == expected, r
         assert (r["mma_count"] > 0) == (expected != "none"), r
 
