@@ -6,8 +6,9 @@ import pytest
 pytest.importorskip("pyroomacoustics")
 
 from baton_fast.spatial import CuePlanner, spatial_cues  # noqa: E402
-from baton_fast.spatial.rooms import SPEED_OF_SOUND, Room, impulse_responses  # noqa: E402
+from baton_fast.spatial.rooms import SPEED_OF_SOUND, Room, impulse_responses, render  # noqa: E402
 from baton_fast.spatial.scenes import MIC_SPACING, SAMPLE_RATE, scene, score  # noqa: E402
+from baton_fast.spatial.signals import band_noise  # noqa: E402
 
 
 @pytest.mark.parametrize("azimuth", [-60.0, 0.0, 35.0])
@@ -30,6 +31,22 @@ def test_reverberation_time_of_a_simulated_room(rt60):
     assert abs(-60 / slope - rt60) <= 0.25 * rt60
 
 
+def test_a_nearer_source_reads_a_higher_direct_level_and_direct_to_reverberant_ratio():
+    """Band noise at 1 m and at 4 m (RT60 0.4 s): 12 dB less direct sound at 4 m, the same reverberation.
+    The estimates are compressed (measured: DRR 5.8 dB, direct level 7.0 dB, raw level 5.2 dB apart) but
+    both separate the distances, and the direct level more than the raw loudness does."""
+    room = Room(rt60=0.4)
+    medians = {}
+    for distance in (1.0, 4.0):
+        rng = np.random.default_rng(5)
+        stereo = render(room, band_noise(rng, 2.0, SAMPLE_RATE), room.position(20.0, distance)[None], SAMPLE_RATE, rng)
+        track = CuePlanner().tracks(spatial_cues(stereo, SAMPLE_RATE))[0]
+        medians[distance] = [np.nanmedian(values[track.active])
+                             for values in (track.drr_db, track.direct_level_db, track.level_db)]
+    drr, direct, level = np.subtract(medians[1.0], medians[4.0])
+    assert drr >= 3.0 and direct >= 4.0 and direct > level, (drr, direct, level)
+
+
 def plan_scene(category, number):
     stereo, truth = scene(category, "RT60 0.4 s", number)
     planner = CuePlanner()
@@ -45,8 +62,10 @@ def test_benchmark_subset_side_and_crossing_at_rt60_0_4(category, number):
     assert result["right"], (truth, [t.motion for t in tracks])
 
 
-@pytest.mark.parametrize("category", ["approach", "speech", "two sources"])
-def test_benchmark_subset_holds_its_floor_at_rt60_0_4(category):
-    """Categories under or near their goal on the full table (docs/spatial.md): a floor of 2 of 4."""
+@pytest.mark.parametrize("category, floor", [("approach", 3), ("speech", 4), ("two sources", 4)])
+def test_benchmark_subset_holds_its_floor_at_rt60_0_4(category, floor):
+    """The first 4 scenes of the other categories (docs/spatial.md has the full table): approach/recede,
+    whose goal (80 %) is met on the tuning scenes but not on every held-out set, at least 3 right;
+    speech and two sources all 4."""
     right = [plan_scene(category, n)[2]["right"] for n in range(4)]
-    assert sum(right) >= 2, right
+    assert sum(right) >= floor, right
