@@ -57,7 +57,8 @@ class SourceTrack:
     drr_db       float64 [F]  its direct-to-reverberant ratio, dB: the median CDR of its audible bins (NaN
                               where none has one); None for mono
     x_start, x_end, level_change_db, drr_change_db: the straight-line fits (of x, of the direct level and
-    of the DRR) at the first and last audible frame (``drr_change_db`` 0 for mono)
+    of the DRR) at the first and last audible frame (``drr_change_db`` 0 for mono); the direct level's fit
+    weighs each frame by its direct power (gaps and reverberant tails of bursts read it poorly)
     distance_change_db: what the motion label reads: the mean of ``level_change_db`` and
     ``drr_change_db`` (``level_change_db`` for mono); > 0 when the source comes nearer
     """
@@ -172,7 +173,7 @@ class CuePlanner:
         x = track.x if cues.is_stereo else np.full(len(level), 0.5)
         drr = None if cues.cdr is None else self._drr_db(cues, own_power)
         x_start, x_end = _line_ends(cues.times, x, active)
-        level_change = _line_change(cues.times, direct, active)
+        level_change = _line_change(cues.times, direct, active, weights=10.0 ** (direct / 10.0))
         if drr is None:
             drr_change, distance_change = 0.0, level_change
         else:
@@ -255,21 +256,24 @@ class CuePlanner:
         return (round(x1, 4), round(bottom - height, 4), round(x2, 4), round(bottom, 4))
 
 
-def _line_ends(times: np.ndarray, values: np.ndarray, frames: np.ndarray) -> tuple[float, float]:
+def _line_ends(times: np.ndarray, values: np.ndarray, frames: np.ndarray, weights: np.ndarray | None = None
+               ) -> tuple[float, float]:
     """The straight-line fit of ``values`` over ``frames`` (bool ``[F]``) at its first and last frame (the
-    mean twice when fewer than two frames)."""
+    mean twice when fewer than two frames); ``weights`` ``[F]`` weigh the squared residuals."""
     t = times[frames]
     if len(t) < 2 or t[-1] <= t[0]:
         mean = float(np.mean(values[frames])) if len(t) else float(np.mean(values))
         return mean, mean
-    slope, middle = np.polyfit(t - t.mean(), values[frames], 1)
+    w = None if weights is None else np.sqrt(weights[frames] / weights[frames].max())
+    slope, middle = np.polyfit(t - t.mean(), values[frames], 1, w=w)
     half_span = (t[-1] - t[0]) / 2
     return float(middle - slope * half_span), float(middle + slope * half_span)
 
 
-def _line_change(times: np.ndarray, values: np.ndarray, frames: np.ndarray) -> float:
+def _line_change(times: np.ndarray, values: np.ndarray, frames: np.ndarray, weights: np.ndarray | None = None
+                 ) -> float:
     """How much the straight-line fit of ``values`` over ``frames`` changes from their first to last frame."""
-    start, end = _line_ends(times, values, frames)
+    start, end = _line_ends(times, values, frames, weights)
     return end - start
 
 
