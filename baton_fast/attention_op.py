@@ -11,7 +11,8 @@ from . import reference
 from .op_cache import _identity_table, _zero_coords
 from .rope import RopeTable
 from .validation import (_check_coords, _check_devices, _check_float, _check_groups, _check_head_dim, _check_scale,
-                         _check_table, _check_tensor, _table_tensors, backend_for)
+                         _check_table, _check_tensor, _table_tensors, backend_for,
+                         runs_directly)
 from .value_checks import _check_values, _values_checked
 
 __all__ = ["rope_attention", "layout_tile_stats"]
@@ -31,13 +32,15 @@ def _rotations(q_coords, q_freqs, q_axes, rotate_q, k_coords, k_freqs, k_axes, r
     return {name: side[:3] for name, side in sides.items() if side[3]}
 
 
-@torch.library.custom_op("baton_fast::rope_attention", mutates_args=())
-def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords: torch.Tensor,
-                       k_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor, k_freqs: torch.Tensor,
-                       k_axes: torch.Tensor, interleaved: bool, rotate_q: bool, rotate_k: bool,
-                       k_lens: Optional[torch.Tensor], scale: float, return_lse: bool,
-                       q_groups: Optional[torch.Tensor], k_groups: Optional[torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coords: torch.Tensor,
+                         k_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor, k_freqs: torch.Tensor,
+                         k_axes: torch.Tensor, interleaved: bool, rotate_q: bool, rotate_k: bool,
+                         k_lens: Optional[torch.Tensor], scale: float, return_lse: bool,
+                         q_groups: Optional[torch.Tensor], k_groups: Optional[torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The implementation of ``baton_fast::rope_attention`` (the op, or called directly: :func:`runs_directly`) on
+    :func:`rope_attention`'s checked arguments: ``(out [B, Nq, H, D] contiguous in q's dtype, lse)``, ``lse``
+    float32 ``[B, H, Nq]`` with ``return_lse``, else empty."""
     B, n_q, H, _ = q.shape
     if _attention_on_triton(q) and q.numel() and k.shape[1]:
         from .kernels.rope_attention import rope_attention_fwd
@@ -48,8 +51,8 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
         out = torch.zeros_like(q, memory_format=torch.contiguous_format)
         lse = torch.full((B, H, n_q), float("-inf"), device=q.device)
     else:
-        qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2])
-        kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2])
+        qt = RopeTable.trusted(q_freqs, q_axes, interleaved, q_coords.shape[2]) if rotate_q else None
+        kt = RopeTable.trusted(k_freqs, k_axes, interleaved, k_coords.shape[2]) if rotate_k else None
         rope = dict(k_table=kt, rotate_q=rotate_q, rotate_k=rotate_k, k_lens=k_lens, scale=scale)
         if return_lse or q_groups is not None:
             out, lse = reference.rope_attention(q, k, v, q_coords, k_coords, qt, return_lse=True, q_groups=q_groups,
@@ -58,6 +61,9 @@ def _rope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_coor
             out = reference.sdpa_rope_attention(q, k, v, q_coords, k_coords, qt, **rope)
         out = out.to(q.dtype).contiguous()  # the fake impl promises a contiguous output
     return out, (lse.contiguous() if return_lse else q.new_empty((0,), dtype=torch.float32))
+
+
+_rope_attention_op = torch.library.custom_op("baton_fast::rope_attention", _rope_attention_impl, mutates_args=())
 
 
 @_rope_attention_op.register_fake
@@ -126,7 +132,8 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
         return (out, lse) if return_lse else out
     # the backward (baton_fast/autograd.py) recomputes scores from the LSE: compute it when a gradient is wanted
     need_lse = return_lse or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    out, lse = _rope_attention_op(*args, need_lse, q_groups, k_groups)
+    op = _rope_attention_impl if runs_directly(*args[:9], args[12], q_groups, k_groups) else _rope_attention_op
+    out, lse = op(*args, need_lse, q_groups, k_groups)
     return (out, lse) if return_lse else out
 
 

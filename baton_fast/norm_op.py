@@ -12,7 +12,7 @@ from . import reference
 from .op_cache import _COS_SIN, _identity_table, _is_identity, _zero_coords
 from .rope import RopeTable
 from .validation import (_check_coords, _check_devices, _check_eps, _check_float, _check_head_dim, _check_table,
-                         _check_tensor, _table_tensors, backend_for)
+                         _check_tensor, _table_tensors, backend_for, runs_directly)
 from .value_checks import _values_checked
 
 __all__ = ["apply_rope", "rmsnorm_rope", "qk_rmsnorm_rope"]
@@ -67,6 +67,16 @@ def _(q, q_coords, q_freqs, q_axes, q_interleaved, q_weight, k, k_coords, k_freq
             torch.empty_like(k, memory_format=torch.contiguous_format))
 
 
+def _run(sides: list, norm: int, eps: float) -> tuple:
+    """The checked sides through ``baton_fast::rmsnorm_rope`` (one side) or ``baton_fast::qk_rmsnorm_rope`` (q and
+    k), or through their implementation called directly (:func:`runs_directly`); returns one output per side."""
+    if runs_directly(*(t for side in sides for t in side if isinstance(t, torch.Tensor))):
+        return tuple(_rmsnorm_rope_run(sides, norm, eps))
+    if len(sides) == 1:
+        return (_rmsnorm_rope_op(*sides[0], norm, eps),)
+    return _qk_rmsnorm_rope_op(*sides[0], *sides[1], norm, eps)
+
+
 def _rmsnorm_rope_args(name, x, coords, table, norm, weight, coords_name, weight_name, table_name):
     """Check one side's arguments; return ``(x, coords, freqs, axes, interleaved, weight)`` for the ops."""
     _check_tensor(name, x, 4, "[B, N, H, D]")
@@ -114,7 +124,7 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable, *, check
     Returns a contiguous tensor of x's shape and dtype.  ``check_values`` as in :func:`rope_attention`."""
     args = _rmsnorm_rope_args("x", x, coords, table, 0, None, "coords", "weight", "table")
     (args,) = _sides_values_checked([("coords", args, True)], check_values)
-    return _rmsnorm_rope_op(*args, NORM_MODES["none"], 0.0)
+    return _run([args], NORM_MODES["none"], 0.0)[0]
 
 
 def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: Optional[RopeTable] = None, *,
@@ -128,7 +138,7 @@ def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: 
     coords, table, rotated = _norm_only_placeholders("x", x, coords, table)
     args = _rmsnorm_rope_args("x", x, coords, table, norm, weight, "coords", "weight", "table")
     (args,) = _sides_values_checked([("coords", args, rotated)], check_values)
-    return _rmsnorm_rope_op(*args, norm, eps)
+    return _run([args], norm, eps)[0]
 
 
 def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTable] = None, *, q_weight=None,
@@ -162,4 +172,4 @@ def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTabl
     if quant is not None:
         from . import quant as _quant
         return _quant.quantize_qk(q_args, k_args, norm, eps, quant, rotate=rotated)
-    return _qk_rmsnorm_rope_op(*q_args, *k_args, norm, eps)
+    return _run([q_args, k_args], norm, eps)

@@ -29,6 +29,25 @@ def backend_for(device: torch.device) -> str:
     return choice
 
 
+def runs_directly(*tensors) -> bool:
+    """Whether an op call may run the op's implementation as a plain function, skipping the dispatcher (its
+    ``torch.library`` layers cost 30-60 us per call, a visible share of a small CPU layer): an eager call (not
+    traced by ``torch.compile``, no dispatch or function mode, no functorch transform) on plain CPU tensors, none of
+    which needs a gradient (the backward is registered on the op).  The result is the one the op returns.
+    ``tensors``: the call's tensor arguments (None entries are skipped)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled() or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:  # a loop: this runs on every call
+        if t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type != "cpu" or (grad and t.requires_grad)):
+            return False
+    return True
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 # --------------------------------------------------------------------------- checks
 def _check_tensor(name, x, rank, shape_doc):
     if not isinstance(x, torch.Tensor):
@@ -115,4 +134,7 @@ def _table_tensors(name, table: RopeTable, device):
     if table.freqs.device.type == "meta" and device.type != "meta":
         raise ValueError(f"{name}: the RopeTable is on the meta device (shapes only, no values); build it on "
                          f"{device} or move it there with .to(device)")
-    return table.freqs.to(device).contiguous(), table.axes.to(device).contiguous()
+    freqs, axes = table.freqs, table.axes
+    if freqs.device != device or axes.device != device:
+        freqs, axes = freqs.to(device), axes.to(device)
+    return freqs.contiguous(), axes.contiguous()

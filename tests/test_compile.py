@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) traces through the public ops (custom ops with fake implementations)."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import baton_fast as bf
 
@@ -107,3 +108,37 @@ def test_trusted_calls_compile_without_the_check_op(monkeypatch):
                   backend=counting)(q, k, v, q_coords, k_coords)
     targets = {str(node.target) for node in counting.graphs[0].graph.nodes if node.op == "call_function"}
     assert "baton_fast.rope_attention.default" in targets and "baton_fast.check_values.default" not in targets
+
+
+
+class _Watching(TorchDispatchMode):
+    """A dispatch mode that only passes every call on (as a profiler or a host-read counter would watch)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_calls_skip_the_dispatcher_only_where_the_op_is_not_needed(monkeypatch):
+    """An eager CPU call that needs no gradient runs the ops' implementation directly (``runs_directly``: the
+    dispatcher's cost is a visible share of a small CPU layer), with the op's result; a call that needs the op
+    (a dispatch mode watching, a gradient to record) still goes through it."""
+    from baton_fast import attention_op, norm_op
+
+    dispatched = []
+    for module, name in ((attention_op, "_rope_attention_op"), (norm_op, "_rmsnorm_rope_op"),
+                         (norm_op, "_qk_rmsnorm_rope_op")):
+        op = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _op=op, _name=name: dispatched.append(_name) or _op(*a))
+    args = inputs(17, 11)
+    with torch.no_grad(), _Watching():
+        through_ops = block(*args)
+    assert sorted(set(dispatched)) == ["_qk_rmsnorm_rope_op", "_rmsnorm_rope_op", "_rope_attention_op"]
+    dispatched.clear()
+    with torch.no_grad():
+        direct = block(*args)
+    assert dispatched == []
+    for out, expected in zip(direct, through_ops, strict=True):
+        assert torch.equal(out, expected)
+    q = args[0].detach().requires_grad_()
+    block(q, *args[1:])[0].sum().backward()
+    assert "_rope_attention_op" in dispatched and "_qk_rmsnorm_rope_op" in dispatched and q.grad is not None
