@@ -318,7 +318,21 @@ def run(quick: bool = True) -> list:
     return modelled_records() + measured_records(quick)
 
 
-if __name__ == "__main__":
-    for r in run(quick=True):
+def main(argv=None) -> None:
+    """``python -m baton_fast.bench.diffusers_bench [--full] [--threads N]``: print the records."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="10 paired rounds per size (default: 4, as bench --quick)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier timings)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads: expected a positive integer, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    for r in run(quick=not args.full):
         value = "-" if r["value"] is None else f"{r['value']:.4g}"
         print(f"[{r['kind']}] {r['case']} | {r['backend']} | {r['metric']}: {value} {r['unit']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -382,3 +382,30 @@ def test_layers_read_nothing_back_coordinates_checked_once_per_forward():
         with HostReads() as reads:
             run(wan, wan_inputs())
         assert reads.reads == []
+
+
+
+@pytest.mark.parametrize("family", ["ltx2", "wan"])
+def test_quantised_layers_quantise_in_the_prepass(family, monkeypatch):
+    """Under ``attention_quant``, every attention layer quantises Q and K in its norm + RoPE pass
+    (``qk_rmsnorm_rope(..., quant=...)``) and none re-quantises rotated tensors in ``rope_attention`` (the path
+    before); the outputs are those of that path within the quantisation budget, and quantised indeed."""
+    from baton_fast import quant
+
+    model, inputs = (tiny_ltx2(), ltx2_inputs(mask=PADDED)) if family == "ltx2" else (tiny_wan(), wan_inputs())
+    layers = sum(isinstance(m, (LTX2Attention, WanAttention)) for m in model.modules())
+    full_precision = run(model, inputs)
+    quantize_qk, prepasses = quant.quantize_qk, []
+    with baton_diffusers.apply(model):
+        with monkeypatch.context() as m, quant.attention_quant("int8"):
+            m.setattr(diffusers_processors, "_prepass_scheme", lambda *args: None)  # the path before
+            requantised = run(model, inputs)
+        monkeypatch.setattr(quant, "quantize_qk", lambda *a, **kw: prepasses.append(a[-1]) or quantize_qk(*a, **kw))
+        monkeypatch.setattr(quant, "rope_attention", lambda *a, **kw: pytest.fail("rotated q, k re-quantised"))
+        with quant.attention_quant("int8"):
+            prequantised = run(model, inputs)
+    assert prepasses == ["int8"] * layers
+    for new, before, expected in zip(prequantised, requantised, full_precision, strict=True):
+        error, error_before = (((x - expected).abs().max() / expected.abs().max()).item() for x in (new, before))
+        assert 0 < error <= 2 * error_before + 1e-4, (error, error_before)
+        assert quant.cosine_similarity(new, expected) >= 0.999

@@ -19,7 +19,11 @@ The ops are called with ``check_values=False``: the coordinates were checked onc
 patched rope modules, and the key lengths are made by the text-mask hook; a layer reads nothing back
 from the device.
 
-Inference only: the baton-fast ops have no backward.
+Quantised attention: inside :func:`baton_fast.quant.attention_quant` (the context the sampler's hybrid schedule
+sets), a layer that attends on baton-fast (no additive mask) without a gradient quantises Q and K in its
+RMSNorm + RoPE pass (``qk_rmsnorm_rope(..., quant=scheme)``: norm, rotation and quantisation in one pass) and
+hands the quantised tensors to ``rope_attention``.  The layers on diffusers' ``(cos, sin)`` fallback path, and
+Wan's I2V image attention, quantise inside ``rope_attention`` as any call under the context does.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rot
 from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
 
 from ..ops import qk_rmsnorm_rope, rope_attention
+from ..quant import scheme_for_call
 from ..rope import RopeTable
 
 __all__ = ["RotaryCoords", "FastLTX2AttnProcessor", "FastWanAttnProcessor", "is_key_lengths"]
@@ -53,15 +58,27 @@ def is_key_lengths(mask: Optional[torch.Tensor]) -> bool:
     return mask is not None and mask.dim() == 1 and mask.dtype in (torch.int32, torch.int64)
 
 
-def _rmsnorm_rope(attn, query, key, query_rope, key_rope):
+def _prepass_scheme(mask, *projections: torch.Tensor) -> Optional[str]:
+    """The quantisation scheme of a layer's QK pre-pass: the :func:`~baton_fast.quant.attention_quant` context's,
+    for a layer that attends on baton-fast (``mask`` None or key lengths) with no gradient through its
+    ``projections``, as ``rope_attention`` decides for its own inputs; None (full precision) otherwise."""
+    masked = mask is not None and not is_key_lengths(mask)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in projections)
+    return scheme_for_call(None, return_lse=False, masked=masked, grad=grad)
+
+
+def _rmsnorm_rope(attn, query, key, query_rope, key_rope, quant: Optional[str] = None):
     """RMSNorm across the inner dim (``attn.norm_q`` / ``attn.norm_k`` weights) then RoPE, one pass per tensor.
 
     query ``[B, Nq, H, D]``, key ``[B, Nk, H, D]``; ``query_rope`` / ``key_rope`` are both
-    :class:`RotaryCoords` or both None (no rotation).  Returns ``(query, key)`` ``[B, N, H, D]``.
+    :class:`RotaryCoords` or both None (no rotation).  Returns ``(query, key)`` ``[B, N, H, D]``, or with
+    ``quant`` (a scheme of :mod:`baton_fast.quant`) two :class:`~baton_fast.quant.QuantizedTensor` quantised in
+    the same pass, for :func:`_attend`.
     """
     norm_q, norm_k = attn.norm_q, attn.norm_k
     eps = norm_q.eps if norm_q.eps is not None else torch.finfo(query.dtype).eps
-    norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True, check_values=False)
+    norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True, check_values=False,
+                quant=quant)
     if query_rope is None:  # RMSNorm alone
         return qk_rmsnorm_rope(query, key, **norm)
     return qk_rmsnorm_rope(query, key, query_rope.coords, key_rope.coords, query_rope.table, k_table=key_rope.table,
@@ -78,6 +95,7 @@ def _check_rope_pair(name: str, query_rope, key_rope) -> None:
 def _attend(q, k, v, mask):
     """Attention of rotated ``q [B, Nq, H, D]`` over ``k, v [B, Nk, H, D]`` -> ``[B, Nq, H, D]``.
 
+    ``q``, ``k``: tensors, or the quantised ones of :func:`_rmsnorm_rope` (then ``mask`` is not an additive mask).
     ``mask``: None, integer key lengths ``[B]``, or an additive float mask already shaped for
     ``dispatch_attention_fn`` (diffusers' path, for masks that are not key lengths).
     """
@@ -113,7 +131,8 @@ class FastLTX2AttnProcessor:
             query, key = attn.to_q(hidden_states), attn.to_k(context)
             if query_rotary_emb is None or isinstance(query_rotary_emb, RotaryCoords):
                 query, key = _rmsnorm_rope(attn, query.unflatten(2, (attn.heads, -1)),
-                                           key.unflatten(2, (attn.heads, -1)), query_rotary_emb, key_rotary_emb)
+                                           key.unflatten(2, (attn.heads, -1)), query_rotary_emb, key_rotary_emb,
+                                           _prepass_scheme(attention_mask, query, key, value))
             else:  # precomputed (cos, sin): diffusers' own norm and rotation
                 rotate = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
                 query = rotate(attn.norm_q(query), query_rotary_emb).unflatten(2, (attn.heads, -1))
@@ -159,8 +178,10 @@ class FastWanAttnProcessor:
 
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         if rotary_emb is None or isinstance(rotary_emb, RotaryCoords):
+            # the I2V image attention reuses the query: it stays full precision there
+            scheme = _prepass_scheme(attention_mask, query, key, value) if image_context is None else None
             query, key = _rmsnorm_rope(attn, query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)),
-                                       rotary_emb, rotary_emb)
+                                       rotary_emb, rotary_emb, scheme)
         else:  # precomputed (cos, sin): diffusers' own norm and rotation
             query = _wan_rotate(attn.norm_q(query).unflatten(2, (attn.heads, -1)), *rotary_emb)
             key = _wan_rotate(attn.norm_k(key).unflatten(2, (attn.heads, -1)), *rotary_emb)
