@@ -405,6 +405,8 @@ def test_default_planner_lm_matches_transformers_qwen3():
     initialisation law, and on the same weights its hidden states (float64 Qwen3 the reference), padding included."""
     from baton_fast.model.planner import default_language_model
     from baton_fast.model.qwen3 import Qwen3LM
+    from baton_fast.model.text_encoder import minilm_path
+    from baton_fast.model.wordpiece import WordPieceTokenizer
 
     pc = CFG.planner
     ours, theirs = Qwen3LM(pc).eval(), default_language_model(pc).eval()
@@ -424,6 +426,10 @@ def test_default_planner_lm_matches_transformers_qwen3():
         reference = theirs.double().base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     check = numerics.check(*(states_at_tokens(x, mask) for x in (result, plain, reference)), torch.float32)
     assert check.ok, check
+    small = dataclasses.replace(CFG, planner=dataclasses.replace(pc, lm_vocab=1000))
+    with pytest.raises(ValueError, match="cfg.planner.lm_vocab: the default planner LM has 1000 embeddings, fewer "
+                                         "than the tokenizer's 30526"):
+        VAPlanner(small, Qwen3LM(small.planner), WordPieceTokenizer(minilm_path()))
 
 
 def test_pipeline_builds_its_default_planner_without_transformers(pipeline):
