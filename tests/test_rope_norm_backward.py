@@ -31,8 +31,8 @@ def test_apply_rope_gradient(family, dtype, B, N, H, D):
                                    lambda x: (reference.apply_rope(x, coords, table),), (x,), dtype, 0, ["dx"])
 
 
-@pytest.mark.parametrize("family,dtype,B,N,H,D", CASES)
-@pytest.mark.parametrize("across_heads", [True, False])
+@pytest.mark.parametrize("family,dtype,B,N,H,D,across_heads",
+                         [case + (i % 2 == 0,) for i, case in enumerate(CASES)])  # every dtype, both weight kinds
 def test_qk_rmsnorm_rope_gradients(family, dtype, B, N, H, D, across_heads):
     """dq, dk and both norm weights' gradients (weights [H*D] across heads, [D] per head); Nk != N, Hk != H."""
     q, qc, table = make(family, dtype, B, N, H, D, seed=1)
@@ -69,8 +69,8 @@ def test_rmsnorm_rope_alone_and_without_weight(weighted):
 
 def test_weight_gradient_is_bit_identical_across_runs():
     """dweight is a fixed-order reduction of per-program partials (no atomics)."""
-    q, qc, table = make("wan", torch.bfloat16, 1, 33, 3, 32, seed=6)  # 3 programs of 16 tokens
-    w = torch.ones(3 * 32, dtype=torch.bfloat16, requires_grad=True)
+    q, qc, table = make("wan", torch.bfloat16, 1, 33, 1, 32, seed=6)  # 3 programs of 16 tokens
+    w = torch.ones(32, dtype=torch.bfloat16, requires_grad=True)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(7)).to(q.dtype)
     out = bf.qk_rmsnorm_rope(q, q, qc, qc, table, q_weight=w)[0]
     runs = [torch.autograd.grad(out, w, dout, retain_graph=True)[0] for _ in range(2)]
