@@ -74,10 +74,12 @@ def time_map(cues: SpatialCues, weights: np.ndarray, points: int = GRID) -> np.n
     """SRP-PHAT over the grid, float64 ``[..., F, G]`` for ``weights`` ``[..., F, K]`` (several weightings of the
     bins at once), in units of ``weights`` (a source whose every bin agrees reads the frame's weight sum at
     its position)."""
-    cross = cues.cross
-    phase = (weights * cross / np.maximum(np.abs(cross), 1e-30)).astype(np.complex64)
-    steering = np.exp(-2j * np.pi * cues.freqs[:, None] * x_to_delay(cues, grid(points))[None, :])  # [K, G]
-    return (phase @ steering.astype(np.complex64)).real.astype(np.float64)
+    unit = cues.cross / np.maximum(np.abs(cues.cross), 1e-30)  # complex64 [F, K]
+    angle = 2 * np.pi * cues.freqs[:, None] * x_to_delay(cues, grid(points))[None, :]  # [K, G]
+    # Re(w X/|X| exp(-i angle)) = w Re(X/|X|) cos(angle) + w Im(X/|X|) sin(angle): two real products
+    weights = weights.astype(np.float32)
+    return ((weights * unit.real) @ np.cos(angle).astype(np.float32)
+            + (weights * unit.imag) @ np.sin(angle).astype(np.float32)).astype(np.float64)
 
 
 def level_map(cues: SpatialCues, weights: np.ndarray, points: int = GRID) -> np.ndarray:

@@ -18,6 +18,7 @@ next to a louder noise keeps its track although its peak in the all-bins map is 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,17 @@ class Track:
     @property
     def support(self) -> float:
         return float(self.strength.sum())
+
+    @functools.cached_property
+    def median_x(self) -> float:
+        """Median position over the detected frames (a track's arrays are never changed once made)."""
+        return float(np.median(self.x[self.detected]))
+
+    @functools.cached_property
+    def span(self) -> tuple[int, int]:
+        """First and last detected frame."""
+        seen = np.flatnonzero(self.detected)
+        return int(seen[0]), int(seen[-1])
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,12 @@ class Tracker:
         padded = np.pad(smoothed, ((0, 0), (1, 1)), constant_values=-np.inf)
         threshold = np.maximum(self.min_height, self.relative_height * smoothed.max(axis=1))[:, None]
         is_peak = (smoothed > padded[:, :-2]) & (smoothed >= padded[:, 2:]) & (smoothed >= threshold) & active[:, None]
-        result = []
-        for f in range(len(fused)):
-            found = np.flatnonzero(is_peak[f])
-            found = found[np.argsort(-smoothed[f, found])]
-            result.append([(float(g / (points - 1)), float(smoothed[f, g] * frame_weight[f])) for g in found])
-        return result
+        frames, cells = np.nonzero(is_peak)
+        order = np.lexsort((-smoothed[frames, cells], frames))  # by frame, strongest first within a frame
+        frames, cells = frames[order], cells[order]
+        xs, strengths = (cells / (points - 1)).tolist(), (smoothed[frames, cells] * frame_weight[frames]).tolist()
+        bounds = np.searchsorted(frames, np.arange(len(fused) + 1)).tolist()
+        return [list(zip(xs[bounds[f]:bounds[f + 1]], strengths[bounds[f]:bounds[f + 1]])) for f in range(len(fused))]
 
     def tracks(self, peaks: list[list[tuple[float, float]]], hop_seconds: float) -> list[Track]:
         """Follow ``peaks`` over the frames, prune and merge: the sources, strongest support first."""
@@ -141,13 +153,21 @@ class Tracker:
     def _merge(self, tracks: list[Track], max_gap: int) -> list[Track]:
         """Join fragments of one source until nothing changes (see the module docstring)."""
         tracks = sorted(tracks, key=lambda t: -t.support)
+        made = list(tracks)  # every track made here stays referenced, so ids in `apart` are never reused
+        apart: set[tuple[int, int]] = set()  # pairs already found to be two sources (tracks never change)
         merged = True
         while merged:
             merged = False
             for i in range(len(tracks)):
                 for j in range(i + 1, len(tracks)):
-                    if self._same_source(tracks[i], tracks[j], max_gap):
+                    pair = (id(tracks[i]), id(tracks[j]))
+                    if pair in apart:
+                        continue
+                    if not self._same_source(tracks[i], tracks[j], max_gap):
+                        apart.add(pair)
+                    else:
                         tracks[i] = _joined(tracks[i], tracks[j])
+                        made.append(tracks[i])
                         del tracks[j]
                         merged = True
                         break
@@ -159,13 +179,12 @@ class Tracker:
         both = a.detected & b.detected
         if both.sum() > 0.2 * min(a.detected.sum(), b.detected.sum()):  # side by side
             return float(np.median(np.abs(a.x[both] - b.x[both]))) <= self.merge_distance
-        first, second = (a, b) if np.argmax(a.detected) <= np.argmax(b.detected) else (b, a)
-        end = len(first.detected) - 1 - int(np.argmax(first.detected[::-1]))
-        start = int(np.argmax(second.detected))
+        first, second = (a, b) if a.span[0] <= b.span[0] else (b, a)
+        end, start = first.span[1], second.span[0]
         if start - end <= 2 * max_gap and abs(first.x[end] - second.x[start]) <= self.gate:
             return True  # one continues the other
         # a source heard in bursts (speech, barks) at one place: the same median position
-        return abs(float(np.median(a.x[a.detected])) - float(np.median(b.x[b.detected]))) <= self.merge_distance
+        return abs(a.median_x - b.median_x) <= self.merge_distance
 
 
 def _joined(a: Track, b: Track) -> Track:
