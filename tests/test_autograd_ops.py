@@ -36,14 +36,21 @@ def test_opcheck_rope_attention(backend, return_lse, groups):
                           attention_op_args(return_lse=return_lse, groups=groups))
 
 
-def test_opcheck_rope_attention_backward():
+@pytest.mark.parametrize("block_mask", [False, True])
+def test_opcheck_rope_attention_backward(block_mask):
+    """The backward op, dense and walking a BlockMask's lists (its six tensors and block sizes)."""
     args = attention_op_args(requires_grad=False)
     q, k, v = args[:3]
     out, lse = torch.ops.baton_fast.rope_attention(*args)
     dout = torch.randn_like(out)
     rest = args[3:13] + (args[13],)  # coords, tables, layout, rotate flags, k_lens, scale
+    mask = []
+    if block_mask:
+        m = bf.BlockMask.from_dense(torch.ones(5, 7, dtype=torch.bool).tril(), 16, 16)
+        mask = [m.kv_num_blocks, m.kv_indices, m.kv_mask_ids, m.full_kv_num_blocks, m.full_kv_indices, m.partial_masks]
     torch.library.opcheck(torch.ops.baton_fast.rope_attention_backward.default,
-                          (dout, torch.randn_like(lse), q, k, v, out, lse, *rest, None, None, False, [], 0, 0))
+                          (dout, torch.randn_like(lse), q, k, v, out, lse, *rest, None, None, False, mask,
+                           16 if block_mask else 0, 16 if block_mask else 0))
 
 
 def norm_op_args(norm, weighted, requires_grad=True):
