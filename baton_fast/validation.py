@@ -40,7 +40,7 @@ def runs_directly(*tensors) -> bool:
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:  # a loop: this runs on every call
-        if t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type != "cpu" or (grad and t.requires_grad)):
+        if t is not None and (type(t) not in _PLAIN_TENSORS or not t.is_cpu or (grad and t.requires_grad)):
             return False
     return True
 
