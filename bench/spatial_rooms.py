@@ -77,7 +77,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {list(CONDITIONS)} (default all)")
     parser.add_argument("--first", type=int, default=0,
                         help="number of the first scene per category and condition (default 0; the planner was "
-                             "tuned looking at scenes 0-23, so --first 24 gives held-out scenes)")
+                             "tuned looking at scenes 0-23, and 24-35 in part, so --first 36 gives held-out "
+                             "scenes)")
     parser.add_argument("--categories", default="all",
                         help=f"comma-separated subset of {list(CATEGORIES)} (default all)")
     parser.add_argument("--diagnose", action="store_true", help="also print one line per scene scored wrong")
