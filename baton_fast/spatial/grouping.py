@@ -19,6 +19,7 @@ import numpy as np
 import scipy.ndimage
 
 from .cues import SpatialCues, to_db
+from .harmonicity import pitch_groups
 from .tfcues import GRID, bin_weights, cue_weights, fused_map, level_map, time_map
 
 
@@ -32,15 +33,21 @@ def tonal_bins(cues: SpatialCues, prominence_db: float = 10.0, neighbourhood_hz:
 
 
 def group_maps(cues: SpatialCues, points: int = GRID
-               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, tuple[float, float]]:
-    """``([(fused map [F, G], frame weight [F]) of the tonal and of the noise-like bins], bin weights [F, K],
-    (a_time, a_level))``; the cue weights come from all bins together (both maps are linear in the
-    weights, so the all-bins maps are the sums of the groups')."""
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray, int | None]], np.ndarray, tuple[float, float]]:
+    """``([(fused map [F, G], frame weight [F], pitch group or None) of each harmonic source's bins
+    (:func:`.harmonicity.pitch_groups`: group 0, 1, ...), of the other tonal bins and of the noise-like
+    bins], bin weights [F, K], (a_time, a_level))``; the cue weights come from all bins together (both maps
+    are linear in the weights, so the all-bins maps are the sums of the groups')."""
     weights = bin_weights(cues)
     tonal = tonal_bins(cues)
-    parts = np.stack([np.where(tonal, weights, 0.0), np.where(tonal, 0.0, weights)])  # [2, F, K]
+    masks = []
+    for group in pitch_groups(cues, tonal, weights):  # a bin near two pitches' multiples: the longer one's
+        masks.append(group & ~np.any(masks, axis=0) if masks else group)
+    masks += [tonal & ~np.any(masks, axis=0) if masks else tonal, ~tonal]
+    parts = np.where(np.stack(masks), weights, 0.0)  # [groups, F, K]
     times, levels = time_map(cues, parts, points), level_map(cues, parts, points)
     share = cue_weights(times.sum(axis=0), levels.sum(axis=0), weights.sum(axis=1))
-    groups = [(fused_map(time, level, share, part.sum(axis=1)), part.sum(axis=1))
-              for time, level, part in zip(times, levels, parts)]
+    labels = list(range(len(masks) - 2)) + [None, None]
+    groups = [(fused_map(time, level, share, part.sum(axis=1)), part.sum(axis=1), label)
+              for time, level, part, label in zip(times, levels, parts, labels)]
     return groups, weights, share

@@ -7,8 +7,9 @@ Conventions (the camera stands where the listener is):
 
 - horizontal position: the fused time/level-difference map of :mod:`.tfcues` (``x = 0`` hard left,
   ``0.5`` ahead, ``1`` hard right; ``sin(azimuth) = 1 - 2x``).
-- sources: the tracks (:mod:`.tracking`) of the maps of each bin group (:mod:`.grouping`: tonal
-  partials, noise-like bins), merged where they are one source; each bin belongs to the source whose
+- sources: the tracks (:mod:`.tracking`) of the maps of each bin group (:mod:`.grouping`: each
+  harmonic source's partials (:mod:`.harmonicity`), other tonal bins, noise-like bins), merged where they
+  are one source (never two harmonic groups heard at once); each bin belongs to the source whose
   position it agrees with best. Sources are ranked by their bins' energy, loudest first; rank ``i``
   gets object id ``i`` and ``names[i]`` (or "sound source"). ``partials_hz`` (the prominent peaks of
   a source's long-term spectrum) is reported, not used for grouping.
@@ -111,8 +112,8 @@ class CuePlanner:
         found: list[Track] = []
         if cues.is_stereo:
             groups, _, share = group_maps(cues)
-            streams = [self.tracker.peaks(fused, frame_weight, loud, hop) for fused, frame_weight in groups]
-            found = self.tracker.sources(streams, hop)[:self.max_sources]
+            streams = [self.tracker.peaks(fused, frame_weight, loud, hop) for fused, frame_weight, _ in groups]
+            found = self.tracker.sources(streams, hop, [label for _, _, label in groups])[:self.max_sources]
         if not found:  # mono, or no consistent direction anywhere: one source in the centre
             found = [Track(np.full(len(level), 0.5), loud.copy(), np.where(loud, 1.0, 0.0), loud.copy())]
         owner = self._owners(cues, found, share)

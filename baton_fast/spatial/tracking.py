@@ -18,6 +18,7 @@ next to a louder noise keeps its track although its peak in the all-bins map is 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ class Track:
     detected  bool    [F]  frames with a peak of this source
     strength  float64 [F]  its peak's height times the frame's weight (0 where not detected)
     leading   bool    [F]  frames where its peak is the frame's highest
+    pitch_groups  the harmonic groups (:mod:`.harmonicity`) whose peaks it holds (empty: none)
     """
     x: np.ndarray
     detected: np.ndarray
     strength: np.ndarray
     leading: np.ndarray
+    pitch_groups: frozenset[int] = frozenset()
 
     @property
     def support(self) -> float:
@@ -94,15 +97,20 @@ class Tracker:
         """Follow ``peaks`` over the frames, prune and merge: the sources, strongest support first."""
         return self.sources([peaks], hop_seconds)
 
-    def sources(self, streams: Sequence[list[list[tuple[float, float]]]], hop_seconds: float) -> list[Track]:
+    def sources(self, streams: Sequence[list[list[tuple[float, float]]]], hop_seconds: float,
+                pitch_groups: Sequence[int | None] | None = None) -> list[Track]:
         """The sources of several peak streams (one per bin group, :mod:`.grouping`): each stream is followed,
         merged and pruned on its own (a group's reflections are weak against that group's source, not
         against another group's louder one), then the tracks of all streams are merged where they are one
-        source and pruned against the strongest of all. Strongest support first."""
+        source and pruned against the strongest of all. ``pitch_groups``: per stream, the harmonic group
+        it is (None: not one); tracks of two harmonic groups heard at the same time are never merged.
+        Strongest support first."""
         max_gap = max(1, round(self.max_gap_seconds / hop_seconds))
         found = []
-        for peaks in streams:
-            found += self._prune(self._merge(self._follow(peaks, max_gap), max_gap), hop_seconds)
+        for peaks, group in zip(streams, pitch_groups or [None] * len(streams)):
+            labels = frozenset() if group is None else frozenset([group])
+            found += [dataclasses.replace(t, pitch_groups=labels) for t in
+                      self._prune(self._merge(self._follow(peaks, max_gap), max_gap), hop_seconds)]
         return sorted(self._prune(self._merge(found, max_gap), hop_seconds), key=lambda t: -t.support)
 
     def _follow(self, peaks: list[list[tuple[float, float]]], max_gap: int) -> list[Track]:
@@ -178,6 +186,8 @@ class Tracker:
     def _same_source(self, a: Track, b: Track, max_gap: int) -> bool:
         both = a.detected & b.detected
         if both.sum() > 0.2 * min(a.detected.sum(), b.detected.sum()):  # side by side
+            if a.pitch_groups and b.pitch_groups and a.pitch_groups.isdisjoint(b.pitch_groups):
+                return False  # two harmonic sources heard at once
             return float(np.median(np.abs(a.x[both] - b.x[both]))) <= self.merge_distance
         first, second = (a, b) if a.span[0] <= b.span[0] else (b, a)
         end, start = first.span[1], second.span[0]
@@ -194,4 +204,4 @@ def _joined(a: Track, b: Track) -> Track:
     frames = np.flatnonzero(detected)
     x_at = np.where(take_b, b.x, a.x)[frames]
     return Track(np.interp(np.arange(len(detected)), frames, x_at), detected, a.strength + b.strength,
-                 a.leading | b.leading)
+                 a.leading | b.leading, a.pitch_groups | b.pitch_groups)
