@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from . import reference
-from .op_cache import _COS_SIN, _identity_table, _is_identity, _zero_coords
+from .op_cache import _ROTATIONS, _identity_table, _is_identity, _zero_coords
 from .rope import RopeTable
 from .validation import (_check_coords, _check_devices, _check_eps, _check_float, _check_head_dim, _check_table,
                          _check_tensor, _table_tensors, backend_for, runs_directly)
@@ -22,8 +22,8 @@ NORM_MODES = {"none": 0, "head": 1, "across_heads": 2}
 
 def _rmsnorm_rope_run(sides, norm, eps):
     """RMSNorm (mode ``norm``) then RoPE of each checked side ``(x, coords, freqs, axes, interleaved, weight)``, on
-    the selected backend.  The PyTorch path (torch's fused RMSNorm, then the reference rotation) takes cos/sin from
-    :data:`_COS_SIN` and skips the rotation by the cached identity table (RMSNorm alone)."""
+    the selected backend.  The PyTorch path (torch's fused RMSNorm, then the reference rotation) takes the rotation
+    factors from :data:`_ROTATIONS` and skips the rotation by the cached identity table (RMSNorm alone)."""
     outs = []
     for x, coords, freqs, axes, interleaved, weight in sides:
         if backend_for(x.device) == "triton" and x.numel():
@@ -33,7 +33,7 @@ def _rmsnorm_rope_run(sides, norm, eps):
         if norm:
             x = reference.fused_rms_norm(x, weight, eps, across_heads=norm == 2)
         if not _is_identity(freqs):
-            x = reference.rotate(x, *_COS_SIN.get(coords, freqs, axes, interleaved, x.dtype), interleaved)
+            x = reference.rotate(x, _ROTATIONS.get(coords, freqs, axes, interleaved, x.dtype), interleaved)
         outs.append(x.contiguous())
     return outs
 
@@ -49,7 +49,7 @@ def _(x, coords, freqs, axes, interleaved, weight, norm, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-# q and k in one op: one dispatch, and the reference path shares cos/sin between them
+# q and k in one op: one dispatch, and the reference path shares the rotation factors between them
 @torch.library.custom_op("baton_fast::qk_rmsnorm_rope", mutates_args=())
 def _qk_rmsnorm_rope_op(q: torch.Tensor, q_coords: torch.Tensor, q_freqs: torch.Tensor, q_axes: torch.Tensor,
                         q_interleaved: bool, q_weight: Optional[torch.Tensor], k: torch.Tensor, k_coords: torch.Tensor,

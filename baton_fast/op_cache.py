@@ -1,6 +1,6 @@
 """Host-side caches of the ops: the placeholders of a side that is not rotated (zero coordinates, the identity
-table), so that no call allocates them, and the PyTorch path's cos/sin, computed once per forward for the layers
-that rotate by the same coordinates."""
+table), so that no call allocates them, and the PyTorch path's rotation factors, computed once per forward for the
+layers that rotate by the same coordinates."""
 from __future__ import annotations
 
 import collections
@@ -41,10 +41,11 @@ def _is_identity(freqs: torch.Tensor) -> bool:
     return identity is not None and freqs is identity.freqs
 
 
-class _CosSinCache:
-    """cos/sin of the PyTorch path for the coordinates of the last few calls.  The layers of a forward rotate by
-    the same coordinate tensors (and q and k of a self-attention by the same ones), so the CPU path computes
-    their cos/sin once per forward, as diffusers does.  An entry is reused only while its coordinate and table
+class _RotationCache:
+    """Rotation factors of the PyTorch path (:func:`~baton_fast.reference.rotation_factors`) for the coordinates of
+    the last few calls.  The layers of a forward rotate by the same coordinate tensors (and q and k of a
+    self-attention by the same ones), so the CPU path computes their factors once per forward, as diffusers does
+    its cos/sin.  An entry is reused only while its coordinate and table
     tensors are alive and unchanged (same objects, same version counters); inference-mode tensors, which have no
     version counter, are not cached.  Entries of dead coordinates are dropped at the next miss."""
 
@@ -54,22 +55,24 @@ class _CosSinCache:
         self._entries = collections.OrderedDict()
 
     def get(self, coords, freqs, axes, interleaved: bool, dtype):
-        """``(cos, sin)`` ``[B or 1, N, Ht, D/2]`` in ``dtype`` of ``coords`` under the table ``(freqs, axes)``."""
+        """:func:`~baton_fast.reference.rotation_factors` of ``coords`` under the table ``(freqs, axes, interleaved)``
+        for ``dtype``."""
+        table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
         try:
-            key = (id(coords), coords._version, id(freqs), freqs._version, id(axes), axes._version, dtype)
+            key = (id(coords), coords._version, id(freqs), freqs._version, id(axes), axes._version, interleaved, dtype)
         except RuntimeError:  # inference tensor
-            return reference.rope_cos_sin(coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2]), dtype)
+            return reference.rotation_factors(coords, table, dtype)
         entry = self._entries.get(key)
         if entry is not None and all(ref() is t for ref, t in zip(entry[0], (coords, freqs, axes))):
             self._entries.move_to_end(key)
             return entry[1]
         for stale in [k for k, (refs, _) in self._entries.items() if any(ref() is None for ref in refs)]:
             del self._entries[stale]
-        value = reference.rope_cos_sin(coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2]), dtype)
+        value = reference.rotation_factors(coords, table, dtype)
         self._entries[key] = (tuple(weakref.ref(t) for t in (coords, freqs, axes)), value)
         if len(self._entries) > self.SIZE:
             self._entries.popitem(last=False)
         return value
 
 
-_COS_SIN = _CosSinCache()
+_ROTATIONS = _RotationCache()
