@@ -250,6 +250,10 @@ def test_generation_masks_the_first_steps_and_differs(generations):
     assert [(g["name"], g.get("phrase_tokens")) for g in report["groups"]] == [("background", None), ("dog", [1]),
                                                                                  ("red car", [2])]
     assert sum(g["video_tokens"] for g in report["groups"]) >= CFG.shape(1.0).video_tokens
+    blocks = report["self_attention"]  # the layout's BlockMask over the 2 masked Euler evaluations of every block
+    assert blocks["masked_evaluations"] == 2
+    assert blocks["key_blocks_visited_in_run"] == blocks["key_blocks_visited_per_attention"] * 2 * CFG.video.num_layers
+    assert 0 < blocks["key_blocks_visited_per_attention"] <= blocks["key_blocks_dense_per_attention"]
 
 
 # ---------------------------------------------------------------------- Triton kernel

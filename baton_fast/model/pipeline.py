@@ -236,21 +236,27 @@ class BatonPipeline:
                         "audio_seconds": audio.shape[1] / cfg.audio_format.sample_rate},
             "timings_s": timings, **peak_memory(device),
         }
+        blocks = len(self.dit.blocks)
         if guidance is not None:
-            report["layout"] = _layout_report(layout, guidance, video_prompts, options.steps)
+            masked_steps = range(guidance.masked_steps(options.steps))
+            report["layout"] = dict(_layout_report(layout, guidance, video_prompts, options.steps),
+                                    self_attention=guidance.block_report(_evaluations(options, masked_steps), blocks))
         report["cache"] = cache.report() if cache is not None else {"policy": "none"}
         if quant_report is not None:
             report["quant"] = quant_report
         if ctx.sparsity is not None:
-            sparse_evaluations = sum(1 if options.solver == "euler" or i + 1 == options.steps else 2
-                                     for i in options.sparse_steps)
-            report["sparse_attention"] = dict(ctx.sparsity.report(sparse_evaluations, len(self.dit.blocks)),
+            report["sparse_attention"] = dict(ctx.sparsity.report(_evaluations(options, options.sparse_steps), blocks),
                                               dense_steps=options.sparse_dense_steps, sparse_steps=options.sparse_steps)
         if mesh is not None:
             report["sequence_parallel"] = {"degree": mesh.size, "ulysses": mesh.ulysses_degree,
                                            "ring": mesh.ring_degree}
         return Generation(video, audio, cfg.video_format.fps, cfg.audio_format.sample_rate, video_latents.cpu(),
                           audio_latents.cpu(), report)
+
+
+def _evaluations(options, steps) -> int:
+    """DiT evaluations of the sampling ``steps`` (indices): one per Euler step, two per Heun step but the last."""
+    return sum(1 if options.solver == "euler" or i + 1 == options.steps else 2 for i in steps)
 
 
 def _layout_report(layout, guidance, video_prompts, steps: int) -> dict:
