@@ -28,7 +28,6 @@ import torch
 
 import baton_fast
 from baton_fast.model.attention import SelfAttention, split_heads
-from baton_fast.model.layout import LayoutGuidance
 
 from .agreement import ShardPlan, agree, collective_device
 from .attention import _gather_tokens, _heads_to_sequence, _sequence_to_heads, hybrid_attention, sharded_keys_attention
@@ -102,12 +101,6 @@ class SequenceSharding:
         """This rank's part of the video :class:`BranchGeometry` (its coordinates), carrying this sharding."""
         return dataclasses.replace(geo, coords=self.video.take(geo.coords),
                                    plan_coords=self.plan.take(geo.plan_coords) if self.plan else None, shard=self)
-
-    def layout(self, layout: Optional[LayoutGuidance]) -> Optional[LayoutGuidance]:
-        """The layout masks of this rank's video tokens (the text masks are replicated)."""
-        if layout is None:
-            return None
-        return LayoutGuidance(self.video.take(layout.video_groups), layout.text_groups, layout.fraction)
 
     # ------------------------------------------------------------- attentions (see the module docstring)
     def self_attention(self, module: SelfAttention) -> "ShardedSelfAttention":
