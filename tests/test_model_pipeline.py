@@ -403,13 +403,15 @@ def test_minilm_encoder_matches_transformers_bert():
 def test_default_planner_lm_matches_transformers_qwen3():
     """Qwen3LM: transformers' Qwen3ForCausalLM's parameter names and shapes (checkpoints fit either), its
     initialisation law, and on the same weights its hidden states (float64 Qwen3 the reference), padding included."""
-    from baton_fast.model.planner import default_language_model
-    from baton_fast.model.qwen3 import Qwen3LM
-    from baton_fast.model.text_encoder import minilm_path
-    from baton_fast.model.wordpiece import WordPieceTokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from baton_fast.model.planner import default_language_model
     pc = CFG.planner
-    ours, theirs = Qwen3LM(pc).eval(), default_language_model(pc).eval()
+    theirs = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=pc.lm_vocab, hidden_size=pc.lm_hidden, intermediate_size=pc.lm_ffn, num_hidden_layers=pc.lm_layers,
+        num_attention_heads=pc.lm_heads, num_key_value_heads=pc.lm_kv_heads, head_dim=pc.lm_head_dim,
+        tie_word_embeddings=pc.lm_tie_embeddings, max_position_embeddings=4096)).eval()
+    ours = default_language_model(pc).eval()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert ours.lm_head.weight is ours.get_input_embeddings().weight  # tied, as the preset says
     weights = [p for name, p in ours.named_parameters() if "norm" not in name]
@@ -429,7 +431,7 @@ def test_default_planner_lm_matches_transformers_qwen3():
     small = dataclasses.replace(CFG, planner=dataclasses.replace(pc, lm_vocab=1000))
     with pytest.raises(ValueError, match="cfg.planner.lm_vocab: the default planner LM has 1000 embeddings, fewer "
                                          "than the tokenizer's 30526"):
-        VAPlanner(small, Qwen3LM(small.planner), WordPieceTokenizer(minilm_path()))
+        VAPlanner(small)
 
 
 def test_pipeline_builds_its_default_planner_without_transformers(pipeline):

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from baton_fast.model.config import get_preset
-from baton_fast.model.planner import (AUDIO_PLAN, SYSTEM_PROMPT, VIDEO_PLAN, VAPlanner, default_tokenizer,
-                                      load_language_model)
+from baton_fast.model.planner import AUDIO_PLAN, SYSTEM_PROMPT, VIDEO_PLAN, VAPlanner, load_language_model
 from baton_fast.model.text_encoder import TextEncoder, minilm_path
 from baton_fast.rope import plan_audio_coords, plan_video_coords
 
@@ -101,12 +100,12 @@ def test_towers_cross_modal_exchange(planner):
 
 def test_any_causal_lm_and_local_folder(tmp_path):
     """A Llama-architecture LM with another width works; a saved LM folder loads offline and plans the same."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=30600, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=4))
-    tokenizer = default_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     planner = VAPlanner(CFG, lm, tokenizer).eval()
     lm.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

@@ -25,9 +25,7 @@ from .cache import StepCache
 from .layout import DEFAULT_LAYOUT_FRACTION
 from .planner import VAPlanner, load_language_model
 from .sampler import GuidedVelocity, SamplerOptions, compile_blocks, full_precision_difference, sample
-from .qwen3 import Qwen3LM
-from .text_encoder import TextEncoder, minilm_path
-from .wordpiece import WordPieceTokenizer
+from .text_encoder import TextEncoder
 
 __all__ = ["Generation", "BatonPipeline"]
 
@@ -107,9 +105,8 @@ class BatonPipeline:
             torch.manual_seed(init_seed)
             planner = None
             if cfg.planner is not None:
-                lm, tokenizer = (load_language_model(planner_lm) if planner_lm is not None
-                                 else (Qwen3LM(cfg.planner), WordPieceTokenizer(minilm_path())))
-                planner = VAPlanner(cfg, lm, tokenizer)
+                lm, tokenizer = load_language_model(planner_lm) if planner_lm is not None else (None, None)
+                planner = VAPlanner(cfg, lm, tokenizer)  # default: planner.default_language_model / default_tokenizer
             dit = DualBranchDiT(cfg)
         if checkpoint is not None:
             load_checkpoint(checkpoint, cfg, dit, planner)

