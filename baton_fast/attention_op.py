@@ -99,7 +99,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
             lengths in ``[0, Nk]``; one device sync).  Pass False for values checked once per run
             (:func:`check_coords`, :func:`check_key_lengths`): the call then never synchronises.
         quant: None (full precision), ``"fp8"``, ``"int8"`` or ``"int8+fp8"``: quantised attention
-            (:mod:`baton_fast.quant`; no LSE, gradient or layout masks).  q and k may also be the
+            (:mod:`baton_fast.quant`; no gradient or layout masks).  q and k may also be the
             :class:`~baton_fast.quant.QuantizedTensor` results of ``qk_rmsnorm_rope(..., quant=...)``
             (``rotate_q=rotate_k=False``).
         block_mask: optional :class:`~baton_fast.block_mask.BlockMask` for ``[B or 1, H or 1]``, ``Nq`` queries
@@ -125,7 +125,7 @@ def rope_attention(q, k, v, q_coords=None, k_coords=None, table: Optional[RopeTa
     if check_values:
         args = _attention_values_checked(args)
     if scheme is not None:
-        return _quant.rope_attention(args, scheme)
+        return _quant.rope_attention(args, scheme, return_lse)
     if block_mask is not None:
         from .block_sparse_op import block_sparse_rope_attention
         out, lse = block_sparse_rope_attention(args, return_lse, block_mask)

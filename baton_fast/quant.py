@@ -313,15 +313,12 @@ def quant_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens: Option
 
 
 def scheme_for_call(quant: Optional[str], *, return_lse: bool, masked: bool, grad: bool) -> Optional[str]:
-    """The scheme a ``rope_attention`` call runs: an explicit ``quant`` (refused with LSE, layout masks or a block
-    mask (``masked``) or a gradient, which ``rope_attention(..., quant=...)`` does not give), else the
-    :func:`attention_quant` context's for a call that needs none of them, else None (full precision)."""
+    """The scheme a ``rope_attention`` call runs: an explicit ``quant`` (refused with layout masks or a block mask
+    (``masked``) or a gradient, which the quantised attention does not take), else the :func:`attention_quant`
+    context's for a call that needs no LSE, mask or gradient, else None (full precision)."""
     if quant is None:
         return None if return_lse or masked or grad else active_scheme()
     check_scheme(quant)
-    if return_lse:
-        raise ValueError(f"quant: rope_attention(..., quant={quant!r}) gives no LSE; for one, quantise in the "
-                         "pre-pass (qk_rmsnorm_rope(..., quant=...)) and pass its q, k with return_lse=True")
     _refuse_masks_and_gradient(quant, masked, grad)
     return quant
 
@@ -356,11 +353,11 @@ def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rot
     return quant_attention(q, k, v, k_lens=k_lens, scale=scale, out_dtype=out_dtype, return_lse=return_lse)
 
 
-def rope_attention(args: tuple, scheme: str) -> torch.Tensor:
+def rope_attention(args: tuple, scheme: str, return_lse: bool = False):
     """``rope_attention(..., quant=scheme)`` on its checked arguments (:func:`baton_fast.ops._attention_args`): Q
     rotated and quantised, K rotated, smoothed and quantised, V quantised, then the quantised kernel; returns q's
-    dtype."""
+    dtype, and with ``return_lse`` the LSE as :func:`quant_attention` gives it."""
     q, k, v, q_coords, k_coords, qf, qa, kf, ka, layout, rotate_q, rotate_k, k_lens, scale = args
     qq = quantize_rows((q, q_coords, qf, qa, layout, None), 0, 0.0, scheme, rotate=rotate_q, smooth=False)
     kq = quantize_rows((k, k_coords, kf, ka, layout, None), 0, 0.0, scheme, rotate=rotate_k, smooth=True)
-    return quant_attention(qq, kq, v, k_lens=k_lens, scale=scale, out_dtype=q.dtype)
+    return quant_attention(qq, kq, v, k_lens=k_lens, scale=scale, out_dtype=q.dtype, return_lse=return_lse)
