@@ -33,16 +33,17 @@ def tonal_bins(cues: SpatialCues, prominence_db: float = 10.0, neighbourhood_hz:
 
 
 def group_maps(cues: SpatialCues, points: int = GRID
-               ) -> tuple[list[tuple[np.ndarray, np.ndarray, int | None]], np.ndarray, tuple[float, float]]:
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray, int | None]], list[np.ndarray], tuple[float, float]]:
     """``([(fused map [F, G], frame weight [F], pitch group or None) of each harmonic source's bins
     (:func:`.harmonicity.pitch_groups`: group 0, 1, ...), of the other tonal bins and of the noise-like
-    bins], bin weights [F, K], (a_time, a_level))``; the cue weights come from all bins together (both maps
-    are linear in the weights, so the all-bins maps are the sums of the groups')."""
+    bins], [bins of pitch group 0, 1, ...: bool [F, K]], (a_time, a_level))``; the cue weights come from all
+    bins together (both maps are linear in the weights, so the all-bins maps are the sums of the groups')."""
     weights = bin_weights(cues)
     tonal = tonal_bins(cues)
-    masks = []
-    for group in pitch_groups(cues, tonal, weights):  # a bin near two pitches' multiples: the longer one's
-        masks.append(group & ~np.any(masks, axis=0) if masks else group)
+    masks = pitch_groups(cues, tonal, weights)
+    if len(masks) > 1:  # a bin near two pitches' multiples (unresolved partials) is neither's
+        shared = np.sum(masks, axis=0) > 1
+        masks = [group & ~shared for group in masks]
     masks += [tonal & ~np.any(masks, axis=0) if masks else tonal, ~tonal]
     parts = np.where(np.stack(masks), weights, 0.0)  # [groups, F, K]
     times, levels = time_map(cues, parts, points), level_map(cues, parts, points)
@@ -50,4 +51,4 @@ def group_maps(cues: SpatialCues, points: int = GRID
     labels = list(range(len(masks) - 2)) + [None, None]
     groups = [(fused_map(time, level, share, part.sum(axis=1)), part.sum(axis=1), label)
               for time, level, part, label in zip(times, levels, parts, labels)]
-    return groups, weights, share
+    return groups, masks[:-2], share

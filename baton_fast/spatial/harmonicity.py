@@ -72,7 +72,11 @@ def frame_pitches(cues: SpatialCues, tonal: np.ndarray, weights: np.ndarray, *, 
         explained = remaining & near[np.arange(len(frames)), chosen[per_peak]]
         share = np.add.reduceat(np.where(explained, weight, 0.0), starts) / total
         heard = (best > 0) & (share >= (0.0 if slot == 0 else second_share))
-        pitches[heard_frames[heard], slot] = f0[chosen[heard]]
+        # refined off the grid: the weighted mean of the explained peaks' frequency / harmonic number
+        harmonic = np.maximum(np.rint(freqs / f0[chosen[per_peak]]), 1.0)
+        used = np.where(explained, weight, 0.0)
+        refined = np.add.reduceat(used * freqs / harmonic, starts) / np.maximum(np.add.reduceat(used, starts), 1e-30)
+        pitches[heard_frames[heard], slot] = refined[heard]
         remaining &= ~(explained & heard[per_peak])
     return pitches
 
@@ -122,7 +126,7 @@ def pitch_groups(cues: SpatialCues, tonal: np.ndarray, weights: np.ndarray, *, m
     groups = []
     for line in lines:
         heard = np.isfinite(line)
-        near = _near_harmonic(cues.freqs[None, :], np.where(heard, line, 1e9)[:, None], tolerance,
+        near = _near_harmonic(cues.freqs[None, :], np.where(heard, line, 1e9)[:, None], tolerance / 4,
                               3 * half_bin, max_harmonic)  # a partial and its main-lobe neighbours
         groups.append(tonal & near & heard[:, None])
     return groups

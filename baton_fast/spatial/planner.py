@@ -9,9 +9,10 @@ Conventions (the camera stands where the listener is):
   ``0.5`` ahead, ``1`` hard right; ``sin(azimuth) = 1 - 2x``).
 - sources: the tracks (:mod:`.tracking`) of the maps of each bin group (:mod:`.grouping`: each
   harmonic source's partials (:mod:`.harmonicity`), other tonal bins, noise-like bins), merged where they
-  are one source (never two harmonic groups heard at once); each bin belongs to the source whose
-  position it agrees with best. Sources are ranked by their bins' energy, loudest first; rank ``i``
-  gets object id ``i`` and ``names[i]`` (or "sound source"). ``partials_hz`` (the prominent peaks of
+  are one source (never two harmonic groups heard at once); a pitch group's bins belong to the one
+  source holding its track, every other bin to the source whose position it agrees with best. Sources
+  are ranked by their bins' energy, loudest first; rank ``i`` gets object id ``i`` and ``names[i]`` (or
+  "sound source"). ``partials_hz`` (the prominent peaks of
   a source's long-term spectrum) is reported, not used for grouping.
 - size: louder = nearer = larger; the height follows ``amplitude ** size_exponent`` of the direct
   level around a reference set by the source's median direct level (``size_exponent = 1`` is the
@@ -110,13 +111,18 @@ class CuePlanner:
         hop = float(cues.times[1] - cues.times[0]) if len(cues.times) > 1 else 1.0
         share = (1.0, 0.0)
         found: list[Track] = []
+        pitch_bins: list[np.ndarray] = []
         if cues.is_stereo:
-            groups, _, share = group_maps(cues)
+            groups, pitch_bins, share = group_maps(cues)
             streams = [self.tracker.peaks(fused, frame_weight, loud, hop) for fused, frame_weight, _ in groups]
             found = self.tracker.sources(streams, hop, [label for _, _, label in groups])[:self.max_sources]
         if not found:  # mono, or no consistent direction anywhere: one source in the centre
             found = [Track(np.full(len(level), 0.5), loud.copy(), np.where(loud, 1.0, 0.0), loud.copy())]
         owner = self._owners(cues, found, share)
+        for group, bins in enumerate(pitch_bins):  # a pitch group's bins belong to the one source holding it
+            holders = [j for j, track in enumerate(found) if group in track.pitch_groups]
+            if len(holders) == 1:
+                owner[bins] = holders[0]
         energy = [cues.mono_power[loud].sum(where=owner[loud] == j) for j in range(len(found))]
         max_gap = max(1, round(self.tracker.max_gap_seconds / hop))
         return [self._follow(rank, found[j], owner == j, cues, max_gap)
