@@ -5,7 +5,8 @@ channel-mean level) vote for fundamentals by harmonic summation: a candidate ``f
 ``MIN_F0_HZ`` .. ``MAX_F0_HZ``, 2 % steps) collects ``weight / h`` of every peak within ``tolerance`` of its
 ``h``-th multiple, ``h <= max_harmonic``. The ``1 / h`` keeps a common subharmonic of two sources (190 and
 290 Hz: 96 Hz) and a source's own subharmonics below its fundamental; the frame's pitch is the highest
-candidate within ``0.9`` of the best sum (the neighbours of the true ``f0`` on the grid score alike). Its peaks are removed and a
+candidate within ``0.9`` of the best sum (the neighbours of the true ``f0`` on the grid score alike),
+refined off the grid as the weighted mean of its peaks' ``frequency / h``. Its peaks are removed and a
 second pitch is taken the same way where what is left carries at least ``second_share`` of the frame's
 peak weight (two harmonic sources heard at once).
 
@@ -13,9 +14,12 @@ The frames' pitches are linked into contours: a pitch continues the contour whos
 nearest, within ``max_step`` (relative) per frame, or within ``max_jump`` after a gap of up to
 ``max_gap_seconds``. A contour heard for ``min_seconds`` (a sustained harmonic source: a hum, a held or
 gliding tone; not the short syllables of speech or barks, whose pitch restarts after every pause and
-whose reverberant tails read as second pitches, so their bins stay with the other tonal bins) is a group: its bins are the tonal bins near its pitch's multiples in its frames. Groups are one source each
-(:meth:`.tracking.Tracker.sources` never merges tracks of two groups heard at the same time), so two
-harmonic sources at different pitches stay two even close together, and a gliding tone stays one.
+whose reverberant tails read as second pitches, so their bins stay with the other tonal bins) is a
+group: its bins are the tonal bins within ``tolerance / 4 * h * f0`` and 1.5 bins (a partial's main
+lobe) of its pitch's multiples in its frames. Groups are one source each
+(:meth:`.tracking.Tracker.sources` never merges tracks of two groups heard at the same time, and the
+planner gives a group's bins to the one source holding it), so two harmonic sources at different
+pitches stay two even close together, and a gliding tone stays one.
 """
 from __future__ import annotations
 
