@@ -39,8 +39,9 @@ def rotation_factors(coords: torch.Tensor, table: RopeTable, dtype):
     """What :func:`rotate` multiplies ``x`` by, for coordinates ``[B or 1, N, A]`` in ``x``'s ``dtype``: with
     interleaved pairs in float32 / float64, the unit complex numbers ``exp(i phi)`` ``[B or 1, N, Ht, D/2]``
     (complex64 / complex128: each pair turns in one complex product, four times faster on a CPU than the products
-    of :func:`rope_cos_sin`'s full-width factors, and half their size); otherwise :func:`rope_cos_sin`'s pair."""
-    if table.interleaved and dtype in (torch.float32, torch.float64):
+    of :func:`rope_cos_sin`'s full-width factors, and half their size); otherwise, and under ``torch.compile``
+    (whose tracer does not take complex views; inductor fuses the products anyway), :func:`rope_cos_sin`'s pair."""
+    if table.interleaved and dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
         phi = rope_angles(coords, table, dtype)
         return torch.complex(phi.cos(), phi.sin())
     return rope_cos_sin(coords, table, dtype)
