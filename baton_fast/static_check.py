@@ -98,6 +98,9 @@ PREPASS_CASES = (
 )
 # Kernels whose dots must use tensor cores (EXPECTED_MMA); the rest have no dot.
 MMA_KERNELS = ("rope_attention",) + BWD_KERNELS
+# Backward head dims that run mma.sync (HMMA) tiles on sm_90: no wgmma tile of the D = 256 dK/dV kernel compiles
+# spill-free (kernels/rope_attention_bwd.py, BWD_CONFIGS)
+BWD_HMMA_ON_SM90 = (256,)
 
 # Quantised attention (kernels/rope_attention_quant.py): each scheme on the arch it is for, and the matrix
 # instructions its dots must use there (fp8 wgmma: QGMMA; int8 wgmma: IGMMA; int8 mma.sync: IMMA).
@@ -427,10 +430,12 @@ def _cubin_report(cubin: bytes) -> dict:
 
 
 def expected_mma_of(job: Job) -> str:
-    """The matrix instruction a (non-quantised) job must use: :data:`EXPECTED_MMA` for its arch, "none" for the
-    kernels without a dot."""
+    """The matrix instruction a (non-quantised) job must use: :data:`EXPECTED_MMA` for its arch, HMMA for the
+    backward head dims of :data:`BWD_HMMA_ON_SM90` on sm_90, "none" for the kernels without a dot."""
     if job.kernel not in MMA_KERNELS:
         return "none"
+    if job.kernel in BWD_KERNELS and job.arch == 90 and job.D in BWD_HMMA_ON_SM90:
+        return "HMMA"
     return EXPECTED_MMA[job.arch]
 
 

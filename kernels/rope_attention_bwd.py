@@ -7,10 +7,6 @@ Three kernels, as in Triton's fused-attention tutorial:
    the query heads of its grouped-query group): ``dV += P^T dO``, ``dK += dS^T Q``;
 3. ``_bwd_dq``: one program per query tile, looping over key tiles: ``dQ += dS K``.
 
-Head-dim split (``D_SPLIT``, a grid axis of both gradient kernels; 1 but at D = 256 on sm_90): each program
-recomputes ``P`` and ``dS`` over the full head dim but accumulates and stores only its ``D / D_SPLIT`` columns of
-dK, dV or dQ, so the fp32 accumulators of a 64-row wgmma tile fit in registers.
-
 The kernels never rotate: the sides the forward rotated are rotated once by the pre-pass kernel
 (``kernels/rope_norm.py``, exactly as the forward rotates them: fp32, rounded to the input dtype), so ``P`` is
 recomputed bit-for-bit the same way, and the gradients of the rotated tensors are turned into gradients of
@@ -115,26 +111,6 @@ def _load_rows(base, start, offs, n, stride_n, offs_d, mask_d, stride_d):
 
 
 @triton.jit
-def _columns(full, base, start, offs, n, stride_n, offs_dp, mask_dp, stride_d, D_SPLIT: tl.constexpr):
-    """The columns ``offs_dp`` of the tile ``full`` (``[BLOCK, D_PAD]``, rows ``start + offs`` of ``base``):
-    ``full`` itself without a head-dim split, else that ``[BLOCK, D_PAD // D_SPLIT]`` part reloaded."""
-    if D_SPLIT == 1:
-        return full
-    else:
-        return _load_rows(base, start, offs, n, stride_n, offs_dp, mask_dp, stride_d)
-
-
-@triton.jit
-def _head_dim_part(offs_d, D_PAD: tl.constexpr, D_SPLIT: tl.constexpr):
-    """The head-dim columns this program accumulates and stores: all ``D_PAD`` (``offs_d``), or with
-    ``D_SPLIT > 1`` part ``program_id(2)`` of ``D_SPLIT`` equal parts."""
-    if D_SPLIT == 1:
-        return offs_d
-    else:
-        return tl.program_id(2).to(tl.int64) * (D_PAD // D_SPLIT) + tl.arange(0, D_PAD // D_SPLIT)
-
-
-@triton.jit
 def _row_stats(Lse, Delta, row, offs, n):
     """``(lse in base 2, delta)``, fp32, of query rows ``row + offs`` (``row``: the tile's first row); rows past
     ``n`` and rows with no key (``lse = -inf``) get ``+inf``, so that their ``P`` is 0."""
@@ -146,39 +122,34 @@ def _row_stats(Lse, Delta, row, offs, n):
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q, offs_d, mask_d,
-               offs_dp, mask_dp, stride_qn, stride_qd, stride_don, stride_dod, allowed, qk_scale,
-               DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, D_SPLIT: tl.constexpr):
-    """One query tile's share of a key tile's gradients: ``dk``, ``dv`` fp32 ``[BLOCK_N, D_PAD // D_SPLIT]``
-    (the head-dim columns ``offs_dp``) updated from the full-width key tile ``k``, ``v`` and the query rows
-    ``start_m + offs_m``; ``allowed`` bool ``[BLOCK_N, BLOCK_M]``."""
+               stride_qn, stride_qd, stride_don, stride_dod, allowed, qk_scale, DOT_PRECISION: tl.constexpr,
+               UPCAST_DOTS: tl.constexpr):
+    """One query tile's share of a key tile's gradients: ``dk``, ``dv`` fp32 ``[BLOCK_N, D_PAD]`` updated from
+    the key tile ``k``, ``v`` and the query rows ``start_m + offs_m``; ``allowed`` bool ``[BLOCK_N, BLOCK_M]``."""
     q = _load_rows(q_base, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
     do = _load_rows(do_base, start_m, offs_m, n_q, stride_don, offs_d, mask_d, stride_dod)
     lse, delta = _row_stats(Lse, Delta, stats_row + start_m, offs_m, n_q - start_m)
     qk_t = dot(k, tl.trans(q), None, DOT_PRECISION, UPCAST_DOTS)
     p_t = tl.where(allowed, tl.math.exp2(qk_t * qk_scale - lse[None, :]), 0.0)
-    do_part = _columns(do, do_base, start_m, offs_m, n_q, stride_don, offs_dp, mask_dp, stride_dod, D_SPLIT)
-    dv = dot(_dot_operand(p_t, v.dtype, UPCAST_DOTS), do_part, dv, DOT_PRECISION, UPCAST_DOTS)
+    dv = dot(_dot_operand(p_t, v.dtype, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
     dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
     ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), q.dtype, UPCAST_DOTS)
-    q_part = _columns(q, q_base, start_m, offs_m, n_q, stride_qn, offs_dp, mask_dp, stride_qd, D_SPLIT)
-    dk = dot(ds_t, q_part, dk, DOT_PRECISION, UPCAST_DOTS)
+    dk = dot(ds_t, q, dk, DOT_PRECISION, UPCAST_DOTS)
     return dk, dv
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, n_k, offs_d, mask_d, offs_dp, mask_dp,
-             stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION: tl.constexpr,
-             UPCAST_DOTS: tl.constexpr, D_SPLIT: tl.constexpr):
-    """One key tile's share of a query tile's ``dq`` (fp32 ``[BLOCK_M, D_PAD // D_SPLIT]``, the head-dim columns
-    ``offs_dp``): keys ``start_n + offs_n``, ``allowed`` bool ``[BLOCK_M, BLOCK_N]``."""
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, n_k, offs_d, mask_d, stride_kn, stride_kd,
+             stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """One key tile's share of a query tile's ``dq`` (fp32 ``[BLOCK_M, D_PAD]``): keys ``start_n + offs_n``,
+    ``allowed`` bool ``[BLOCK_M, BLOCK_N]``."""
     k = _load_rows(k_base, start_n, offs_n, n_k, stride_kn, offs_d, mask_d, stride_kd)
     v = _load_rows(v_base, start_n, offs_n, n_k, stride_vn, offs_d, mask_d, stride_vd)
     qk = dot(q, tl.trans(k), None, DOT_PRECISION, UPCAST_DOTS)
     p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
     dp = dot(do, tl.trans(v), None, DOT_PRECISION, UPCAST_DOTS)
     ds = _dot_operand(p * (dp - delta[:, None]), k.dtype, UPCAST_DOTS)
-    k_part = _columns(k, k_base, start_n, offs_n, n_k, stride_kn, offs_dp, mask_dp, stride_kd, D_SPLIT)
-    return dot(ds, k_part, dq, DOT_PRECISION, UPCAST_DOTS)
+    return dot(ds, k, dq, DOT_PRECISION, UPCAST_DOTS)
 
 
 @triton.jit
@@ -208,19 +179,15 @@ def _bwd_dkdv(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
     HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, ATOMIC: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    D_SPLIT: tl.constexpr,
 ):
-    """One program per key tile (and query head, or with ``ATOMIC`` off per key head and its group) and head-dim
-    part (``D_SPLIT`` parts): ``dV = sum P^T dO``, ``dK = scale * sum dS^T Q`` over the query tiles that see it,
-    in the part's columns (``P`` and ``dS`` are computed over the full head dim by every part)."""
+    """One program per key tile (and query head, or with ``ATOMIC`` off per key head and its group):
+    ``dV = sum P^T dO``, ``dK = scale * sum dS^T Q`` over the query tiles that see it."""
     b, h_first, heads, hk = _program_heads(tl.program_id(1), num_heads, group, not ATOMIC)
     start_n = tl.program_id(0).to(tl.int64) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < HEAD_DIM
-    offs_dp = _head_dim_part(offs_d, D_PAD, D_SPLIT)
-    mask_dp = offs_dp < HEAD_DIM
     k_len = key_length(KLens, b, n_k, HAS_KLENS)
     keys = start_n + offs_n < k_len
     k = _load_rows(K + b * stride_kb + hk * stride_kh, start_n, offs_n, k_len, stride_kn, offs_d, mask_d, stride_kd)
@@ -232,8 +199,8 @@ def _bwd_dkdv(
         key_block = start_n // MASK_BK
         tile_offsets = offs_m[None, :] * MASK_BK + ((tl.program_id(0) * BLOCK_N) % MASK_BK + offs_n)[:, None]
 
-    dk = tl.zeros([BLOCK_N, D_PAD // D_SPLIT], tl.float32)
-    dv = tl.zeros([BLOCK_N, D_PAD // D_SPLIT], tl.float32)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     for g in range(0, heads):
         h = h_first + g
         q_base = Q + b * stride_qb + h * stride_qh
@@ -248,14 +215,14 @@ def _bwd_dkdv(
                 for sub in range(0, MASK_BQ, BLOCK_M):
                     allowed = keys[:, None] & (tl.load(tile + sub * MASK_BK) != 0)
                     dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                        offs_m, n_q, offs_d, mask_d, offs_dp, mask_dp, stride_qn, stride_qd, stride_don,
-                                        stride_dod, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
+                                        allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
             for i in range(0, tl.load(FullNum + row)):
                 q_block = tl.load(FullIdx + full_row + i).to(tl.int64)
                 for sub in range(0, MASK_BQ, BLOCK_M):
                     dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                        offs_m, n_q, offs_d, mask_d, offs_dp, mask_dp, stride_qn, stride_qd, stride_don,
-                                        stride_dod, keys[:, None], qk_scale, DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
+                                        keys[:, None], qk_scale, DOT_PRECISION, UPCAST_DOTS)
         else:
             q_end = tl.where(start_n < k_len, n_q, 0)  # a key tile wholly past k_len: its gradients are zero
             for tile_m in range(0, q_end, BLOCK_M):
@@ -269,15 +236,15 @@ def _bwd_dkdv(
                     allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
                 if visit:
                     dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q,
-                                        offs_d, mask_d, offs_dp, mask_dp, stride_qn, stride_qd, stride_don,
-                                        stride_dod, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                                        offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod, allowed,
+                                        qk_scale, DOT_PRECISION, UPCAST_DOTS)
 
     # keys past k_len get a zero gradient (stored: the buffers are not pre-zeroed in deterministic mode)
-    mask = (start_n + offs_n < n_k)[:, None] & mask_dp[None, :]
-    rows = start_n * stride_dkn + offs_n[:, None] * stride_dkn + offs_dp[None, :] * stride_dkd
+    mask = (start_n + offs_n < n_k)[:, None] & mask_d[None, :]
+    rows = start_n * stride_dkn + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
     dk_ptrs = dK + b * stride_dkb + hk * stride_dkh + rows
     dv_ptrs = dV + b * stride_dvb + hk * stride_dvh + start_n * stride_dvn + offs_n[:, None] * stride_dvn \
-        + offs_dp[None, :] * stride_dvd
+        + offs_d[None, :] * stride_dvd
     if ATOMIC:
         tl.atomic_add(dk_ptrs, dk * sm_scale, mask=mask, sem="relaxed")
         tl.atomic_add(dv_ptrs, dv, mask=mask, sem="relaxed")
@@ -300,18 +267,14 @@ def _bwd_dq(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
     HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    D_SPLIT: tl.constexpr,
 ):
-    """One program per query tile, head and head-dim part (``D_SPLIT`` parts): ``dQ = scale * sum dS K`` over the
-    key tiles it sees, in the part's columns."""
+    """One program per query tile and head: ``dQ = scale * sum dS K`` over the key tiles it sees."""
     b, h, _, hk = _program_heads(tl.program_id(1), num_heads, group, False)
     start_m = tl.program_id(0).to(tl.int64) * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < HEAD_DIM
-    offs_dp = _head_dim_part(offs_d, D_PAD, D_SPLIT)
-    mask_dp = offs_dp < HEAD_DIM
     k_len = key_length(KLens, b, n_k, HAS_KLENS)
     q = _load_rows(Q + b * stride_qb + h * stride_qh, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
     do = _load_rows(dO + b * stride_dob + h * stride_doh, start_m, offs_m, n_q, stride_don, offs_d, mask_d,
@@ -320,7 +283,7 @@ def _bwd_dq(
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
 
-    dq = tl.zeros([BLOCK_M, D_PAD // D_SPLIT], tl.float32)
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     if HAS_BLOCK_MASK:
         # the visit lists of the mask's query block holding this tile (BLOCK_M divides block_q): partial key
         # blocks with their token tile, then full ones, each in BLOCK_N-wide sub-tiles
@@ -334,15 +297,14 @@ def _bwd_dq(
                 start_n = key_block * MASK_BK + sub
                 allowed = (start_n + offs_n < k_len)[None, :] & (tl.load(tile + sub) != 0)
                 dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              offs_dp, mask_dp, stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale,
-                              DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
         for i in range(0, tl.load(FullNum + row)):
             key_block = tl.load(FullIdx + full_row + i).to(tl.int64)
             for sub in range(0, MASK_BK, BLOCK_N):
                 start_n = key_block * MASK_BK + sub
                 dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              offs_dp, mask_dp, stride_kn, stride_kd, stride_vn, stride_vd,
-                              (start_n + offs_n < k_len)[None, :], qk_scale, DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                              stride_kn, stride_kd, stride_vn, stride_vd, (start_n + offs_n < k_len)[None, :],
+                              qk_scale, DOT_PRECISION, UPCAST_DOTS)
     else:
         if HAS_GROUPS:
             q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n, mask=start_m + offs_m < n_q,
@@ -359,38 +321,35 @@ def _bwd_dq(
                 allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
             if visit:
                 dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              offs_dp, mask_dp, stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale,
-                              DOT_PRECISION, UPCAST_DOTS, D_SPLIT)
+                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
 
     dq_ptrs = dQ + b * stride_dqb + h * stride_dqh + start_m * stride_dqn + offs_m[:, None] * stride_dqn \
-        + offs_dp[None, :] * stride_dqd
-    tl.store(dq_ptrs, (dq * sm_scale).to(dQ.dtype.element_ty),
-             mask=(start_m + offs_m < n_q)[:, None] & mask_dp[None, :])
+        + offs_d[None, :] * stride_dqd
+    tl.store(dq_ptrs, (dq * sm_scale).to(dQ.dtype.element_ty), mask=(start_m + offs_m < n_q)[:, None] & mask_d[None, :])
 
-# Shipped configurations per GPU arch (SM major) and padded half head dim: (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M,
-# BLOCK_N, num_warps, num_stages, D_SPLIT head-dim parts of the gradients).  As in the tutorial, the dK/dV
+# Shipped configurations per GPU arch (SM major) and padded half head dim:
+# (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M, BLOCK_N, num_warps, num_stages).  As in the tutorial, the dK/dV
 # kernel keeps a tall key tile resident and streams narrow query tiles; the dQ kernel the reverse.  The kernels
 # never rotate (Q and K are rotated by the pre-pass kernel first), so one list serves every RoPE family; each
 # entry is compiled by `baton-fast selftest --static` (spill-free, HGMMA on sm_90 / HMMA on sm_80, 64-bit
 # addresses; docs/training.md has the table).
-# sm_90 at D = 256: a 64-key dK/dV tile (the least a wgmma takes) holding K, V and fp32 dK, dV over the whole head
-# dim spilled 108-4128 B at every tile tried, so there the gradients' head dim is split over D_SPLIT = 8 programs
-# (32 columns each; every part recomputes P and dS over the full head dim): wgmma (HGMMA) and spill-free at 4 warps,
-# 2 stages (D_SPLIT = 2 or 4, or 8 warps, spilled 4-1208 B in at least one loop variant).  sm_8x at
+# sm_90 at D = 256: a 64-key dK/dV tile (the least a wgmma takes) holds K, V and fp32 dK, dV; every wgmma tile tried
+# spilled (108-4128 B at 4, 8 and 16 warps), so D = 256 runs 16-row mma.sync (HMMA) tiles there, spill-free with
+# two stages (one stage spilled 24 B in the dQ kernel's block-mask loop; static_check.BWD_HMMA_ON_SM90).  sm_8x at
 # D = 32 / 64: the former (16 or 32, 64, 64, ..., 4, 2) tiles spilled 8 B in one loop variant.
 BWD_CONFIGS = {
-    (9, 16): (32, 64, 64, 32, 4, 2, 1),
-    (9, 32): (32, 64, 64, 32, 8, 2, 1),
-    (9, 64): (32, 64, 64, 32, 8, 2, 1),
-    (9, 128): (16, 64, 64, 16, 4, 2, 8),
-    (8, 16): (32, 64, 64, 32, 4, 3, 1),
-    (8, 32): (16, 64, 64, 16, 8, 2, 1),
-    (8, 64): (16, 32, 32, 16, 4, 1, 1),
-    (8, 128): (16, 32, 32, 16, 8, 1, 1),
+    (9, 16): (32, 64, 64, 32, 4, 2),
+    (9, 32): (32, 64, 64, 32, 8, 2),
+    (9, 64): (32, 64, 64, 32, 8, 2),
+    (9, 128): (16, 32, 32, 16, 8, 2),
+    (8, 16): (32, 64, 64, 32, 4, 3),
+    (8, 32): (16, 64, 64, 16, 8, 2),
+    (8, 64): (16, 32, 32, 16, 4, 1),
+    (8, 128): (16, 32, 32, 16, 8, 1),
 }
 # Pinned under the interpreter (and by tests): few tile iterations keep CPU emulation fast, and the test
 # sizes (1, 17, 33, 130, 257) still end in partial tiles.
-INTERPRETER_BWD_CONFIG = (16, 32, 32, 16, 1, 1, 1)
+INTERPRETER_BWD_CONFIG = (16, 32, 32, 16, 1, 1)
 
 
 def bwd_config(q, block_mask=None) -> tuple:
@@ -452,14 +411,14 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     group = H // Hk
-    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages, d_split = config or bwd_config(q, block_mask)
+    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = config or bwd_config(q, block_mask)
     upcast = upcast_dots(q.dtype)
     common = dict(HEAD_DIM=D, D_PAD=2 * half_pad(D), HAS_KLENS=k_lens is not None, HAS_GROUPS=q_groups is not None,
                   HAS_BLOCK_MASK=block_mask is not None,
                   MASK_BQ=block_mask.block_q if block_mask is not None else 16,
                   MASK_BK=block_mask.block_k if block_mask is not None else 16,
                   DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast,
-                  D_SPLIT=d_split, num_warps=num_warps, num_stages=num_stages)
+                  num_warps=num_warps, num_stages=num_stages)
 
     lse = lse.contiguous()  # rows are addressed as (b * H + h) * Nq + i
     dlse = dlse.float().contiguous() if dlse is not None else None
@@ -486,13 +445,13 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
     dv = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device,
                                                   dtype=torch.float32 if atomic or upcast else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse, by_key_block=True)
-    _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk), d_split)](
+    _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
         *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars,
         ATOMIC=atomic, BLOCK_M=block_m1, BLOCK_N=block_n1, **common)
 
     dq = torch.empty((B, n_q, H, D), device=q.device, dtype=torch.float32 if fp32_q else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse)
-    _bwd_dq[(triton.cdiv(n_q, block_m2), B * H, d_split)](
+    _bwd_dq[(triton.cdiv(n_q, block_m2), B * H)](
         *inputs, *lists, dq, *strides, *list_strides, *dq.stride(), *scalars,
         BLOCK_M=block_m2, BLOCK_N=block_n2, **common)
     return dq, dk, dv

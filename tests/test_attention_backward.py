@@ -190,22 +190,3 @@ def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, H
         assert_gradients_within_budget(
             lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
             reference_fn, (q, k, v), dtype, seed=23)
-
-
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_head_dim_split_at_d256(monkeypatch, deterministic):
-    """D = 256 with the head-dim split of the shipped sm_90 configuration (each program accumulates D / D_SPLIT
-    columns of dQ, dK, dV) forced on under the interpreter: GQA 2/1 (atomics, or the deterministic per-key-head
-    order), key lengths, odd sizes, fp16 against float64."""
-    from baton_fast.kernels import rope_attention_bwd
-
-    d_split = rope_attention_bwd.BWD_CONFIGS[(9, 128)][6]
-    assert d_split > 1
-    monkeypatch.setattr(rope_attention_bwd, "INTERPRETER_BWD_CONFIG",
-                        (*rope_attention_bwd.INTERPRETER_BWD_CONFIG[:6], d_split))
-    q, k, v, qc, kc, table, k_table = make_inputs("wan", torch.float16, 1, 17, 33, 2, 1, 256, seed=31)
-    kw = dict(k_table=k_table, k_lens=torch.tensor([25]))
-    with bf.deterministic(deterministic):
-        assert_gradients_within_budget(lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, **kw),
-                                       lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
-                                       (q, k, v), torch.float16, seed=17)

@@ -51,10 +51,12 @@ def test_no_spills_and_no_local_memory(records):
 
 
 def test_tensor_core_instructions(records):
-    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel, forward and backward (the D = 256
-    backward on sm_90 through its head-dim split); the pre-passes have no dot."""
+    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel, forward and backward (but the D = 256
+    backward on sm_90: HMMA, static_check.BWD_HMMA_ON_SM90); the pre-passes have no dot."""
     for r in records:
         expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}[r["arch"]] if r["kernel"] in static_check.MMA_KERNELS else "none"
+        if r["kernel"] in static_check.BWD_KERNELS and r["arch"] == "sm_90" and r["D"] in static_check.BWD_HMMA_ON_SM90:
+            expected = "HMMA"
         assert r["mma"] == expected, r
         assert (r["mma_count"] > 0) == (expected != "none"), r
 
