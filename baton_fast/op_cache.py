@@ -45,9 +45,9 @@ class _RotationCache:
     """Rotation factors of the PyTorch path (:func:`~baton_fast.reference.rotation_factors`) for the coordinates of
     the last few calls.  The layers of a forward rotate by the same coordinate tensors (and q and k of a
     self-attention by the same ones), so the CPU path computes their factors once per forward, as diffusers does
-    its cos/sin.  An entry is reused only while its coordinate and table
-    tensors are alive and unchanged (same objects, same version counters); inference-mode tensors, which have no
-    version counter, are not cached.  Entries of dead coordinates are dropped at the next miss."""
+    its cos/sin.  An entry is reused only while its coordinate and table tensors are alive and unchanged (same
+    objects, same version counters); inference-mode tensors, which have no version counter, are not cached.
+    Entries of dead coordinates are dropped at the next miss."""
 
     SIZE = 8
 
@@ -57,18 +57,21 @@ class _RotationCache:
     def get(self, coords, freqs, axes, interleaved: bool, dtype):
         """:func:`~baton_fast.reference.rotation_factors` of ``coords`` under the table ``(freqs, axes, interleaved)``
         for ``dtype``."""
-        table = RopeTable.trusted(freqs, axes, interleaved, coords.shape[2])
+        def compute():
+            return reference.rotation_factors(coords, RopeTable.trusted(freqs, axes, interleaved, coords.shape[2]),
+                                              dtype)
+
         try:
             key = (id(coords), coords._version, id(freqs), freqs._version, id(axes), axes._version, interleaved, dtype)
         except RuntimeError:  # inference tensor
-            return reference.rotation_factors(coords, table, dtype)
+            return compute()
         entry = self._entries.get(key)
         if entry is not None and all(ref() is t for ref, t in zip(entry[0], (coords, freqs, axes))):
             self._entries.move_to_end(key)
             return entry[1]
         for stale in [k for k, (refs, _) in self._entries.items() if any(ref() is None for ref in refs)]:
             del self._entries[stale]
-        value = reference.rotation_factors(coords, table, dtype)
+        value = compute()
         self._entries[key] = (tuple(weakref.ref(t) for t in (coords, freqs, axes)), value)
         if len(self._entries) > self.SIZE:
             self._entries.popitem(last=False)
