@@ -323,6 +323,15 @@ def scheme_for_call(quant: Optional[str], *, return_lse: bool, masked: bool, gra
     return quant
 
 
+def context_scheme(masked: bool, *tensors: torch.Tensor) -> Optional[str]:
+    """The :func:`attention_quant` context's scheme for an attention that needs no LSE, computed from ``tensors``
+    (its inputs, or the projections they come from), as :func:`scheme_for_call` decides: None with a mask
+    (``masked``), with a gradient through ``tensors``, or outside the context.  Lets a QK pre-pass quantise in the
+    same pass when its attention will run quantised."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return scheme_for_call(None, return_lse=False, masked=masked, grad=grad)
+
+
 def _refuse_masks_and_gradient(quant: str, masked: bool, grad: bool):
     for needed, what in ((masked, "q_groups/k_groups or block_mask"), (grad, "a gradient")):
         if needed:

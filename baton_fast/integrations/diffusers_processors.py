@@ -35,7 +35,7 @@ from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rot
 from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
 
 from ..ops import qk_rmsnorm_rope, rope_attention
-from ..quant import scheme_for_call
+from ..quant import context_scheme
 from ..rope import RopeTable
 
 __all__ = ["RotaryCoords", "FastLTX2AttnProcessor", "FastWanAttnProcessor", "is_key_lengths"]
@@ -62,9 +62,7 @@ def _prepass_scheme(mask, *projections: torch.Tensor) -> Optional[str]:
     """The quantisation scheme of a layer's QK pre-pass: the :func:`~baton_fast.quant.attention_quant` context's,
     for a layer that attends on baton-fast (``mask`` None or key lengths) with no gradient through its
     ``projections``, as ``rope_attention`` decides for its own inputs; None (full precision) otherwise."""
-    masked = mask is not None and not is_key_lengths(mask)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in projections)
-    return scheme_for_call(None, return_lse=False, masked=masked, grad=grad)
+    return context_scheme(mask is not None and not is_key_lengths(mask), *projections)
 
 
 def _rmsnorm_rope(attn, query, key, query_rope, key_rope, quant: Optional[str] = None):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import baton_fast
-from baton_fast.quant import scheme_for_call
+from baton_fast.quant import context_scheme
 from baton_fast.rope import RopeTable
 
 __all__ = ["split_heads", "KeyValue", "SelfAttention", "prepass_quant", "CrossAttention", "FeedForward"]
@@ -77,8 +77,7 @@ def prepass_quant(masked: bool, *tensors: torch.Tensor) -> dict:
     the same pass: the :func:`~baton_fast.quant.attention_quant` context's scheme, for a call with no mask and no
     gradient through ``tensors`` (the projections it attends with), as ``rope_attention`` decides for its own
     inputs; ``{}`` (full precision) otherwise."""
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    scheme = scheme_for_call(None, return_lse=False, masked=masked, grad=grad)
+    scheme = context_scheme(masked, *tensors)
     return {} if scheme is None else {"quant": scheme}
 
 
