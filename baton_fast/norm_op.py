@@ -1,7 +1,8 @@
 """The RMSNorm + RoPE op family: ``apply_rope``, ``rmsnorm_rope`` and ``qk_rmsnorm_rope`` (argument checks, the
 ``baton_fast::rmsnorm_rope`` / ``baton_fast::qk_rmsnorm_rope`` custom ops with the Triton kernel or the reference
 path beside it, and their fake implementations).  The backward is registered on the ops by
-:mod:`baton_fast.autograd`; ``qk_rmsnorm_rope(..., quant=...)`` hands over to :mod:`baton_fast.quant`."""
+:mod:`baton_fast.autograd`; ``rmsnorm_rope(..., quant=...)`` and ``qk_rmsnorm_rope(..., quant=...)`` hand over to
+:mod:`baton_fast.quant`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -129,15 +130,27 @@ def apply_rope(x: torch.Tensor, coords: torch.Tensor, table: RopeTable, *, check
 
 def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: Optional[RopeTable] = None, *,
                  weight: Optional[torch.Tensor] = None, eps: float = 1e-6, across_heads: bool = True,
-                 check_values: bool = True) -> torch.Tensor:
-    """RMSNorm then RoPE of one tensor ``x [B, N, H, D]`` in one pass (a query whose keys were rotated once and
-    cached, e.g. the plan cross-attention).  ``weight``: ``[H*D]`` (``across_heads``) or ``[D]``; coordinates and
-    table as :func:`apply_rope`, or neither (RMSNorm alone).  Returns a contiguous tensor of x's shape and dtype."""
+                 check_values: bool = True, quant: Optional[str] = None, smooth: bool = False):
+    """RMSNorm then RoPE of one tensor ``x [B, N, H, D]`` (fp16/bf16/fp32) in one pass (a query whose keys were
+    rotated once and cached, e.g. the plan cross-attention).  ``weight``: ``[H*D]`` (``across_heads``) or ``[D]``;
+    coordinates and table as :func:`apply_rope`, or neither (RMSNorm alone).  Returns a contiguous tensor of x's
+    shape and dtype.
+
+    ``quant="fp8"`` / ``"int8"`` / ``"int8+fp8"``: the same pass also quantises, as the query side of
+    :func:`qk_rmsnorm_rope` does, and returns a :class:`~baton_fast.quant.QuantizedTensor` (int8 / fp8 e4m3 data
+    ``[B, N, H, D]``, float32 scales ``[B, H, N]``) for ``rope_attention(..., rotate_q=False, rotate_k=False)``;
+    ``smooth=True`` quantises it as a key side instead (minus its per-head token mean, float32 ``[B, H, D]``, kept
+    as the tensor's ``mean``; one more read of x)."""
     norm = NORM_MODES["across_heads" if across_heads else "head"]
     eps = _check_eps(eps)
+    if smooth and quant is None:
+        raise ValueError("smooth: only with quant= (the smoothing mean is part of the quantised key side)")
     coords, table, rotated = _norm_only_placeholders("x", x, coords, table)
     args = _rmsnorm_rope_args("x", x, coords, table, norm, weight, "coords", "weight", "table")
     (args,) = _sides_values_checked([("coords", args, rotated)], check_values)
+    if quant is not None:
+        from . import quant as _quant
+        return _quant.quantize_prepass([(args, smooth)], norm, eps, quant, rotate=rotated)[0]
     return _run([args], norm, eps)[0]
 
 

@@ -39,12 +39,15 @@ class QuantizedTensor:
 
     ``data``: int8 / float8_e4m3fn ``[B, N, H, D]``; ``scale``: float32, ``[B, H, N]`` (one per token and head,
     Q and K) or ``[B, H, cdiv(N, V_BLOCK), D]`` (one per key block and channel, V); ``scheme``: one of
-    :data:`SCHEMES`, the attention it is for; ``mean``: float32 ``[B, H, D]``, the vector subtracted from every token before quantising (K's
-    smoothing; zeros for Q and V).  ``dequantize()`` gives ``data * scale + mean`` in float32."""
+    :data:`SCHEMES`, the attention it is for; ``mean``: float32 ``[B, H, D]``, the vector subtracted from every
+    token before quantising (K's smoothing; zeros for Q and V); ``source_dtype``: the float dtype of the tensor it
+    was quantised from (a quantised Q's sets the attention's output dtype).  ``dequantize()`` gives
+    ``data * scale + mean`` in float32."""
     data: torch.Tensor
     scale: torch.Tensor
     scheme: str
     mean: Optional[torch.Tensor] = None
+    source_dtype: Optional[torch.dtype] = None
 
     @property
     def shape(self):
@@ -243,7 +246,7 @@ def quantize_rows(side: tuple, norm: int, eps: float, scheme: str, *, rotate: bo
     check_scheme(scheme, x.device)
     data, scale, mean = _quantize_rows_op(x, coords, freqs, axes, interleaved, weight, norm, eps, rotate, smooth,
                                           scheme)
-    return QuantizedTensor(data, scale, scheme, mean)
+    return QuantizedTensor(data, scale, scheme, mean, x.dtype)
 
 
 def quantize(x: torch.Tensor, scheme: str, *, smooth: bool = False) -> QuantizedTensor:
@@ -267,7 +270,7 @@ def quantize_v(v: torch.Tensor, scheme: str):
         return v
     if not FP8_PV[scheme]:
         return v.to(torch.float16)
-    return QuantizedTensor(*_quantize_v_op(v), scheme)
+    return QuantizedTensor(*_quantize_v_op(v), scheme, source_dtype=v.dtype)
 
 
 def quant_attention(q: QuantizedTensor, k: QuantizedTensor, v, *, k_lens: Optional[torch.Tensor] = None,
@@ -339,18 +342,28 @@ def _refuse_masks_and_gradient(quant: str, masked: bool, grad: bool):
                              f"got {what} with quant={quant!r}")
 
 
+def quantize_prepass(sides: list, norm: int, eps: float, quant: str, *, rotate: bool) -> tuple:
+    """The quantising pre-pass of ``rmsnorm_rope`` / ``qk_rmsnorm_rope(..., quant=...)``: each ``(side, smooth)``
+    (a checked side as :func:`quantize_rows` takes it; ``smooth`` for a K side) normalised, rotated and quantised
+    in one pass; one :class:`QuantizedTensor` per side.  A gradient through the inputs or weights is refused
+    (the quantised tensors carry none), naming ``quant``, before any launch."""
+    scheme = check_scheme(quant)
+    inputs = [t for side, _ in sides for t in (side[0], side[5]) if t is not None]  # x and its weight
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    _refuse_masks_and_gradient(scheme, masked=False, grad=grad)
+    return tuple(quantize_rows(side, norm, eps, scheme, rotate=rotate, smooth=smooth) for side, smooth in sides)
+
+
 def quantize_qk(q_side: tuple, k_side: tuple, norm: int, eps: float, quant: str, *, rotate: bool):
     """``qk_rmsnorm_rope(..., quant=...)`` on its checked sides: ``(q, k)`` as :class:`QuantizedTensor`, K smoothed."""
-    scheme = check_scheme(quant)
-    return (quantize_rows(q_side, norm, eps, scheme, rotate=rotate, smooth=False),
-            quantize_rows(k_side, norm, eps, scheme, rotate=rotate, smooth=True))
+    return quantize_prepass([(q_side, False), (k_side, True)], norm, eps, quant, rotate=rotate)
 
 
 def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rotate_k: bool, k_lens, scale,
                            return_lse: bool, masked: bool) -> torch.Tensor:
     """``rope_attention`` on the :class:`QuantizedTensor` q and k of ``qk_rmsnorm_rope(..., quant=...)``: they are
-    rotated already, and their scheme is the call's (``quant`` None or the same).  Returns v's float dtype
-    (bfloat16 for a quantised v), and with ``return_lse`` the LSE (:func:`quant_attention`)."""
+    rotated already, and their scheme is the call's (``quant`` None or the same).  Returns the dtype q was quantised
+    from (else v's float dtype, else bfloat16), and with ``return_lse`` the LSE (:func:`quant_attention`)."""
     if rotate_q or rotate_k:
         raise ValueError("rotate_q, rotate_k: quantised q and k are rotated by the pre-pass; pass "
                          "rotate_q=False, rotate_k=False")
@@ -358,7 +371,8 @@ def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rot
     if quant is not None and quant != scheme:
         raise ValueError(f"quant: expected None or q's scheme {scheme!r}, got {quant!r}")
     _refuse_masks_and_gradient(scheme or "fp8", masked, grad=False)
-    out_dtype = v.dtype if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else torch.bfloat16
+    out_dtype = getattr(q, "source_dtype", None) or (
+        v.dtype if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else torch.bfloat16)
     return quant_attention(q, k, v, k_lens=k_lens, scale=scale, out_dtype=out_dtype, return_lse=return_lse)
 
 

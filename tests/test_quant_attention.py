@@ -71,6 +71,54 @@ def test_prepass_self_attention_wan_fp8(triton_backend):
     _assert_within_budget(out, *_truth_and_plain(q_rot, k_rot, v, "fp8"), "fp8")
 
 
+def _assert_writes_the_plain_scheme(qt, x_rot, scheme, smooth):
+    """The pre-pass wrote the plain scheme's quantisation of its (fp32) normalised, rotated input: scales and mean
+    to fp32 rounding, the 8-bit values equal but for a rounding tie here and there (at most one step each)."""
+    plain = quant.quantize_rows_reference(x_rot, scheme, smooth=smooth)
+    torch.testing.assert_close(qt.scale, plain.scale, rtol=1e-6, atol=0)
+    torch.testing.assert_close(qt.mean, plain.mean, rtol=0, atol=1e-6)
+    differ = qt.data.float() != plain.data.float()
+    assert int(differ.sum()) <= max(1, differ.numel() // 1000), f"{int(differ.sum())} of {differ.numel()} differ"
+    if quant.QK_FORMAT[scheme] == "int8":
+        assert (qt.data.int() - plain.data.int()).abs().max() <= 1
+    else:
+        torch.testing.assert_close(qt.dequantize(), plain.dequantize(), rtol=2 ** -3, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, scheme, family, dtype", [(17, "int8", "ltx2", torch.float32),
+                                                      (130, "int8+fp8", "ovi", torch.float32),
+                                                      (130, "fp8", "ltx2", torch.bfloat16)])
+def test_rmsnorm_rope_quantises_in_its_pass(triton_backend, n, scheme, family, dtype):
+    """rmsnorm_rope(quant=...) (the plan cross-attention's query pre-pass: RMSNorm with a weight, RoPE and the
+    quantisation in one pass) and, for its keys, rmsnorm_rope(quant=..., smooth=True); then rope_attention on the
+    quantised tensors against float64.  LTX-2's per-head table (split pairs, norm per head, weights [D]) and Ovi's
+    scaled temporal table (norm across heads, weights [H*D]); Nq = 17 / 130, Nk = 41 / 70, K with a channel bias."""
+    torch.manual_seed(8)
+    B, H, D, n_k = 2, 2, 64, 41 if n == 17 else 70
+    q = torch.randn(B, n, H, D).to(dtype)
+    k = (torch.randn(B, n_k, H, D) + 0.3 * torch.randn(D)).to(dtype)
+    v = torch.randn(B, n_k, H, D).to(dtype)
+    if family == "ltx2":
+        table, across, width = RopeTable.ltx2(H * D, H, interleaved=False), False, D
+        q_coords, k_coords = torch.rand(1, n, 3) * 2 - 1, torch.rand(1, n_k, 3) * 2 - 1
+    else:
+        table, across, width = RopeTable.ovi_temporal(D, scale=0.19676), True, H * D
+        q_coords = torch.arange(n, dtype=torch.float32)[None, :, None]
+        k_coords = (torch.arange(n_k, dtype=torch.float32) // 3)[None, :, None]
+    wq, wk = 1 + 0.1 * torch.randn(width), 1 + 0.1 * torch.randn(width)
+    qq = baton_fast.rmsnorm_rope(q, q_coords, table, weight=wq, across_heads=across, quant=scheme)
+    kq = baton_fast.rmsnorm_rope(k, k_coords, table, weight=wk, across_heads=across, quant=scheme, smooth=True)
+    assert (qq.scheme, kq.scheme, qq.source_dtype, qq.shape) == (scheme, scheme, dtype, q.shape)
+    rotated = [reference.rmsnorm_rope(x.double(), c, table, weight=w.double(), across_heads=across)
+               for x, c, w in ((q, q_coords, wq), (k, k_coords, wk))]
+    for qt, x, c, w, smooth in ((qq, q, q_coords, wq, False), (kq, k, k_coords, wk, True)):
+        x_rot = reference.rmsnorm_rope(x.float(), c, table, weight=w, across_heads=across)
+        _assert_writes_the_plain_scheme(qt, x_rot, scheme, smooth)
+    out = baton_fast.rope_attention(qq, kq, v, rotate_q=False, rotate_k=False)
+    assert out.dtype == dtype and out.shape == q.shape
+    _assert_within_budget(out, *_truth_and_plain(*rotated, v.double(), scheme), scheme)
+
+
 @pytest.mark.parametrize("scheme", ["int8", "fp8"])
 def test_cross_attention_gqa_key_lengths_ovi(triton_backend, scheme):
     """Ovi audio->video style cross-attention rotated in rope_attention(quant=...): GQA (H=4, Hk=2), Nq=17,
@@ -200,6 +248,11 @@ def test_default_is_full_precision_and_the_context_selects():
                                                rotate_q=False, rotate_k=False, quant="fp8"), "quant: expected"),
     (lambda q, k, v: quant.quant_attention(q, q, v), "q: expected a QuantizedTensor"),
     (lambda q, k, v: baton_fast.qk_rmsnorm_rope(q, k, quant="int4"), "quant:"),
+    (lambda q, k, v: baton_fast.rmsnorm_rope(q, quant="int4"), "quant:"),
+    (lambda q, k, v: baton_fast.rmsnorm_rope(q, smooth=True), "smooth: only with quant="),
+    (lambda q, k, v: baton_fast.rmsnorm_rope(q, weight=torch.ones(64, requires_grad=True), quant="int8"),
+     "quant: .* no gradient; got a gradient"),
+    (lambda q, k, v: baton_fast.qk_rmsnorm_rope(q.requires_grad_(), k, quant="fp8"), "quant: .* got a gradient"),
 ])
 def test_bad_arguments_are_named(call, message):
     q, k, v = (torch.randn(1, 8, 2, 32) for _ in range(3))

@@ -96,11 +96,13 @@ class CrossAttention(nn.Module):
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(self.norm_q(self.q(x)), self.num_heads)
 
-    def rotated_queries(self, x: torch.Tensor, coords: torch.Tensor, table: RopeTable) -> torch.Tensor:
-        """:meth:`queries` rotated by ``coords`` in one fused RMSNorm + RoPE pass, ``[B, N, H, D]``: the attention
-        then reads both sides already rotated (``rope_attention``'s fast ``plain`` tiles)."""
-        return baton_fast.rmsnorm_rope(split_heads(self.q(x), self.num_heads), coords, table,
-                                       weight=self.norm_q.weight, eps=self.norm_q.eps, check_values=False)
+    def rotated_queries(self, q: torch.Tensor, coords: torch.Tensor, table: RopeTable, **quant):
+        """The query projections ``q = split_heads(self.q(x)) [B, N, H, D]`` normalised (``norm_q``) and rotated by
+        ``coords`` in one fused RMSNorm + RoPE pass, ``[B, N, H, D]``: the attention then reads both sides already
+        rotated (``rope_attention``'s fast ``plain`` tiles).  ``quant``: :func:`prepass_quant`'s keywords (with a
+        scheme the same pass quantises them: a :class:`~baton_fast.quant.QuantizedTensor`, the query side)."""
+        return baton_fast.rmsnorm_rope(q, coords, table, weight=self.norm_q.weight, eps=self.norm_q.eps,
+                                       check_values=False, **quant)
 
     def forward(self, x, k, v, q_coords, k_coords, table: RopeTable, **rope) -> torch.Tensor:
         """x ``[B, N, dim]``; k, v ``[B, M, H, D]``; returns ``[B, N, dim]``."""

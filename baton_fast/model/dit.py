@@ -10,7 +10,8 @@ One fusion layer = one video block and one audio block (Ovi pairs them 1:1 at fu
    projection;
 3. Baton's plan cross-attention, cascaded after step 2: RS-RoPE with the branch's own table; its keys
    and values (projection of the embedded planned tokens, keys rotated once) are computed once per
-   sampling run by :meth:`DualBranchDiT.prepare` and cached in the :class:`RunContext`;
+   sampling run by :meth:`DualBranchDiT.prepare` and cached in the :class:`RunContext`
+   (:class:`PlanKeyValues`, which also keeps them quantised, once per scheme, for the quantised steps);
 4. FFN, adaLN-modulated.
 
 SpA2V's layout masks (:class:`~baton_fast.model.layout.LayoutGuidance`, optional per evaluation)
@@ -18,7 +19,8 @@ restrict steps 1 and 2a of the video branch: a masked forward runs its video tok
 (step 1 on the layout's block mask); a sliding-tile window (``prepare(..., sparse_window=...)``) runs them in
 tile-major order.  Either way the coordinates travel with the tokens, and the tokens go back to raster order
 before the head.  On quantised steps (the sampler's quant schedule) the unmasked attentions whose Q and K come
-from the QK RMSNorm + RoPE pre-pass quantise them there (:func:`~baton_fast.model.attention.prepass_quant`).
+from the QK RMSNorm + RoPE pre-pass quantise them there (:func:`~baton_fast.model.attention.prepass_quant`); the
+plan cross-attention quantises Q in its RMSNorm + RoPE pass and reads the cached K and V quantised.
 
 Everything that is fixed for a sampling run (token coordinates, RoPE tables, embedded text, plan
 keys/values) lives in a :class:`RunContext`; a denoise step only reads it.
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 import baton_fast
+from baton_fast import quant
 from baton_fast.rope import RopeTable, audio_coords, video_grid_coords
 
 from .attention import CrossAttention, FeedForward, KeyValue, SelfAttention, prepass_quant, split_heads
@@ -41,8 +44,8 @@ from .layout import NO_MASKS, UNMASKED, AttentionGroups, LayoutGuidance, VideoMa
 from .planner import PlannedTokens
 from .sparsity import VideoSparsity
 
-__all__ = ["BranchGeometry", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video", "unpatchify_video",
-           "patchify_audio", "unpatchify_audio", "timestep_embedding", "check_run_values"]
+__all__ = ["BranchGeometry", "PlanKeyValues", "RunContext", "DualBranchDiT", "FusionBlock", "patchify_video",
+           "unpatchify_video", "patchify_audio", "unpatchify_audio", "timestep_embedding", "check_run_values"]
 
 
 # ------------------------------------------------------------------ patchify
@@ -103,10 +106,30 @@ class BranchGeometry:
     shard: Optional[object] = None
 
 
+class PlanKeyValues(tuple):
+    """One block's plan keys and values for a run, the pair ``(k, v)`` ``[B, P, H, D]`` (k rotated by RS-RoPE),
+    and their quantised forms for the quantised steps, made from them once per scheme (:meth:`quantized`): they
+    live and go with the pair (a new run builds new pairs)."""
+
+    def __new__(cls, k: torch.Tensor, v: torch.Tensor):
+        return super().__new__(cls, (k, v))
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self._quantized = {}
+
+    def quantized(self, scheme: str) -> tuple:
+        """``(k, v)`` for ``scheme``'s attention: K smoothed by its token mean and quantised per (token, head)
+        (:func:`~baton_fast.quant.quantize`), V as the scheme reads it (:func:`~baton_fast.quant.quantize_v`)."""
+        if scheme not in self._quantized:
+            k, v = self
+            self._quantized[scheme] = (quant.quantize(k, scheme, smooth=True), quant.quantize_v(v, scheme))
+        return self._quantized[scheme]
+
+
 @dataclass(frozen=True)
 class BranchContext:
     """Per-run inputs of one branch: embedded text ``[B, L, dim]``, its lengths ``int32 [B]``, geometry, and
-    the cached plan keys/values, one ``(k_rotated, v)`` pair ``[B, P, H, D]`` per block (or None)."""
+    the cached plan keys/values, one :class:`PlanKeyValues` pair ``[B, P, H, D]`` per block (or None)."""
 
     text: torch.Tensor
     text_lens: torch.Tensor
@@ -184,16 +207,22 @@ class TextAndCrossModalAttention(CrossAttention):
 class PlanCrossAttention(CrossAttention):
     """Baton's plan cross-attention with RS-RoPE; keys/values come from :meth:`keys_values`, once per run."""
 
-    def keys_values(self, plan: torch.Tensor, geo: BranchGeometry):
+    def keys_values(self, plan: torch.Tensor, geo: BranchGeometry) -> PlanKeyValues:
         """Embedded planned tokens ``[B, P, dim]`` -> ``(k rotated by RS-RoPE, v)``, each ``[B, P, H, D]``."""
         k, v = self.kv(plan)
-        return baton_fast.apply_rope(k, geo.plan_coords, geo.table), v
+        return PlanKeyValues(baton_fast.apply_rope(k, geo.plan_coords, geo.table), v)
 
-    def forward(self, x, kv, geo: BranchGeometry) -> torch.Tensor:
-        """Q rotated by the fused pre-pass, K cached rotated: the largest attention of Baton on the ``plain`` tiles."""
-        q = self.rotated_queries(x, geo.coords, geo.table)
+    def forward(self, x, kv: PlanKeyValues, geo: BranchGeometry) -> torch.Tensor:
+        """Q rotated by the fused pre-pass, K cached rotated: the largest attention of Baton on the ``plain`` tiles.
+        On quantised steps (:func:`prepass_quant`) the pre-pass quantises Q and the attention reads ``kv``'s
+        quantised K and V (made once per run and scheme); a sequence-parallel rank (``geo.shard``) moves float
+        queries between ranks and lets its attention quantise inside the call."""
+        q = split_heads(self.q(x), self.num_heads)
+        quantized = prepass_quant(False, q, *kv) if geo.shard is None else {}
+        q = self.rotated_queries(q, geo.coords, geo.table, **quantized)
+        k, v = kv.quantized(quantized["quant"]) if quantized else kv
         attention = baton_fast.rope_attention if geo.shard is None else geo.shard.plan_attention
-        return self.o(attention(q, *kv, rotate_q=False, rotate_k=False).flatten(2))
+        return self.o(attention(q, k, v, rotate_q=False, rotate_k=False).flatten(2))
 
 
 class BranchBlock(nn.Module):
@@ -386,7 +415,7 @@ class DualBranchDiT(nn.Module):
             pa = self.audio_io.plan_embed(plan.audio.to(device, dtype))
             kv_v = [blk.video.plan_attn.keys_values(pv, gv) for blk in self.blocks]
             if mesh is not None:  # in the layout the sharded plan attention reads
-                kv_v = [sharding.cache_plan(kv) for kv in kv_v]
+                kv_v = [PlanKeyValues(*sharding.cache_plan(kv)) for kv in kv_v]
             kv_a = [blk.audio.plan_attn.keys_values(pa, ga) for blk in self.blocks]
         return RunContext(
             shape=shape,
