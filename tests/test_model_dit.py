@@ -319,3 +319,55 @@ def test_quantised_steps_quantise_q_and_k_in_the_prepass(dit, case, monkeypatch)
         dit(c["video"], c["audio"], c["timesteps"], ctx, layout)
     # per block: video self (block mask), audio self, video text (masked), video cross-modal, audio text, audio cross
     assert spy.schemes == [None, "int8", None, "int8", "int8", "int8"] * CFG.video.num_layers
+
+
+def test_quantised_plan_attention_quantises_q_in_its_prepass_and_the_cached_kv_once(dit, case, monkeypatch):
+    """On quantised steps the plan cross-attention quantises Q in its ``rmsnorm_rope`` pass and reads the cached
+    plan K (smoothed) and V quantised once per run and scheme (every step after the first reuses them; a new
+    run quantises again), and ``rope_attention`` is handed QuantizedTensors for it; the output equals the path
+    before (``rope_attention`` quantising the rotated q and the cached k, v in every call) to 1e-6."""
+    from baton_fast import quant
+    from baton_fast.model.dit import PlanKeyValues
+    from baton_fast.quant import attention_quant
+
+    monkeypatch.setenv("BATON_FAST_BACKEND", "reference")
+    c, layers = case, CFG.video.num_layers
+    quantize, key_quantisations = quant.quantize, []
+    monkeypatch.setattr(quant, "quantize", lambda x, scheme, smooth=False: key_quantisations.append((scheme, smooth))
+                        or quantize(x, scheme, smooth=smooth))
+    attention, calls = baton_fast.rope_attention, []
+    monkeypatch.setattr(baton_fast, "rope_attention", lambda q, k, v, *a, **kw: calls.append((q, k, v))
+                        or attention(q, k, v, *a, **kw))
+    ctx = prepare(dit, c)
+
+    def forward(context):
+        return dit(c["video"], c["audio"], c["timesteps"], context)
+
+    with torch.no_grad():
+        full = forward(ctx)
+    for scheme in quant.SCHEMES:
+        calls.clear()
+        with torch.no_grad(), attention_quant(scheme):
+            steps = [forward(ctx) for _ in range(3)]
+        assert key_quantisations == [(scheme, True)] * 2 * layers  # one K per block and branch for three steps
+        key_quantisations.clear()
+        cached = [kv.quantized(scheme) for branch in (ctx.video, ctx.audio) for kv in branch.plan_kv]
+        plan_calls = [(q, v, pair) for q, k, v in calls for pair in cached if k is pair[0]]
+        assert len(plan_calls) == 3 * 2 * layers
+        for q, v, (_, plan_v) in plan_calls:
+            assert isinstance(q, quant.QuantizedTensor) and q.scheme == scheme and v is plan_v
+        assert isinstance(cached[0][1], quant.QuantizedTensor) == quant.FP8_PV[scheme]
+        with monkeypatch.context() as m, torch.no_grad(), attention_quant(scheme):
+            m.setattr(baton_fast, "rmsnorm_rope", PrepassSpy(baton_fast.rmsnorm_rope, drop_quant=True))
+            m.setattr(PlanKeyValues, "quantized", lambda self, scheme: tuple(self))
+            before = forward(ctx)
+        assert all(torch.equal(a, b) for step in steps[:-1] for a, b in zip(step, steps[-1]))  # same inputs
+        for now, old, exact in zip(steps[-1], before, full):
+            assert now.dtype == old.dtype == torch.float32
+            torch.testing.assert_close(now, old, rtol=0, atol=1e-6)
+            assert (now - exact).abs().max() > 1e-4 * exact.abs().max()  # the step really ran quantised
+    with torch.no_grad(), attention_quant("int8"):
+        forward(ctx)
+        assert key_quantisations == []  # still cached for this run
+        forward(prepare(dit, c))
+    assert key_quantisations == [("int8", True)] * 2 * layers  # a new run's plan K/V are new
