@@ -385,14 +385,18 @@ def test_layers_read_nothing_back_coordinates_checked_once_per_forward():
 
 
 
-@pytest.mark.parametrize("family", ["ltx2", "wan"])
+@pytest.mark.parametrize("family", ["ltx2", "wan", "wan-i2v"])
 def test_quantised_layers_quantise_in_the_prepass(family, monkeypatch):
     """Under ``attention_quant``, every attention layer quantises Q and K in its norm + RoPE pass
-    (``qk_rmsnorm_rope(..., quant=...)``) and none re-quantises rotated tensors in ``rope_attention`` (the path
-    before); the outputs are those of that path within the quantisation budget, and quantised indeed."""
+    (``qk_rmsnorm_rope(..., quant=...)``; Wan I2V's image attention reuses that Q, its keys quantised in their
+    ``rmsnorm_rope`` pass) and none re-quantises rotated tensors in ``rope_attention`` (the path before); the
+    outputs are those of that path within the quantisation budget, and quantised indeed."""
     from baton_fast import quant
 
-    model, inputs = (tiny_ltx2(), ltx2_inputs(mask=PADDED)) if family == "ltx2" else (tiny_wan(), wan_inputs())
+    model, inputs = {"ltx2": lambda: (tiny_ltx2(), ltx2_inputs(mask=PADDED)),
+                     "wan": lambda: (tiny_wan(), wan_inputs()),
+                     "wan-i2v": lambda: (tiny_wan(image_dim=12, added_kv_proj_dim=32),
+                                         wan_inputs(text=512, image=5))}[family]()
     layers = sum(isinstance(m, (LTX2Attention, WanAttention)) for m in model.modules())
     full_precision = run(model, inputs)
     quantize_qk, prepasses = quant.quantize_qk, []

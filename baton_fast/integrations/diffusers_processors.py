@@ -22,8 +22,10 @@ from the device.
 Quantised attention: inside :func:`baton_fast.quant.attention_quant` (the context the sampler's hybrid schedule
 sets), a layer that attends on baton-fast (no additive mask) without a gradient quantises Q and K in its
 RMSNorm + RoPE pass (``qk_rmsnorm_rope(..., quant=scheme)``: norm, rotation and quantisation in one pass) and
-hands the quantised tensors to ``rope_attention``.  The layers on diffusers' ``(cos, sin)`` fallback path, and
-Wan's I2V image attention, quantise inside ``rope_attention`` as any call under the context does.
+hands the quantised tensors to ``rope_attention``; Wan's I2V image attention reuses that quantised query, its
+keys normalised and quantised in one pass (``rmsnorm_rope(..., quant=scheme, smooth=True)``).  The layers on
+diffusers' ``(cos, sin)`` fallback path quantise inside ``rope_attention`` as any call under the context does
+(their rotation is diffusers' own pass, so quantising its result first would be the same pass moved).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
 from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
 
-from ..ops import qk_rmsnorm_rope, rope_attention
+from ..ops import qk_rmsnorm_rope, rmsnorm_rope, rope_attention
 from ..quant import context_scheme
 from ..rope import RopeTable
 
@@ -74,13 +76,18 @@ def _rmsnorm_rope(attn, query, key, query_rope, key_rope, quant: Optional[str] =
     the same pass, for :func:`_attend`.
     """
     norm_q, norm_k = attn.norm_q, attn.norm_k
-    eps = norm_q.eps if norm_q.eps is not None else torch.finfo(query.dtype).eps
+    eps = _eps(norm_q, query)
     norm = dict(q_weight=norm_q.weight, k_weight=norm_k.weight, eps=eps, across_heads=True, check_values=False,
                 quant=quant)
     if query_rope is None:  # RMSNorm alone
         return qk_rmsnorm_rope(query, key, **norm)
     return qk_rmsnorm_rope(query, key, query_rope.coords, key_rope.coords, query_rope.table, k_table=key_rope.table,
                            **norm)
+
+
+def _eps(norm: torch.nn.RMSNorm, x: torch.Tensor) -> float:
+    """The epsilon a ``torch.nn.RMSNorm`` uses on ``x`` (its ``eps``, or the dtype's machine epsilon for None)."""
+    return norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
 
 
 def _check_rope_pair(name: str, query_rope, key_rope) -> None:
@@ -175,9 +182,10 @@ class FastWanAttnProcessor:
             encoder_hidden_states = encoder_hidden_states[:, image_context_length:]
 
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        image_kv = _get_added_kv_projections(attn, image_context) if image_context is not None else ()
+        scheme = None
         if rotary_emb is None or isinstance(rotary_emb, RotaryCoords):
-            # the I2V image attention reuses the query: it stays full precision there
-            scheme = _prepass_scheme(attention_mask, query, key, value) if image_context is None else None
+            scheme = _prepass_scheme(attention_mask, query, key, value, *image_kv)
             query, key = _rmsnorm_rope(attn, query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)),
                                        rotary_emb, rotary_emb, scheme)
         else:  # precomputed (cos, sin): diffusers' own norm and rotation
@@ -186,9 +194,14 @@ class FastWanAttnProcessor:
         value = value.unflatten(2, (attn.heads, -1))
 
         hidden_states = _attend(query, key, value, attention_mask).flatten(2, 3)
-        if image_context is not None:
-            key_image, value_image = _get_added_kv_projections(attn, image_context)
-            key_image = attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1))
+        if image_context is not None:  # I2V: the same (pre-quantised) query over the image tokens
+            key_image, value_image = image_kv
+            if scheme is None:
+                key_image = attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1))
+            else:  # RMSNorm and quantisation (K smoothed) in one pass
+                key_image = rmsnorm_rope(key_image.unflatten(2, (attn.heads, -1)), weight=attn.norm_added_k.weight,
+                                         eps=_eps(attn.norm_added_k, key_image), check_values=False, quant=scheme,
+                                         smooth=True)
             hidden_states_image = _attend(query, key_image, value_image.unflatten(2, (attn.heads, -1)), None)
             hidden_states = hidden_states + hidden_states_image.flatten(2, 3)
 
