@@ -10,7 +10,8 @@ Backends as in :mod:`baton_fast.ops`: the Triton kernels (``kernels/rope_attenti
 ``BATON_FAST_BACKEND=triton``; otherwise the plain-PyTorch path of the same scheme: quantise, dequantise, fp32
 attention (:func:`quantize_rows_reference`, :func:`quantize_v_reference`, :func:`dequantized_attention`).  The
 quantised path is for inference: no gradient, no layout masks; the log-sum-exp (to merge partial attentions)
-on pre-quantised q and k (``qk_rmsnorm_rope(..., quant=...)``, :func:`quant_attention`).
+on pre-quantised q and k (``qk_rmsnorm_rope(..., quant=...)``, ``rmsnorm_rope(..., quant=...)`` for one side,
+:func:`quant_attention`).
 
 The model layer selects it with :func:`attention_quant` (a context: every ``rope_attention`` call inside it
 without LSE, gradient or layout masks runs quantised), which the sampler's hybrid schedule uses.
