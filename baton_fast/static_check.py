@@ -82,7 +82,8 @@ NORM_CASES = (
 # grouped-query heads (group 2), one head dim per padded half dim.  The kernels never rotate (the pre-pass rotates
 # Q and K), so the variants are the loops: the dense loop with key lengths and layout masks (the tile-skip branch,
 # int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with the default 128 x 64 blocks,
-# key lengths and atomics.
+# key lengths and atomics.  An output-split configuration's dK/dV kernel is compiled for each of its two launches
+# (case "dV" and "dK", :func:`bwd_launches`).
 BWD_KERNELS = ("attention_bwd_dkdv", "attention_bwd_dq")
 BWD_HEAD_DIMS = {16: 32, 32: 64, 64: 128, 128: 256}
 BWD_VARIANTS = (dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False, DETERMINISTIC=True),
@@ -98,9 +99,6 @@ PREPASS_CASES = (
 )
 # Kernels whose dots must use tensor cores (EXPECTED_MMA); the rest have no dot.
 MMA_KERNELS = ("rope_attention",) + BWD_KERNELS
-# Backward head dims that run mma.sync (HMMA) tiles on sm_90: no wgmma tile of the D = 256 dK/dV kernel compiles
-# spill-free (kernels/rope_attention_bwd.py, BWD_CONFIGS)
-BWD_HMMA_ON_SM90 = (256,)
 
 # Quantised attention (kernels/rope_attention_quant.py): each scheme on the arch it is for, and the matrix
 # instructions its dots must use there (fp8 wgmma: QGMMA; int8 wgmma: IGMMA; int8 mma.sync: IMMA).
@@ -149,12 +147,20 @@ def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
 
 
 def backward_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
-    """The backward kernels of every shipped backward configuration x :data:`BWD_VARIANTS`."""
+    """The backward kernels of every shipped backward configuration x :data:`BWD_VARIANTS`, each launch of the
+    kernel (:func:`bwd_launches`)."""
     from .kernels.rope_attention_bwd import BWD_CONFIGS
 
-    return [Job(kernel, arch, tuple(config), "bfloat16", BWD_HEAD_DIMS[half_pad], 2, tuple(sorted(flags.items())))
+    return [Job(kernel, arch, tuple(config), "bfloat16", BWD_HEAD_DIMS[half_pad], 2, tuple(sorted(flags.items())),
+                case)
             for arch in archs for (major, half_pad), config in sorted(BWD_CONFIGS.items()) if major == arch // 10
-            for flags in BWD_VARIANTS for kernel in BWD_KERNELS]
+            for flags in BWD_VARIANTS for kernel in BWD_KERNELS for case in bwd_launches(kernel, config)]
+
+
+def bwd_launches(kernel: str, config: tuple) -> tuple:
+    """The cases of a backward kernel's launches under ``config``, in launch order: the dK/dV kernel of an
+    output-split configuration (``config[6]``) runs twice, "dV" then "dK"; every other launch is case ""."""
+    return ("dV", "dK") if kernel == BWD_KERNELS[0] and config[6] else ("",)
 
 
 def prepass_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
@@ -272,7 +278,8 @@ def _record_backward_launch(job: Job):
     q = torch.zeros(1, n, job.heads, D, dtype=getattr(torch, job.dtype))
     kv = torch.zeros(1, n, job.heads // 2, D, dtype=q.dtype)
     groups = torch.ones(1, n, dtype=torch.int64) if flags["HAS_GROUPS"] else None
-    return _recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (BWD_KERNELS.index(job.kernel), 0),
+    pick = (BWD_KERNELS.index(job.kernel), bwd_launches(job.kernel, job.config).index(job.case))
+    return _recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), pick,
                      rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, job.heads, n),
                      k_lens=torch.full((1,), n, dtype=torch.int32) if flags["HAS_KLENS"] else None, scale=D ** -0.5,
                      q_groups=groups, k_groups=groups,
@@ -430,13 +437,9 @@ def _cubin_report(cubin: bytes) -> dict:
 
 
 def expected_mma_of(job: Job) -> str:
-    """The matrix instruction a (non-quantised) job must use: :data:`EXPECTED_MMA` for its arch, HMMA for the
-    backward head dims of :data:`BWD_HMMA_ON_SM90` on sm_90, "none" for the kernels without a dot."""
-    if job.kernel not in MMA_KERNELS:
-        return "none"
-    if job.kernel in BWD_KERNELS and job.arch == 90 and job.D in BWD_HMMA_ON_SM90:
-        return "HMMA"
-    return EXPECTED_MMA[job.arch]
+    """The matrix instruction a (non-quantised) job must use: :data:`EXPECTED_MMA` for its arch, "none" for the
+    kernels without a dot."""
+    return EXPECTED_MMA[job.arch] if job.kernel in MMA_KERNELS else "none"
 
 
 def compile_job(job: Job) -> dict:

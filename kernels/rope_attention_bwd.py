@@ -7,6 +7,11 @@ Three kernels, as in Triton's fused-attention tutorial:
    the query heads of its grouped-query group): ``dV += P^T dO``, ``dK += dS^T Q``;
 3. ``_bwd_dq``: one program per query tile, looping over key tiles: ``dQ += dS K``.
 
+Output split (the ``split`` entry of a configuration; sm_90 at D = 256): the dK/dV kernel is launched twice, one
+launch computing only ``dV`` (``DV``), the other only ``dK`` (``DK``), so each program holds one fp32 accumulator
+and the wgmma tiles fit in registers; and both gradient kernels apply the layout-mask tile skip to the loads only
+(``SKIP_PRODUCTS`` off), which keeps their loops software-pipelined.
+
 The kernels never rotate: the sides the forward rotated are rotated once by the pre-pass kernel
 (``kernels/rope_norm.py``, exactly as the forward rotates them: fp32, rounded to the input dtype), so ``P`` is
 recomputed bit-for-bit the same way, and the gradients of the rotated tensors are turned into gradients of
@@ -121,30 +126,47 @@ def _row_stats(Lse, Delta, row, offs, n):
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q, offs_d, mask_d,
-               stride_qn, stride_qd, stride_don, stride_dod, allowed, qk_scale, DOT_PRECISION: tl.constexpr,
-               UPCAST_DOTS: tl.constexpr):
-    """One query tile's share of a key tile's gradients: ``dk``, ``dv`` fp32 ``[BLOCK_N, D_PAD]`` updated from
-    the key tile ``k``, ``v`` and the query rows ``start_m + offs_m``; ``allowed`` bool ``[BLOCK_N, BLOCK_M]``."""
-    q = _load_rows(q_base, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
-    do = _load_rows(do_base, start_m, offs_m, n_q, stride_don, offs_d, mask_d, stride_dod)
-    lse, delta = _row_stats(Lse, Delta, stats_row + start_m, offs_m, n_q - start_m)
+def _tile_rows(x_base, y_base, start, offs, n, stride_xn, stride_xd, stride_yn, stride_yd, offs_d, mask_d):
+    """The ``[BLOCK, D_PAD]`` tiles of rows ``start + offs`` of two tensors (Q and dO, or K and V); rows from
+    ``n`` are zeros (not read)."""
+    return (_load_rows(x_base, start, offs, n, stride_xn, offs_d, mask_d, stride_xd),
+            _load_rows(y_base, start, offs, n, stride_yn, offs_d, mask_d, stride_yd))
+
+
+@triton.jit
+def _query_tile(q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n, stride_qn, stride_qd, stride_don,
+                stride_dod, offs_d, mask_d):
+    """``(q, do, lse, delta)`` of query rows ``start_m + offs_m`` (:func:`_tile_rows`, :func:`_row_stats`): rows
+    from ``n`` are zeros, not read, and get ``P = 0``."""
+    q, do = _tile_rows(q_base, do_base, start_m, offs_m, n, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
+                       mask_d)
+    lse, delta = _row_stats(Lse, Delta, stats_row + start_m, offs_m, n - start_m)
+    return q, do, lse, delta
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION: tl.constexpr,
+               UPCAST_DOTS: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr):
+    """One query tile's share of a key tile's gradients: ``dk`` (with ``DK``), ``dv`` (with ``DV``) fp32
+    ``[BLOCK_N, D_PAD]`` updated from the key tile ``k``, ``v`` and the query tile ``q``, ``do`` ``[BLOCK_M,
+    D_PAD]`` with its row statistics (:func:`_row_stats`); ``allowed`` bool ``[BLOCK_N, BLOCK_M]``.  The gradient
+    not asked for is returned unchanged and its products are not computed (``dv`` needs ``P`` alone, ``dk`` ``P``
+    and ``dP = dO V^T``)."""
     qk_t = dot(k, tl.trans(q), None, DOT_PRECISION, UPCAST_DOTS)
     p_t = tl.where(allowed, tl.math.exp2(qk_t * qk_scale - lse[None, :]), 0.0)
-    dv = dot(_dot_operand(p_t, v.dtype, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
-    dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
-    ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), q.dtype, UPCAST_DOTS)
-    dk = dot(ds_t, q, dk, DOT_PRECISION, UPCAST_DOTS)
+    if DV:
+        dv = dot(_dot_operand(p_t, q.dtype, UPCAST_DOTS), do, dv, DOT_PRECISION, UPCAST_DOTS)
+    if DK:
+        dp_t = dot(v, tl.trans(do), None, DOT_PRECISION, UPCAST_DOTS)
+        ds_t = _dot_operand(p_t * (dp_t - delta[None, :]), q.dtype, UPCAST_DOTS)
+        dk = dot(ds_t, q, dk, DOT_PRECISION, UPCAST_DOTS)
     return dk, dv
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, n_k, offs_d, mask_d, stride_kn, stride_kd,
-             stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
-    """One key tile's share of a query tile's ``dq`` (fp32 ``[BLOCK_M, D_PAD]``): keys ``start_n + offs_n``,
-    ``allowed`` bool ``[BLOCK_M, BLOCK_N]``."""
-    k = _load_rows(k_base, start_n, offs_n, n_k, stride_kn, offs_d, mask_d, stride_kd)
-    v = _load_rows(v_base, start_n, offs_n, n_k, stride_vn, offs_d, mask_d, stride_vd)
+def _dq_tile(dq, q, do, lse, delta, k, v, allowed, qk_scale, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """One key tile's share of a query tile's ``dq`` (fp32 ``[BLOCK_M, D_PAD]``): the key tile ``k``, ``v``
+    ``[BLOCK_N, D_PAD]``, ``allowed`` bool ``[BLOCK_M, BLOCK_N]``."""
     qk = dot(q, tl.trans(k), None, DOT_PRECISION, UPCAST_DOTS)
     p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
     dp = dot(do, tl.trans(v), None, DOT_PRECISION, UPCAST_DOTS)
@@ -179,9 +201,11 @@ def _bwd_dkdv(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
     HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, ATOMIC: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SKIP_PRODUCTS: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
 ):
     """One program per key tile (and query head, or with ``ATOMIC`` off per key head and its group):
-    ``dV = sum P^T dO``, ``dK = scale * sum dS^T Q`` over the query tiles that see it."""
+    ``dV = sum P^T dO`` (with ``DV``), ``dK = scale * sum dS^T Q`` (with ``DK``) over the query tiles that see it;
+    the output split launches the kernel twice, once per gradient, each holding one fp32 accumulator."""
     b, h_first, heads, hk = _program_heads(tl.program_id(1), num_heads, group, not ATOMIC)
     start_n = tl.program_id(0).to(tl.int64) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -214,30 +238,40 @@ def _bwd_dkdv(
                 tile = MaskPool + tl.load(MaskId + partial_row + i).to(tl.int64) * (MASK_BQ * MASK_BK) + tile_offsets
                 for sub in range(0, MASK_BQ, BLOCK_M):
                     allowed = keys[:, None] & (tl.load(tile + sub * MASK_BK) != 0)
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
-                                        allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                                    offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
+                                                    mask_d)
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
+                                        UPCAST_DOTS, DK, DV)
             for i in range(0, tl.load(FullNum + row)):
                 q_block = tl.load(FullIdx + full_row + i).to(tl.int64)
                 for sub in range(0, MASK_BQ, BLOCK_M):
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                        offs_m, n_q, offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod,
-                                        keys[:, None], qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                                    offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
+                                                    mask_d)
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, keys[:, None], qk_scale, DOT_PRECISION,
+                                        UPCAST_DOTS, DK, DV)
         else:
             q_end = tl.where(start_n < k_len, n_q, 0)  # a key tile wholly past k_len: its gradients are zero
             for tile_m in range(0, q_end, BLOCK_M):
                 start_m = tl.cast(tile_m, tl.int64)
                 allowed = keys[:, None]
                 visit = True
+                rows_end = n_q
                 if HAS_GROUPS:
                     q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n,
                                        mask=start_m + offs_m < n_q, other=0).to(tl.int64)
-                    visit = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
+                    shared = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
                     allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
+                    if SKIP_PRODUCTS:
+                        visit = shared
+                    else:  # no branch: a skipped tile's rows are not read, its products add exact zeros (P = 0)
+                        rows_end = tl.where(shared, n_q, 0)
                 if visit:
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, n_q,
-                                        offs_d, mask_d, stride_qn, stride_qd, stride_don, stride_dod, allowed,
-                                        qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, rows_end,
+                                                    stride_qn, stride_qd, stride_don, stride_dod, offs_d, mask_d)
+                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
+                                        UPCAST_DOTS, DK, DV)
 
     # keys past k_len get a zero gradient (stored: the buffers are not pre-zeroed in deterministic mode)
     mask = (start_n + offs_n < n_k)[:, None] & mask_d[None, :]
@@ -245,12 +279,16 @@ def _bwd_dkdv(
     dk_ptrs = dK + b * stride_dkb + hk * stride_dkh + rows
     dv_ptrs = dV + b * stride_dvb + hk * stride_dvh + start_n * stride_dvn + offs_n[:, None] * stride_dvn \
         + offs_d[None, :] * stride_dvd
-    if ATOMIC:
-        tl.atomic_add(dk_ptrs, dk * sm_scale, mask=mask, sem="relaxed")
-        tl.atomic_add(dv_ptrs, dv, mask=mask, sem="relaxed")
-    else:
-        tl.store(dk_ptrs, (dk * sm_scale).to(dK.dtype.element_ty), mask=mask)
-        tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=mask)
+    if DK:
+        if ATOMIC:
+            tl.atomic_add(dk_ptrs, dk * sm_scale, mask=mask, sem="relaxed")
+        else:
+            tl.store(dk_ptrs, (dk * sm_scale).to(dK.dtype.element_ty), mask=mask)
+    if DV:
+        if ATOMIC:
+            tl.atomic_add(dv_ptrs, dv, mask=mask, sem="relaxed")
+        else:
+            tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -267,6 +305,7 @@ def _bwd_dq(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
     HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SKIP_PRODUCTS: tl.constexpr,
 ):
     """One program per query tile and head: ``dQ = scale * sum dS K`` over the key tiles it sees."""
     b, h, _, hk = _program_heads(tl.program_id(1), num_heads, group, False)
@@ -296,15 +335,17 @@ def _bwd_dq(
             for sub in range(0, MASK_BK, BLOCK_N):
                 start_n = key_block * MASK_BK + sub
                 allowed = (start_n + offs_n < k_len)[None, :] & (tl.load(tile + sub) != 0)
-                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                k, v = _tile_rows(k_base, v_base, start_n, offs_n, k_len, stride_kn, stride_kd, stride_vn, stride_vd,
+                                  offs_d, mask_d)
+                dq = _dq_tile(dq, q, do, lse, delta, k, v, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
         for i in range(0, tl.load(FullNum + row)):
             key_block = tl.load(FullIdx + full_row + i).to(tl.int64)
             for sub in range(0, MASK_BK, BLOCK_N):
                 start_n = key_block * MASK_BK + sub
-                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              stride_kn, stride_kd, stride_vn, stride_vd, (start_n + offs_n < k_len)[None, :],
-                              qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                k, v = _tile_rows(k_base, v_base, start_n, offs_n, k_len, stride_kn, stride_kd, stride_vn, stride_vd,
+                                  offs_d, mask_d)
+                dq = _dq_tile(dq, q, do, lse, delta, k, v, (start_n + offs_n < k_len)[None, :], qk_scale,
+                              DOT_PRECISION, UPCAST_DOTS)
     else:
         if HAS_GROUPS:
             q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n, mask=start_m + offs_m < n_q,
@@ -314,42 +355,49 @@ def _bwd_dq(
             start_n = tl.cast(tile_n, tl.int64)
             allowed = (start_n + offs_n < k_len)[None, :]
             visit = True
+            rows_end = k_len
             if HAS_GROUPS:
                 k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n,
                                    mask=start_n + offs_n < k_len, other=0).to(tl.int64)
-                visit = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0
+                shared = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0
                 allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
+                if SKIP_PRODUCTS:
+                    visit = shared
+                else:  # no branch: a skipped tile's keys are not read, its products add exact zeros (P = 0)
+                    rows_end = tl.where(shared, k_len, 0)
             if visit:
-                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, start_n, offs_n, k_len, offs_d, mask_d,
-                              stride_kn, stride_kd, stride_vn, stride_vd, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
+                k, v = _tile_rows(k_base, v_base, start_n, offs_n, rows_end, stride_kn, stride_kd, stride_vn,
+                                  stride_vd, offs_d, mask_d)
+                dq = _dq_tile(dq, q, do, lse, delta, k, v, allowed, qk_scale, DOT_PRECISION, UPCAST_DOTS)
 
     dq_ptrs = dQ + b * stride_dqb + h * stride_dqh + start_m * stride_dqn + offs_m[:, None] * stride_dqn \
         + offs_d[None, :] * stride_dqd
     tl.store(dq_ptrs, (dq * sm_scale).to(dQ.dtype.element_ty), mask=(start_m + offs_m < n_q)[:, None] & mask_d[None, :])
 
-# Shipped configurations per GPU arch (SM major) and padded half head dim:
-# (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M, BLOCK_N, num_warps, num_stages).  As in the tutorial, the dK/dV
-# kernel keeps a tall key tile resident and streams narrow query tiles; the dQ kernel the reverse.  The kernels
-# never rotate (Q and K are rotated by the pre-pass kernel first), so one list serves every RoPE family; each
-# entry is compiled by `baton-fast selftest --static` (spill-free, HGMMA on sm_90 / HMMA on sm_80, 64-bit
-# addresses; docs/training.md has the table).
-# sm_90 at D = 256: a 64-key dK/dV tile (the least a wgmma takes) holds K, V and fp32 dK, dV; every wgmma tile tried
-# spilled (108-4128 B at 4, 8 and 16 warps), so D = 256 runs 16-row mma.sync (HMMA) tiles there, spill-free with
-# two stages (one stage spilled 24 B in the dQ kernel's block-mask loop; static_check.BWD_HMMA_ON_SM90).  sm_8x at
-# D = 32 / 64: the former (16 or 32, 64, 64, ..., 4, 2) tiles spilled 8 B in one loop variant.
+# Shipped configurations per GPU arch (SM major) and padded half head dim: (dK/dV BLOCK_M, BLOCK_N, dQ BLOCK_M,
+# BLOCK_N, num_warps, num_stages, split).  As in the tutorial, the dK/dV kernel keeps a tall key tile resident and
+# streams narrow query tiles; the dQ kernel the reverse.  The kernels never rotate (Q and K are rotated by the
+# pre-pass kernel first), so one list serves every RoPE family; each entry is compiled by `baton-fast selftest
+# --static` (spill-free, HGMMA on sm_90 / HMMA on sm_80, 64-bit addresses; docs/training.md has the table).
+# ``split`` (sm_90 at D = 256): a 64-key wgmma tile cannot hold K, V and both fp32 accumulators (every such tile
+# spilled 108-4128 B), so the dK/dV kernel is launched twice, once per gradient (dV: S, P, P^T dO; dK: S, dP, dS,
+# dS^T Q: 5 products instead of 4), each program holding one fp32 64 x 256 accumulator; and the layout-mask tile
+# skip applies to the loads only (a skipped tile's products run on zeros), since the skip branch turns off software
+# pipelining and the unpipelined loops spilled 52-132 B at these tiles.  sm_8x at D = 32 / 64: the former (16 or 32,
+# 64, 64, ..., 4, 2) tiles spilled 8 B in one loop variant.
 BWD_CONFIGS = {
-    (9, 16): (32, 64, 64, 32, 4, 2),
-    (9, 32): (32, 64, 64, 32, 8, 2),
-    (9, 64): (32, 64, 64, 32, 8, 2),
-    (9, 128): (16, 32, 32, 16, 8, 2),
-    (8, 16): (32, 64, 64, 32, 4, 3),
-    (8, 32): (16, 64, 64, 16, 8, 2),
-    (8, 64): (16, 32, 32, 16, 4, 1),
-    (8, 128): (16, 32, 32, 16, 8, 1),
+    (9, 16): (32, 64, 64, 32, 4, 2, False),
+    (9, 32): (32, 64, 64, 32, 8, 2, False),
+    (9, 64): (32, 64, 64, 32, 8, 2, False),
+    (9, 128): (16, 64, 64, 16, 8, 2, True),
+    (8, 16): (32, 64, 64, 32, 4, 3, False),
+    (8, 32): (16, 64, 64, 16, 8, 2, False),
+    (8, 64): (16, 32, 32, 16, 4, 1, False),
+    (8, 128): (16, 32, 32, 16, 8, 1, False),
 }
 # Pinned under the interpreter (and by tests): few tile iterations keep CPU emulation fast, and the test
 # sizes (1, 17, 33, 130, 257) still end in partial tiles.
-INTERPRETER_BWD_CONFIG = (16, 32, 32, 16, 1, 1)
+INTERPRETER_BWD_CONFIG = (16, 32, 32, 16, 1, 1, False)
 
 
 def bwd_config(q, block_mask=None) -> tuple:
@@ -411,14 +459,14 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     group = H // Hk
-    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = config or bwd_config(q, block_mask)
+    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages, split = config or bwd_config(q, block_mask)
     upcast = upcast_dots(q.dtype)
     common = dict(HEAD_DIM=D, D_PAD=2 * half_pad(D), HAS_KLENS=k_lens is not None, HAS_GROUPS=q_groups is not None,
                   HAS_BLOCK_MASK=block_mask is not None,
                   MASK_BQ=block_mask.block_q if block_mask is not None else 16,
                   MASK_BK=block_mask.block_k if block_mask is not None else 16,
                   DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", UPCAST_DOTS=upcast,
-                  num_warps=num_warps, num_stages=num_stages)
+                  SKIP_PRODUCTS=not split, num_warps=num_warps, num_stages=num_stages)
 
     lse = lse.contiguous()  # rows are addressed as (b * H + h) * Nq + i
     dlse = dlse.float().contiguous() if dlse is not None else None
@@ -445,9 +493,10 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
     dv = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device,
                                                   dtype=torch.float32 if atomic or upcast else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse, by_key_block=True)
-    _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
-        *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars,
-        ATOMIC=atomic, BLOCK_M=block_m1, BLOCK_N=block_n1, **common)
+    for grads in ((False, True), (True, False)) if split else ((True, True),):  # (DK, DV) of each launch
+        _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
+            *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars,
+            ATOMIC=atomic, BLOCK_M=block_m1, BLOCK_N=block_n1, DK=grads[0], DV=grads[1], **common)
 
     dq = torch.empty((B, n_q, H, D), device=q.device, dtype=torch.float32 if fp32_q else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse)

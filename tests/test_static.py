@@ -36,11 +36,15 @@ def test_every_backward_config_and_quantising_prepass_is_compiled(records):
     pre-pass launches (issue 14) on the arch of their scheme."""
     from baton_fast.kernels.rope_attention_bwd import BWD_CONFIGS
 
-    compiled = {(r["kernel"], int(r["arch"][3:]) // 10, tuple(r["config"]), tuple(sorted(r["flags"].items())))
-                for r in records if r["kernel"] in static_check.BWD_KERNELS}
-    expected = {(kernel, major, config, tuple(sorted(flags.items()))) for (major, _), config in BWD_CONFIGS.items()
-                for flags in static_check.BWD_VARIANTS for kernel in static_check.BWD_KERNELS}
+    compiled = {(r["kernel"], r["case"], int(r["arch"][3:]) // 10, tuple(r["config"]),
+                 tuple(sorted(r["flags"].items()))) for r in records if r["kernel"] in static_check.BWD_KERNELS}
+    expected = {(kernel, case, major, config, tuple(sorted(flags.items())))
+                for (major, _), config in BWD_CONFIGS.items() for flags in static_check.BWD_VARIANTS
+                for kernel in static_check.BWD_KERNELS for case in static_check.bwd_launches(kernel, config)}
     assert compiled == expected
+    # both launches of the output-split dK/dV kernel (sm_90, D = 256)
+    assert {r["case"] for r in records if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256
+            and r["arch"] == "sm_90"} == {"dV", "dK"}
     prepass = {(r["kernel"], r["case"], r["arch"]) for r in records if r["kernel"].startswith("quantize")}
     assert prepass == {(c[1], c[0], f"sm_{static_check.QUANT_ARCH_MMA[c[2]][0]}") for c in static_check.PREPASS_CASES}
 
@@ -51,12 +55,10 @@ def test_no_spills_and_no_local_memory(records):
 
 
 def test_tensor_core_instructions(records):
-    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel, forward and backward (but the D = 256
-    backward on sm_90: HMMA, static_check.BWD_HMMA_ON_SM90); the pre-passes have no dot."""
+    """HGMMA (wgmma) on sm_90 and HMMA on sm_80 in every attention kernel, forward and backward (the D = 256
+    backward on sm_90 through its output split); the pre-passes have no dot."""
     for r in records:
         expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}[r["arch"]] if r["kernel"] in static_check.MMA_KERNELS else "none"
-        if r["kernel"] in static_check.BWD_KERNELS and r["arch"] == "sm_90" and r["D"] in static_check.BWD_HMMA_ON_SM90:
-            expected = "HMMA"
         assert r["mma"] == expected, r
         assert (r["mma_count"] > 0) == (expected != "none"), r
 
