@@ -108,6 +108,15 @@ def _norm_only_placeholders(name, x, coords, table):
     return _zero_coords(x.shape[1], x.device), _identity_table(x.shape[3], x.device), False
 
 
+def _prepass_scheme(quant, sides):
+    """None without ``quant``, else its scheme for the checked ``sides`` (:func:`baton_fast.quant.prepass_scheme`:
+    a bad scheme or a gradient refused before the value checks and any launch)."""
+    if quant is None:
+        return None
+    from . import quant as _quant
+    return _quant.prepass_scheme(quant, sides)
+
+
 def _sides_values_checked(named_sides, check_values):
     """The value checks of the rotated sides of a norm/rope call; returns the sides with their checked coords.
     ``named_sides``: ``(coords name, side args, rotated)`` per side."""
@@ -140,17 +149,19 @@ def rmsnorm_rope(x: torch.Tensor, coords: Optional[torch.Tensor] = None, table: 
     :func:`qk_rmsnorm_rope` does, and returns a :class:`~baton_fast.quant.QuantizedTensor` (int8 / fp8 e4m3 data
     ``[B, N, H, D]``, float32 scales ``[B, H, N]``) for ``rope_attention(..., rotate_q=False, rotate_k=False)``;
     ``smooth=True`` quantises it as a key side instead (minus its per-head token mean, float32 ``[B, H, D]``, kept
-    as the tensor's ``mean``; one more read of x)."""
+    as the tensor's ``mean``; one more read of x).  Inference only: a gradient through x or the weight is refused,
+    naming ``quant``."""
     norm = NORM_MODES["across_heads" if across_heads else "head"]
     eps = _check_eps(eps)
     if smooth and quant is None:
         raise ValueError("smooth: only with quant= (the smoothing mean is part of the quantised key side)")
     coords, table, rotated = _norm_only_placeholders("x", x, coords, table)
     args = _rmsnorm_rope_args("x", x, coords, table, norm, weight, "coords", "weight", "table")
+    scheme = _prepass_scheme(quant, [args])
     (args,) = _sides_values_checked([("coords", args, rotated)], check_values)
-    if quant is not None:
+    if scheme is not None:
         from . import quant as _quant
-        return _quant.quantize_prepass([(args, smooth)], norm, eps, quant, rotate=rotated)[0]
+        return _quant.quantize_prepass([(args, smooth)], norm, eps, scheme, rotate=rotated)[0]
     return _run([args], norm, eps)[0]
 
 
@@ -164,7 +175,8 @@ def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTabl
     pass ``k_rot`` to :func:`rope_attention` with ``rotate_k=False``.  With no table (and no coordinates)
     it is the RMSNorm alone (text cross-attention).  ``check_values`` as in :func:`rope_attention`.
     ``quant="fp8"`` / ``"int8"`` / ``"int8+fp8"``: the same pass also quantises (K smoothed by its token mean first)
-    and returns two :class:`~baton_fast.quant.QuantizedTensor` for ``rope_attention`` (:mod:`baton_fast.quant`).
+    and returns two :class:`~baton_fast.quant.QuantizedTensor` for ``rope_attention`` (:mod:`baton_fast.quant`;
+    inference only: a gradient through the inputs or weights is refused, naming ``quant``).
     """
     norm = NORM_MODES["across_heads" if across_heads else "head"]
     eps = _check_eps(eps)
@@ -180,9 +192,10 @@ def qk_rmsnorm_rope(q, k, q_coords=None, k_coords=None, table: Optional[RopeTabl
     q_args = _rmsnorm_rope_args("q", q, q_coords, table, norm, q_weight, "q_coords", "q_weight", "table")
     k_args = _rmsnorm_rope_args("k", k, k_coords, k_table, norm, k_weight, "k_coords", "k_weight", k_table_name)
     _check_devices(q=q, k=k)
+    scheme = _prepass_scheme(quant, [q_args, k_args])
     q_args, k_args = _sides_values_checked([("q_coords", q_args, rotated), ("k_coords", k_args, rotated)],
                                            check_values)
-    if quant is not None:
+    if scheme is not None:
         from . import quant as _quant
-        return _quant.quantize_qk(q_args, k_args, norm, eps, quant, rotate=rotated)
+        return _quant.quantize_qk(q_args, k_args, norm, eps, scheme, rotate=rotated)
     return _run([q_args, k_args], norm, eps)

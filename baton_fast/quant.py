@@ -343,21 +343,26 @@ def _refuse_masks_and_gradient(quant: str, masked: bool, grad: bool):
                              f"got {what} with quant={quant!r}")
 
 
-def quantize_prepass(sides: list, norm: int, eps: float, quant: str, *, rotate: bool) -> tuple:
-    """The quantising pre-pass of ``rmsnorm_rope`` / ``qk_rmsnorm_rope(..., quant=...)``: each ``(side, smooth)``
-    (a checked side as :func:`quantize_rows` takes it; ``smooth`` for a K side) normalised, rotated and quantised
-    in one pass; one :class:`QuantizedTensor` per side.  A gradient through the inputs or weights is refused
-    (the quantised tensors carry none), naming ``quant``, before any launch."""
+def prepass_scheme(quant, sides: list) -> str:
+    """``quant`` for the quantising pre-pass of ``rmsnorm_rope`` / ``qk_rmsnorm_rope(..., quant=...)`` on its checked
+    ``sides`` (as :func:`quantize_rows` takes them), checked before any launch: a scheme (ValueError naming
+    ``quant`` otherwise), and no gradient through the inputs or weights (the quantised tensors carry none)."""
     scheme = check_scheme(quant)
-    inputs = [t for side, _ in sides for t in (side[0], side[5]) if t is not None]  # x and its weight
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    _refuse_masks_and_gradient(scheme, masked=False, grad=grad)
+    inputs = [t for side in sides for t in (side[0], side[5]) if t is not None]  # x and its weight
+    _refuse_masks_and_gradient(scheme, masked=False, grad=torch.is_grad_enabled() and any(t.requires_grad
+                                                                                          for t in inputs))
+    return scheme
+
+
+def quantize_prepass(sides: list, norm: int, eps: float, scheme: str, *, rotate: bool) -> tuple:
+    """The quantising pre-pass (its scheme from :func:`prepass_scheme`): each ``(side, smooth)`` (``smooth`` for a
+    K side) normalised, rotated and quantised in one pass; one :class:`QuantizedTensor` per side."""
     return tuple(quantize_rows(side, norm, eps, scheme, rotate=rotate, smooth=smooth) for side, smooth in sides)
 
 
-def quantize_qk(q_side: tuple, k_side: tuple, norm: int, eps: float, quant: str, *, rotate: bool):
+def quantize_qk(q_side: tuple, k_side: tuple, norm: int, eps: float, scheme: str, *, rotate: bool):
     """``qk_rmsnorm_rope(..., quant=...)`` on its checked sides: ``(q, k)`` as :class:`QuantizedTensor`, K smoothed."""
-    return quantize_prepass([(q_side, False), (k_side, True)], norm, eps, quant, rotate=rotate)
+    return quantize_prepass([(q_side, False), (k_side, True)], norm, eps, scheme, rotate=rotate)
 
 
 def prequantized_attention(q, k, v, quant: Optional[str], *, rotate_q: bool, rotate_k: bool, k_lens, scale,
