@@ -349,8 +349,8 @@ def prepass_scheme(quant, sides: list) -> str:
     ``quant`` otherwise), and no gradient through the inputs or weights (the quantised tensors carry none)."""
     scheme = check_scheme(quant)
     inputs = [t for side in sides for t in (side[0], side[5]) if t is not None]  # x and its weight
-    _refuse_masks_and_gradient(scheme, masked=False, grad=torch.is_grad_enabled() and any(t.requires_grad
-                                                                                          for t in inputs))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    _refuse_masks_and_gradient(scheme, masked=False, grad=grad)
     return scheme
 
 
