@@ -10,6 +10,7 @@ import baton_fast as bf
 from baton_fast import reference
 from baton_fast.block_mask import BlockMask
 from baton_fast.block_sparse import masked_attention
+from baton_fast.kernels import rope_attention_bwd
 from test_attention_numerics import assert_within_budget, make_inputs
 
 
@@ -190,3 +191,65 @@ def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, H
         assert_gradients_within_budget(
             lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
             reference_fn, (q, k, v), dtype, seed=23)
+
+
+def _split_config(monkeypatch):
+    """Pin the interpreter to the shipped sm_90 D = 256 configuration (its tiles, the output split)."""
+    config = rope_attention_bwd.BWD_CONFIGS[(9, 128)]
+    assert config[6], "the sm_90 D = 256 backward configuration no longer splits the dK/dV kernel by output"
+    monkeypatch.setattr(rope_attention_bwd, "INTERPRETER_BWD_CONFIG", config)
+
+
+@pytest.mark.parametrize("dtype,deterministic", [(torch.float16, False), (torch.bfloat16, True)])
+def test_output_split_at_d256(monkeypatch, dtype, deterministic):
+    """The sm_90 D = 256 configuration under the interpreter: the dK/dV kernel launched once per gradient (dV, then
+    dK) and the layout-mask tile skip applied to the loads only.  D = 256, Nq = 17, Nk = 130 (partial 64-key tiles),
+    GQA 2/1 (atomics, or the deterministic per-key-head order: two runs bit-identical, and bit-identical to the
+    unsplit kernels on the same tiles), key lengths, layout masks with a key tile that no query shares a bit with;
+    against float64."""
+    _split_config(monkeypatch)
+    q, k, v, qc, kc, table, k_table = make_inputs("wan", dtype, 2, 17, 130, 2, 1, 256, seed=41)
+    g = torch.Generator().manual_seed(42)
+    q_groups = torch.randint(1, 4, (2, 17), generator=g)
+    k_groups = torch.randint(1, 4, (2, 130), generator=g)
+    k_groups[:, 64:128] = 8  # a key tile of both kernels that no query tile shares a bit with
+    kw = dict(k_table=k_table, k_lens=torch.tensor([130, 71]), q_groups=q_groups, k_groups=k_groups)
+
+    def kernel_fn(q, k, v):
+        return bf.rope_attention(q, k, v, qc, kc, table, **kw)
+
+    with bf.deterministic(deterministic):
+        assert_gradients_within_budget(kernel_fn, lambda q, k, v: reference.rope_attention(q, k, v, qc, kc, table, **kw),
+                                       (q, k, v), dtype, seed=43)
+        if deterministic:
+            dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(44)).to(dtype)
+            first, second = (gradients(kernel_fn, (q, k, v), [dout]) for _ in range(2))
+            assert all(torch.equal(a, b) for a, b in zip(first, second))
+            monkeypatch.setattr(rope_attention_bwd, "INTERPRETER_BWD_CONFIG",
+                                (*rope_attention_bwd.INTERPRETER_BWD_CONFIG[:6], False))
+            unsplit = gradients(kernel_fn, (q, k, v), [dout])
+            assert all(torch.equal(a, b) for a, b in zip(first, unsplit))
+
+
+def test_output_split_block_mask_at_d256(monkeypatch):
+    """The split dK/dV kernel walking a BlockMask's transposed lists (64 x 64 blocks: the configuration's tiles
+    unchanged), partial, full and unvisited blocks, key lengths, GQA 2/1 with atomics; fp16 against float64 of the
+    dense masked attention."""
+    _split_config(monkeypatch)
+    Nq, Nk, D = 70, 130, 256
+    q, k, v, qc, kc, table, k_table = make_inputs("wan", torch.float16, 2, Nq, Nk, 2, 1, D, seed=45)
+    g = torch.Generator().manual_seed(46)
+    dense = torch.rand(1, 2, Nq, Nk, generator=g) < 0.5
+    dense[:, :, :64, :64] = True  # full blocks
+    dense[:, 0, 64:, 64:128] = False  # an unvisited block
+    mask = BlockMask.from_dense(dense, 64, 64)
+    k_lens = torch.tensor([Nk, 100])
+    k_table = k_table or table
+
+    def reference_fn(q, k, v):
+        q_rot, k_rot = reference.apply_rope(q, qc, table), reference.apply_rope(k, kc, k_table)
+        return masked_attention(q_rot, k_rot, v, dense, k_lens=k_lens)
+
+    assert_gradients_within_budget(
+        lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
+        reference_fn, (q, k, v), torch.float16, seed=47)
