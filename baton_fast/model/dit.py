@@ -117,6 +117,9 @@ class PlanKeyValues(tuple):
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self._quantized = {}
 
+    def __getnewargs__(self):  # copy and pickle rebuild the pair from (k, v)
+        return tuple(self)
+
     def quantized(self, scheme: str) -> tuple:
         """``(k, v)`` for ``scheme``'s attention: K smoothed by its token mean and quantised per (token, head)
         (:func:`~baton_fast.quant.quantize`), V as the scheme reads it (:func:`~baton_fast.quant.quantize_v`)."""
