@@ -255,11 +255,13 @@ FLAG_CODES = {"ROTATE_Q": "rq", "ROTATE_K": "rk", "INTERLEAVED": "il", "HAS_KLEN
 
 
 def _flag_summary(record: dict) -> str:
-    """Attention (forward and backward): the flags that are on (FLAG_CODES); pre-passes: case, heads and NORM."""
+    """Attention (forward and backward): the flags that are on (FLAG_CODES), and the launch of a split backward
+    kernel (its case, "dV" or "dK"); pre-passes: case, heads and NORM."""
     flags = record["flags"]
     if record["kernel"] in ("rmsnorm_rope", "quantize_rows", "quantize_v"):
         return f"{record['case']} H{record['heads']} NORM={flags['NORM']}"
-    return ",".join(code for name, code in FLAG_CODES.items() if flags.get(name)) or "-"
+    codes = [code for name, code in FLAG_CODES.items() if flags.get(name)]
+    return ",".join(codes + ([record["case"]] if record["case"] else [])) or "-"
 
 
 def format_static_table(records: list[dict]) -> str:
@@ -273,7 +275,7 @@ def format_static_table(records: list[dict]) -> str:
     legend = ", ".join(f"{code} = {name}" for name, code in FLAG_CODES.items())
     wide = sum(r["addr64"] for r in records)
     return (_table(rows) + "\n\nconfig: BLOCK_M x BLOCK_N x warps x stages (backward: dK/dV BLOCK_M x BLOCK_N x "
-            f"dQ BLOCK_M x BLOCK_N x warps x stages; pre-passes: warps x stages); flags: {legend}; "
+            f"dQ BLOCK_M x BLOCK_N x warps x stages x output split; pre-passes: warps x stages); flags: {legend}; "
             f"addr: width of the offsets of the token-indexed tensors in the TTIR\n"
             f"64-bit address arithmetic: {wide}/{len(records)} kernels (the base offset of every token-indexed "
             f"tensor is i64 in the TTIR)")

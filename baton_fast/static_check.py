@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-__all__ = ["Job", "shipped_jobs", "backward_jobs", "prepass_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
+__all__ = ["Job", "shipped_jobs", "backward_jobs", "bwd_launches", "prepass_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
 
 ARCHS = (90, 80)
 EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
