@@ -1,4 +1,5 @@
-"""The design notes the code and docs cite ship with the repository (docs/design.md), with every section cited."""
+"""README.md and docs/*.md cite only what exists: design sections (docs/design.md, shipped, every section cited),
+test ids, repository paths, dotted `baton_fast` names and subcommand flags."""
 import re
 import subprocess
 from pathlib import Path
@@ -24,3 +25,107 @@ def test_every_design_citation_resolves_to_docs_design_md():
     assert cited and set(cited) <= sections, cited
     assert "docs/design.md" in (ROOT / "README.md").read_text()
     assert "docs/design.md §5" in (ROOT / "baton_fast" / "numerics.py").read_text()
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def cited_code(path):
+    """The code a doc cites: its fenced blocks and its inline ``code`` spans."""
+    text = path.read_text()
+    blocks = re.findall(r"```.*?```", text, re.S)
+    return blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+
+
+def tracked_files():
+    return set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+
+
+def expand_braces(path):
+    """``tests/test_{a,b}.py`` -> ``tests/test_a.py``, ``tests/test_b.py`` (one brace group)."""
+    match = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", path)
+    return [match[1] + part + match[3] for part in match[2].split(",")] if match else [path]
+
+
+def test_every_cited_test_and_file_exists():
+    """Test ids (``tests/x.py::test_y``, bare ``test_y``, ``test_y...`` for a prefix), repository paths and file
+    names cited in README.md and docs/*.md exist in the tree; paths a cited command writes (``--out DIR``) are
+    outputs, not checked; a bare file name may also be one of diffusers' transformers (``transformer_ltx2.py``)."""
+    import diffusers
+
+    tracked = tracked_files()
+    names = {Path(name).name for name in tracked}
+    names |= {p.name for p in (Path(diffusers.__file__).parent / "models" / "transformers").glob("*.py")}
+    sources = {name: (ROOT / name).read_text() for name in tracked
+               if name.startswith(("tests/", "bench/")) and name.endswith(".py")}
+    defined = {fn for text in sources.values() for fn in re.findall(r"^\s*def (test_\w+)", text, re.M)}
+    stale = []
+    for doc in DOCS:
+        outputs = re.findall(r"--(?:out|plots|json) ([\w./-]+)", doc.read_text())
+        for code in cited_code(doc):
+            for path, fn in re.findall(r"((?:tests|bench)/[\w/]+\.py)::(\w+)", code):
+                if path not in sources or not re.search(rf"^\s*def {fn}\b", sources[path], re.M):
+                    stale.append(f"{path}::{fn}")
+            for fn, dots in re.findall(r"(?<![\w:/.])(test_\w+)(?![\w.(])(\.\.\.)?", code):
+                if not (any(d.startswith(fn) for d in defined) if dots else fn in defined):
+                    stale.append(fn)
+            cited = re.findall(r"(?<![\w/.-])((?:baton_fast|kernels|bench|tests|docs|\.ci)/[\w./{},-]*)", code)
+            for path in (expanded.rstrip("./") for path in cited for expanded in expand_braces(path)):
+                known = path in tracked or any(name.startswith(path + "/") for name in tracked)
+                if not known and not any(path == out.rstrip("/") or path.startswith(out.rstrip("/") + "/")
+                                         for out in outputs):
+                    stale.append(path)
+            stale += [name for name in re.findall(r"(?<![\w/.-])([\w-]+\.py)\b", code) if name not in names]
+        assert not stale, f"{doc.relative_to(ROOT)} cites what the tree lacks: {sorted(set(stale))}"
+
+
+def test_every_cited_python_name_resolves():
+    """Every dotted ``baton_fast.x.y`` / ``bf.x`` name and every ``python -m`` module in README.md and docs/*.md
+    imports (a module) or is an attribute of what it names."""
+    import importlib
+    import importlib.util
+
+    stale = []
+    for doc in DOCS:
+        for code in cited_code(doc):
+            for name in re.findall(r"(?<![\w.])((?:baton_fast|bf)(?:\.\w+)+)", code):
+                parts = ["baton_fast"] + name.split(".")[1:]
+                obj = importlib.import_module("baton_fast")
+                for i, part in enumerate(parts[1:], 2):
+                    if hasattr(obj, part):
+                        obj = getattr(obj, part)
+                    elif importlib.util.find_spec(".".join(parts[:i - 1])).submodule_search_locations and \
+                            importlib.util.find_spec(".".join(parts[:i])):
+                        obj = importlib.import_module(".".join(parts[:i]))
+                    else:
+                        stale.append(name)
+                        break
+            stale += [m for m in re.findall(r"python3? -m (baton_fast[\w.]*)", code) if not importlib.util.find_spec(m)]
+        assert not stale, f"{doc.relative_to(ROOT)} cites names the code lacks: {sorted(set(stale))}"
+
+
+def test_every_cited_command_flag_exists():
+    """Every ``--flag`` cited after ``baton-fast SUBCOMMAND`` (or ``-m baton_fast.cli SUBCOMMAND``, or ``SUBCOMMAND``
+    at the start of a code span or line) in README.md and docs/*.md is one of that subcommand's flags."""
+    import argparse
+    import importlib
+
+    from baton_fast.cli import SUBCOMMANDS
+
+    flags = {}
+    for name, (module, _) in SUBCOMMANDS.items():
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module).add_arguments(parser)
+        flags[name] = {option for action in parser._actions for option in action.option_strings}
+    command_line = rf"(?:baton-fast\s+|-m baton_fast\.cli\s+|^)({'|'.join(flags)})(?![\w/.-])([^`\n]*)"
+    stale, checked = [], 0
+    for doc in DOCS:
+        for code in cited_code(doc):
+            code = re.sub(r"\\\n", " ", code)  # continued lines of one command
+            for command, rest in re.findall(command_line, code, re.M):
+                if not rest.startswith(":"):  # not an error message (``generate: error: ...``)
+                    cited = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest.split("|")[0].split("&&")[0])
+                    checked += len(cited)
+                    stale += [f"{command} {flag}" for flag in cited if flag not in flags[command]]
+        assert not stale, f"{doc.relative_to(ROOT)} cites flags the commands lack: {sorted(set(stale))}"
+    assert checked > 50, checked
