@@ -129,3 +129,26 @@ def test_every_cited_command_flag_exists():
                     stale += [f"{command} {flag}" for flag in cited if flag not in flags[command]]
         assert not stale, f"{doc.relative_to(ROOT)} cites flags the commands lack: {sorted(set(stale))}"
     assert checked > 50, checked
+
+
+def heading_anchors(path):
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_relative_link_and_anchor_resolves():
+    """Every relative Markdown link in README.md and docs/*.md names an existing file, and its ``#anchor`` one of
+    that file's headings."""
+    broken, checked = [], 0
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            name, _, anchor = target.partition("#")
+            path = (doc.parent / name).resolve() if name else doc
+            checked += 1
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in heading_anchors(path)):
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+    assert checked > 30, checked
