@@ -1,14 +1,13 @@
 """The planner on physically simulated rooms (pyroomacoustics): the simulator's physics, and a fast subset
 of the room benchmark (the full table: ``python -m baton_fast.bench.spatial_rooms``, docs/spatial.md)."""
 import numpy as np
+import pyroomacoustics  # noqa: F401  (a test requirement, setup.py [test]: missing, the file errors rather than skips)
 import pytest
 
-pytest.importorskip("pyroomacoustics")
-
-from baton_fast.spatial import CuePlanner, spatial_cues  # noqa: E402
-from baton_fast.spatial.rooms import SPEED_OF_SOUND, Room, impulse_responses, render  # noqa: E402
-from baton_fast.spatial.scenes import MIC_SPACING, SAMPLE_RATE, scene, score  # noqa: E402
-from baton_fast.spatial.signals import band_noise  # noqa: E402
+from baton_fast.spatial import CuePlanner, spatial_cues
+from baton_fast.spatial.rooms import SPEED_OF_SOUND, Room, impulse_responses, render
+from baton_fast.spatial.scenes import MIC_SPACING, SAMPLE_RATE, scene, score
+from baton_fast.spatial.signals import band_noise
 
 
 @pytest.mark.parametrize("azimuth", [-60.0, 0.0, 35.0])
