@@ -152,3 +152,26 @@ def test_every_relative_link_and_anchor_resolves():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert not broken, broken
     assert checked > 30, checked
+
+
+def test_readme_op_signatures_are_the_code_s():
+    """The op table's ``name(arguments)`` rows in README.md spell each op's parameters and defaults as the code does."""
+    import inspect
+
+    import baton_fast
+
+    def spelled(fn):
+        parts, star = [], False
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            default = "" if p.default is p.empty else f"={p.default!r}"
+            parts.append(p.name + default.replace("1e-06", "1e-6"))
+        return ", ".join(parts)
+
+    rows = re.findall(r"^\| `(\w+)\(([^`]*)\)` \|", (ROOT / "README.md").read_text(), re.M)
+    checked = [(name, args) for name, args in rows if args != "..."]
+    assert len(checked) >= 4, rows
+    for name, args in checked:
+        assert args == spelled(getattr(baton_fast, name)), name
