@@ -175,3 +175,15 @@ def test_readme_op_signatures_are_the_code_s():
     assert len(checked) >= 4, rows
     for name, args in checked:
         assert args == spelled(getattr(baton_fast, name)), name
+
+
+def test_readme_set_up_commands_are_what_ci_runs():
+    """README.md's two set-up commands share one install line; the tests' command is the one ``.ci/run`` runs, and
+    the main job's is a ``baton-fast`` subcommand with flags it has."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    main_job, tests = blocks[0].strip(), blocks[1].strip()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [tests], (ci, tests)
+    install, run_tests = tests.split(" && ")
+    assert run_tests == "python -m pytest -q tests" and main_job == f"{install} && baton-fast bench --quick"
