@@ -187,3 +187,42 @@ def test_readme_set_up_commands_are_what_ci_runs():
     assert ci == [tests], (ci, tests)
     install, run_tests = tests.split(" && ")
     assert run_tests == "python -m pytest -q tests" and main_job == f"{install} && baton-fast bench --quick"
+
+
+def test_cited_calls_use_keywords_the_code_takes():
+    """A call cited in README.md or docs/*.md (``rope_attention(..., block_mask=mask)``, ``RopeTable.ltx2(...)``,
+    ``quant.quantize_v(...)``) of a public ``baton_fast`` / ``baton_fast.distributed`` / ``baton_fast.quant``
+    name passes only keywords that callable has."""
+    import inspect
+
+    import baton_fast
+    import baton_fast.distributed
+    import baton_fast.quant
+
+    callables = {}
+    for module in (baton_fast.quant, baton_fast.distributed, baton_fast):  # the package's own names win
+        for name in getattr(module, "__all__", dir(module)):
+            obj = getattr(module, name, None)
+            if callable(obj) and not name.startswith("_"):
+                callables[name] = callables[f"{module.__name__.split('.')[-1]}.{name}"] = obj
+                for attr, member in vars(obj).items() if inspect.isclass(obj) else ():
+                    if not attr.startswith("_") and callable(getattr(obj, attr)):
+                        callables[f"{name}.{attr}"] = getattr(obj, attr)
+    wrong, checked = [], 0
+    for doc in DOCS:
+        for code in cited_code(doc):
+            for name, args in re.findall(r"(?<![\w.])(?:bf\.|baton_fast\.)?(\w+(?:\.\w+)?)\(([^()`]*)\)", code):
+                if name not in callables:
+                    continue
+                try:
+                    params = inspect.signature(callables[name]).parameters
+                except ValueError:  # a builtin without a signature
+                    continue
+                if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                    continue
+                for keyword in re.findall(r"(?:^|,)\s*(\w+)=", args):
+                    checked += 1
+                    if keyword not in params:
+                        wrong.append(f"{doc.relative_to(ROOT)}: {name}(..., {keyword}=)")
+    assert not wrong, wrong
+    assert checked > 50, checked
