@@ -173,6 +173,22 @@ def test_optional_sections_hook(monkeypatch):
     assert "model not ready" in failed[0]["extra"]["reason"]
 
 
+def test_every_optional_section_finds_its_module_and_function(monkeypatch):
+    """The sections run through ``_optional_records`` name modules of this repository: each is importable and
+    defines the function, so a rename fails here instead of turning the section into one ``skipped`` record."""
+    import importlib
+
+    looked_up = []
+    monkeypatch.setattr(runner, "_optional_records", lambda *args: looked_up.append(args[:3]) or [])
+    for section, _, task in runner._tasks("cpu", True, ["diffusers", "end_to_end", "cache", "sequence_parallel",
+                                                        "sparse", "training"]):
+        assert task() == [], section
+    assert [section for section, _, _ in looked_up] == ["diffusers", "end_to_end", "cache", "sequence_parallel",
+                                                        "sparse", "training"]
+    for section, module, function in looked_up:
+        assert callable(getattr(importlib.import_module(module), function, None)), (section, module, function)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--threads", "0"], "--threads"),
     (["--sections", "cost_model,nonsense"], "--sections"),
