@@ -182,7 +182,11 @@ def test_forward_shapes_dtypes_and_bfloat16(dit, case):
         dit16 = copy.deepcopy(dit).to(torch.bfloat16)
         video16, audio16 = dit16(case["video"], case["audio"], case["timesteps"], prepare(dit16, case, torch.bfloat16))
     assert video16.dtype == audio16.dtype == torch.bfloat16
-    assert torch.allclose(video16.float(), video, atol=0.15, rtol=0.1)
+    # bf16 rounding through the blocks: measured 0.013 (video) and 0.007 (audio), about one bf16 ulp at the outputs'
+    # magnitude; four ulps of budget.  (atol 0.15 + rtol 0.1, before, passed with a block's self-attention or FFN
+    # dropped in bf16: 0.084, 0.091.)
+    for low, full in ((video16, video), (audio16, audio)):
+        assert (low.float() - full).abs().max() <= 4 * 2.0 ** -7 * max(1.0, full.abs().max().item())
 
 
 def test_forward_rejects_wrong_latents_and_missing_plan(dit, case):
