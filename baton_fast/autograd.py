@@ -13,8 +13,9 @@ layout bitmasks are not: asking for their gradient raises a ``ValueError`` when 
 
 Deterministic mode: with grouped-query heads the fast dK/dV kernel adds each query head's share with
 atomics (the order, hence the fp32 rounding, varies between runs).  Inside ``with deterministic():`` (or
-with ``torch.use_deterministic_algorithms(True)``) backward passes use one program per key head that sums
-its group in a fixed order: two runs give bit-identical gradients.  The mode is read when the backward
+with ``torch.use_deterministic_algorithms(True)``) backward passes launch the dK/dV kernel once per query
+head of the group, in order, one program per key head: each gradient element gets its group's shares in a
+fixed order, and two runs give bit-identical gradients.  The mode is read when the backward
 runs (under ``torch.compile``: when the backward graph is traced).
 """
 from __future__ import annotations

@@ -80,14 +80,15 @@ NORM_CASES = (
 
 # Backward (kernels/rope_attention_bwd.py): the dK/dV and dQ kernels of every shipped configuration, in bf16 with
 # grouped-query heads (group 2), one head dim per padded half dim.  The kernels never rotate (the pre-pass rotates
-# Q and K), so the variants are the loops: the dense loop with key lengths and layout masks (the tile-skip branch,
-# int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with the default 128 x 64 blocks,
-# key lengths and atomics.  An output-split configuration's dK/dV kernel is compiled for each of its two launches
-# (case "dV" and "dK", :func:`bwd_launches`).
+# Q and K), so the variants are the loops and the grouped-query modes: the dense loop with key lengths and layout
+# masks (the tile-skip branch, int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with
+# the default 128 x 64 blocks and key lengths, with atomics and in deterministic mode.  An output-split
+# configuration's dK/dV kernel is compiled for each of its two launches (case "dV" and "dK", :func:`bwd_launches`).
 BWD_KERNELS = ("attention_bwd_dkdv", "attention_bwd_dq")
 BWD_HEAD_DIMS = {16: 32, 32: 64, 64: 128, 128: 256}
 BWD_VARIANTS = (dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False, DETERMINISTIC=True),
-                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=False))
+                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=False),
+                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=True))
 # Quantising pre-pass (kernels/rope_attention_quant.py, through quantize_rows_fwd / quantize_v_fwd), bf16 in, on
 # the arch of its scheme: (case, kernel, scheme, heads, head dim, NORM, smooth, which launch of the launcher).
 # Wan's Q and K (RMSNorm across heads): K smoothed by its token mean (the mean pass, then the quantising pass).
@@ -274,11 +275,13 @@ def _record_backward_launch(job: Job):
     from .block_mask import DEFAULT_BLOCK
     from .kernels import rope_attention_bwd
 
-    flags, n, D = job.flag_dict, _RECORDED_TOKENS, job.D
+    flags, n, D, group = job.flag_dict, _RECORDED_TOKENS, job.D, 2
     q = torch.zeros(1, n, job.heads, D, dtype=getattr(torch, job.dtype))
-    kv = torch.zeros(1, n, job.heads // 2, D, dtype=q.dtype)
+    kv = torch.zeros(1, n, job.heads // group, D, dtype=q.dtype)
     groups = torch.ones(1, n, dtype=torch.int64) if flags["HAS_GROUPS"] else None
-    pick = (BWD_KERNELS.index(job.kernel), bwd_launches(job.kernel, job.config).index(job.case))
+    # the deterministic mode launches the dK/dV kernel once per group member (the same code): the first of them
+    members = group if flags["DETERMINISTIC"] and job.kernel == BWD_KERNELS[0] else 1
+    pick = (BWD_KERNELS.index(job.kernel), bwd_launches(job.kernel, job.config).index(job.case) * members)
     return _recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), pick,
                      rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, job.heads, n),
                      k_lens=torch.full((1,), n, dtype=torch.int32) if flags["HAS_KLENS"] else None, scale=D ** -0.5,

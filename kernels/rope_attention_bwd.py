@@ -3,8 +3,8 @@
 Three kernels, as in Triton's fused-attention tutorial:
 
 1. ``_bwd_delta``: ``delta = rowsum(dO * O) - dLSE`` per query row (fp32);
-2. ``_bwd_dkdv``: one program per key tile, looping over query tiles (and, in deterministic mode, over
-   the query heads of its grouped-query group): ``dV += P^T dO``, ``dK += dS^T Q``;
+2. ``_bwd_dkdv``: one program per key tile and head, looping over query tiles: ``dV += P^T dO``,
+   ``dK += dS^T Q``;
 3. ``_bwd_dq``: one program per query tile, looping over key tiles: ``dQ += dS K``.
 
 Output split (the ``split`` entry of a configuration; sm_90 at D = 256): the dK/dV kernel is launched twice, one
@@ -23,9 +23,11 @@ lists, the dK/dV kernel the transposed lists (the query blocks that visit each k
 ``BlockMask.query_lists``); partial blocks apply their token tile, full blocks only the key-length bound.  Tiles
 may be smaller than the mask's blocks: each mask block is walked in whole tiles.
 
-Grouped-query heads: the fast mode runs one dK/dV program per *query* head and adds its share into fp32
-buffers with atomics (more programs, but the order of the additions varies from run to run); the
-deterministic mode runs one program per *key* head that loops over the group in a fixed order.
+Grouped-query heads: dK and dV sum over each group's query heads, added into zeroed fp32 buffers.  The fast
+mode runs one dK/dV program per *query* head, all in one launch (the order of the additions varies from run to
+run); the deterministic mode launches the kernel once per member of the group, in order, one program per *key*
+head, so each output row gets one addition per launch, always in the same order.  (A program looping over its
+group's heads spilled on sm_90 at D = 128 and 256 when walking a BlockMask's lists: docs/training.md.)
 All base offsets (batch, head, tile start) are computed in 64 bits.
 
 Interpreter work-around: under ``TRITON_INTERPRET=1`` the CPU emulation of ``tl.dot`` multiplies the raw
@@ -90,21 +92,20 @@ def _bwd_delta(
 
 
 @triton.jit
-def _program_heads(pid_bh, num_heads, group, PER_KEY_HEAD: tl.constexpr):
-    """``(b, first query head, query heads, key head)`` of program row ``pid_bh`` (int64): one query head, or
-    with ``PER_KEY_HEAD`` one key head and the ``group`` query heads that share it, in a fixed order."""
+def _program_heads(pid_bh, num_heads, group, member, PER_KEY_HEAD: tl.constexpr):
+    """``(b, query head, key head)`` of program row ``pid_bh`` (int64): one query head per row, or with
+    ``PER_KEY_HEAD`` one key head per row and its group's query head number ``member`` (the deterministic mode
+    launches the dK/dV kernel once per member, in order)."""
     pid_bh = pid_bh.to(tl.int64)
     if PER_KEY_HEAD:
         b = pid_bh // (num_heads // group)
         hk = pid_bh % (num_heads // group)
-        h_first = hk * group
-        heads = group
+        h = hk * group + member
     else:
         b = pid_bh // num_heads
-        h_first = pid_bh % num_heads
-        hk = h_first // group
-        heads = 1
-    return b, h_first, heads, hk
+        h = pid_bh % num_heads
+        hk = h // group
+    return b, h, hk
 
 
 @triton.jit
@@ -183,10 +184,20 @@ def _list_rows(b, h, block, stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h
             b * stride_bmf_b + h * stride_bmf_h + block * stride_bmf_m)
 
 
+@triton.jit
+def _write_gradient(ptrs, x, mask, ACCUMULATE: tl.constexpr):
+    """A key tile's gradient ``x`` (fp32) written to ``ptrs``, rounded to the output's dtype; with ``ACCUMULATE``
+    added to the fp32 output (zeroed by the launcher) by an atomic add."""
+    if ACCUMULATE:
+        tl.atomic_add(ptrs, x, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+
+
 # The two gradient kernels share their arguments up to the outputs: inputs, statistics, key lengths, layout
 # masks, the visit lists (dQ: per query block; dK/dV: per key block, BlockMask.query_lists), then their
 # strides, then the outputs' strides.
-@triton.jit
+@triton.jit(do_not_specialize=["member"])
 def _bwd_dkdv(
     Q, K, V, dO, Lse, Delta, KLens, QG, KG, Num, Idx, MaskId, FullNum, FullIdx, MaskPool, dK, dV,
     stride_qb, stride_qn, stride_qh, stride_qd,
@@ -197,16 +208,20 @@ def _bwd_dkdv(
     stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m,
     stride_dkb, stride_dkn, stride_dkh, stride_dkd,
     stride_dvb, stride_dvn, stride_dvh, stride_dvd,
-    n_q, n_k, num_heads, group, qk_scale, sm_scale,
+    n_q, n_k, num_heads, group, qk_scale, sm_scale, member,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_KLENS: tl.constexpr, HAS_GROUPS: tl.constexpr,
     HAS_BLOCK_MASK: tl.constexpr, MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, ATOMIC: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SKIP_PRODUCTS: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
 ):
-    """One program per key tile (and query head, or with ``ATOMIC`` off per key head and its group):
-    ``dV = sum P^T dO`` (with ``DV``), ``dK = scale * sum dS^T Q`` (with ``DK``) over the query tiles that see it;
-    the output split launches the kernel twice, once per gradient, each holding one fp32 accumulator."""
-    b, h_first, heads, hk = _program_heads(tl.program_id(1), num_heads, group, not ATOMIC)
+    """One program per key tile and query head (``ATOMIC``), or per key tile and key head, for the group's query
+    head ``member``: ``dV = sum P^T dO`` (with ``DV``), ``dK = scale * sum dS^T Q`` (with ``DK``) over the query
+    tiles that see it.  With ``ACCUMULATE`` (grouped-query heads) each program adds its head's share into the fp32
+    outputs: concurrently with ``ATOMIC``, else one program per output row per launch, the launches (one per
+    member) in order.  The output split launches the kernel once per gradient, each holding one fp32
+    accumulator."""
+    b, h, hk = _program_heads(tl.program_id(1), num_heads, group, member, not ATOMIC)
     start_n = tl.program_id(0).to(tl.int64) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -225,70 +240,62 @@ def _bwd_dkdv(
 
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
-    for g in range(0, heads):
-        h = h_first + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = dO + b * stride_dob + h * stride_doh
-        stats_row = (b * num_heads + h) * n_q
-        if HAS_BLOCK_MASK:  # partial query blocks with their token tile (read transposed), then full ones
-            row, partial_row, full_row = _list_rows(b, h, key_block, stride_bm_b, stride_bm_h, stride_bmp_b,
-                                                    stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m)
-            for i in range(0, tl.load(Num + row)):
-                q_block = tl.load(Idx + partial_row + i).to(tl.int64)
-                tile = MaskPool + tl.load(MaskId + partial_row + i).to(tl.int64) * (MASK_BQ * MASK_BK) + tile_offsets
-                for sub in range(0, MASK_BQ, BLOCK_M):
-                    allowed = keys[:, None] & (tl.load(tile + sub * MASK_BK) != 0)
-                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                                    offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
-                                                    mask_d)
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
-                                        UPCAST_DOTS, DK, DV)
-            for i in range(0, tl.load(FullNum + row)):
-                q_block = tl.load(FullIdx + full_row + i).to(tl.int64)
-                for sub in range(0, MASK_BQ, BLOCK_M):
-                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
-                                                    offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
-                                                    mask_d)
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, keys[:, None], qk_scale, DOT_PRECISION,
-                                        UPCAST_DOTS, DK, DV)
-        else:
-            q_end = tl.where(start_n < k_len, n_q, 0)  # a key tile wholly past k_len: its gradients are zero
-            for tile_m in range(0, q_end, BLOCK_M):
-                start_m = tl.cast(tile_m, tl.int64)
-                allowed = keys[:, None]
-                visit = True
-                rows_end = n_q
-                if HAS_GROUPS:
-                    q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n,
-                                       mask=start_m + offs_m < n_q, other=0).to(tl.int64)
-                    shared = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
-                    allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
-                    if SKIP_PRODUCTS:
-                        visit = shared
-                    else:  # no branch: a skipped tile's rows are not read, its products add exact zeros (P = 0)
-                        rows_end = tl.where(shared, n_q, 0)
-                if visit:
-                    q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, rows_end,
-                                                    stride_qn, stride_qd, stride_don, stride_dod, offs_d, mask_d)
-                    dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
-                                        UPCAST_DOTS, DK, DV)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = dO + b * stride_dob + h * stride_doh
+    stats_row = (b * num_heads + h) * n_q
+    if HAS_BLOCK_MASK:  # partial query blocks with their token tile (read transposed), then full ones
+        row, partial_row, full_row = _list_rows(b, h, key_block, stride_bm_b, stride_bm_h, stride_bmp_b,
+                                                stride_bmp_h, stride_bmp_m, stride_bmf_b, stride_bmf_h, stride_bmf_m)
+        for i in range(0, tl.load(Num + row)):
+            q_block = tl.load(Idx + partial_row + i).to(tl.int64)
+            tile = MaskPool + tl.load(MaskId + partial_row + i).to(tl.int64) * (MASK_BQ * MASK_BK) + tile_offsets
+            for sub in range(0, MASK_BQ, BLOCK_M):
+                allowed = keys[:, None] & (tl.load(tile + sub * MASK_BK) != 0)
+                q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                                offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
+                                                mask_d)
+                dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
+                                    UPCAST_DOTS, DK, DV)
+        for i in range(0, tl.load(FullNum + row)):
+            q_block = tl.load(FullIdx + full_row + i).to(tl.int64)
+            for sub in range(0, MASK_BQ, BLOCK_M):
+                q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, q_block * MASK_BQ + sub,
+                                                offs_m, n_q, stride_qn, stride_qd, stride_don, stride_dod, offs_d,
+                                                mask_d)
+                dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, keys[:, None], qk_scale, DOT_PRECISION,
+                                    UPCAST_DOTS, DK, DV)
+    else:
+        q_end = tl.where(start_n < k_len, n_q, 0)  # a key tile wholly past k_len: its gradients are zero
+        for tile_m in range(0, q_end, BLOCK_M):
+            start_m = tl.cast(tile_m, tl.int64)
+            allowed = keys[:, None]
+            visit = True
+            rows_end = n_q
+            if HAS_GROUPS:
+                q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n,
+                                   mask=start_m + offs_m < n_q, other=0).to(tl.int64)
+                shared = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
+                allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
+                if SKIP_PRODUCTS:
+                    visit = shared
+                else:  # no branch: a skipped tile's rows are not read, its products add exact zeros (P = 0)
+                    rows_end = tl.where(shared, n_q, 0)
+            if visit:
+                q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, rows_end,
+                                                stride_qn, stride_qd, stride_don, stride_dod, offs_d, mask_d)
+                dk, dv = _dkdv_tile(dk, dv, k, v, q, do, lse, delta, allowed, qk_scale, DOT_PRECISION,
+                                    UPCAST_DOTS, DK, DV)
 
-    # keys past k_len get a zero gradient (stored: the buffers are not pre-zeroed in deterministic mode)
+    # keys past k_len get a zero gradient (stored: without grouped-query heads the buffers are not pre-zeroed)
     mask = (start_n + offs_n < n_k)[:, None] & mask_d[None, :]
     rows = start_n * stride_dkn + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
     dk_ptrs = dK + b * stride_dkb + hk * stride_dkh + rows
     dv_ptrs = dV + b * stride_dvb + hk * stride_dvh + start_n * stride_dvn + offs_n[:, None] * stride_dvn \
         + offs_d[None, :] * stride_dvd
     if DK:
-        if ATOMIC:
-            tl.atomic_add(dk_ptrs, dk * sm_scale, mask=mask, sem="relaxed")
-        else:
-            tl.store(dk_ptrs, (dk * sm_scale).to(dK.dtype.element_ty), mask=mask)
+        _write_gradient(dk_ptrs, dk * sm_scale, mask, ACCUMULATE)
     if DV:
-        if ATOMIC:
-            tl.atomic_add(dv_ptrs, dv, mask=mask, sem="relaxed")
-        else:
-            tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=mask)
+        _write_gradient(dv_ptrs, dv, mask, ACCUMULATE)
 
 
 @triton.jit
@@ -308,7 +315,7 @@ def _bwd_dq(
     SKIP_PRODUCTS: tl.constexpr,
 ):
     """One program per query tile and head: ``dQ = scale * sum dS K`` over the key tiles it sees."""
-    b, h, _, hk = _program_heads(tl.program_id(1), num_heads, group, False)
+    b, h, hk = _program_heads(tl.program_id(1), num_heads, group, 0, False)
     start_m = tl.program_id(0).to(tl.int64) * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -430,7 +437,8 @@ def rope_attention_bwd(dout, q, k, v, out, lse, q_coords, k_coords, q_freqs, q_a
     lse float32 ``[B, H, Nq]`` (natural log, ``-inf`` for rows with no key); dlse optional float32
     ``[B, H, Nq]`` (gradient of a returned LSE); block_mask optional
     :class:`~baton_fast.block_mask.BlockMask` (checked; its transposed lists are built once per mask).  Other
-    arguments as the forward's.  ``deterministic``: no atomics (bit-identical runs) for grouped-query heads.
+    arguments as the forward's.  ``deterministic``: bit-identical runs for grouped-query heads (the
+    group's query heads added in a fixed order, one launch each).
 
     The sides the forward rotated are rotated once by the pre-pass kernel (exactly as the forward rotated them:
     fp32, rounded to the input dtype), the gradient kernels run on the rotated tensors, and the gradients of the
@@ -455,7 +463,7 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
                   dlse=None, deterministic: bool = False, config=None, fp32_grads=(False, False)):
     """``(dq, dk, dv)`` of softmax attention on already rotated q, k (the gradient kernels; arguments as
     :func:`rope_attention_bwd`'s).  ``dq``, ``dk`` are float32 where ``fp32_grads`` says so (they are rotated
-    back next), and wherever atomics or the interpreter's bf16 work-around need it; else in q's dtype."""
+    back next), and wherever grouped-query sums or the interpreter's bf16 work-around need it; else in q's dtype."""
     B, n_q, H, D = q.shape
     n_k, Hk = k.shape[1], k.shape[2]
     group = H // Hk
@@ -486,17 +494,22 @@ def attention_bwd(dout, q, k, v, out, lse, *, k_lens, scale: float, q_groups=Non
                batch_stride(k_groups) if has_groups else 0, k_groups.stride(1) if has_groups else 0)
     scalars = (n_q, n_k, H, group, scale * LOG2E, scale)
 
+    # grouped-query heads: dK, dV are sums over each group's query heads, added into zeroed fp32 buffers, by
+    # atomics (one program per query head) or in deterministic mode by one launch per group member, in order
     atomic = group > 1 and not deterministic
+    accumulate = group > 1
     fp32_q, fp32_k = (flag or upcast for flag in fp32_grads)
-    k_dtype = torch.float32 if atomic or fp32_k else q.dtype
-    dk = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device, dtype=k_dtype)
-    dv = (torch.zeros if atomic else torch.empty)((B, n_k, Hk, D), device=q.device,
-                                                  dtype=torch.float32 if atomic or upcast else q.dtype)
+    k_dtype = torch.float32 if accumulate or fp32_k else q.dtype
+    dk = (torch.zeros if accumulate else torch.empty)((B, n_k, Hk, D), device=q.device, dtype=k_dtype)
+    dv = (torch.zeros if accumulate else torch.empty)((B, n_k, Hk, D), device=q.device,
+                                                      dtype=torch.float32 if accumulate or upcast else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse, by_key_block=True)
     for grads in ((False, True), (True, False)) if split else ((True, True),):  # (DK, DV) of each launch
-        _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
-            *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars,
-            ATOMIC=atomic, BLOCK_M=block_m1, BLOCK_N=block_n1, DK=grads[0], DV=grads[1], **common)
+        for member in range(1 if atomic else group):
+            _bwd_dkdv[(triton.cdiv(n_k, block_n1), B * (H if atomic else Hk))](
+                *inputs, *lists, dk, dv, *strides, *list_strides, *dk.stride(), *dv.stride(), *scalars, member,
+                ATOMIC=atomic, ACCUMULATE=accumulate, BLOCK_M=block_m1, BLOCK_N=block_n1, DK=grads[0], DV=grads[1],
+                **common)
 
     dq = torch.empty((B, n_q, H, D), device=q.device, dtype=torch.float32 if fp32_q else q.dtype)
     lists, list_strides = _block_mask_args(block_mask, lse)

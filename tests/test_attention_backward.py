@@ -41,6 +41,13 @@ def assert_gradients_within_budget(kernel_fn, reference_fn, inputs, dtype, seed,
         assert_within_budget(name, r, p, f, dtype)
 
 
+def assert_bit_identical_runs(kernel_fn, inputs, dout):
+    """Two backward runs of ``kernel_fn`` with output gradient ``dout`` give bit-identical gradients; returns them."""
+    first, second = (gradients(kernel_fn, inputs, [dout]) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    return first
+
+
 # (family, dtype, B, Nq, Nk, H, Hk, D): sizes 1, 17, 130, 257; Nq != Nk; GQA; every RoPE family; both layouts
 CASES = [
     ("wan", torch.float32, 2, 17, 40, 2, 1, 32),
@@ -121,7 +128,8 @@ def test_rows_without_keys_get_zero_gradients():
 
 
 def test_deterministic_mode_is_bit_identical_and_matches_the_atomic_mode():
-    """Grouped-query dK/dV: atomics across query heads (default) or one program per key head (deterministic)."""
+    """Grouped-query dK/dV: atomics across query heads (default) or one launch per query head of the group, in order
+    (deterministic)."""
     q, k, v, qc, kc, table, _ = make_inputs("wan", torch.bfloat16, 1, 17, 20, 4, 1, 32, seed=12)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.dtype)
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
@@ -186,11 +194,14 @@ def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, H
         q_rot, k_rot = reference.apply_rope(q, qc, table), reference.apply_rope(k, kc, k_table)
         return masked_attention(q_rot, k_rot, v, dense, k_lens=k_lens)
 
+    def kernel_fn(q, k, v):
+        return bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask)
+
     monkeypatch.setattr(BlockMask, "to_dense", lambda self: pytest.fail("the backward formed the dense mask"))
     with bf.deterministic(deterministic):
-        assert_gradients_within_budget(
-            lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
-            reference_fn, (q, k, v), dtype, seed=23)
+        assert_gradients_within_budget(kernel_fn, reference_fn, (q, k, v), dtype, seed=23)
+        if deterministic:  # the group's query heads added in launch order: two runs bit-identical
+            assert_bit_identical_runs(kernel_fn, (q, k, v), torch.randn(q.shape, generator=g).to(dtype))
 
 
 def _split_config(monkeypatch):
@@ -204,9 +215,9 @@ def _split_config(monkeypatch):
 def test_output_split_at_d256(monkeypatch, dtype, deterministic):
     """The sm_90 D = 256 configuration under the interpreter: the dK/dV kernel launched once per gradient (dV, then
     dK) and the layout-mask tile skip applied to the loads only.  D = 256, Nq = 17, Nk = 130 (partial 64-key tiles),
-    GQA 2/1 (atomics, or the deterministic per-key-head order: two runs bit-identical, and bit-identical to the
-    unsplit kernels on the same tiles), key lengths, layout masks with a key tile that no query shares a bit with;
-    against float64."""
+    GQA 2/1 (atomics, or the deterministic launches, one per query head of the group: two runs bit-identical, and
+    bit-identical to the unsplit kernels on the same tiles), key lengths, layout masks with a key tile that no query
+    shares a bit with; against float64."""
     _split_config(monkeypatch)
     q, k, v, qc, kc, table, k_table = make_inputs("wan", dtype, 2, 17, 130, 2, 1, 256, seed=41)
     g = torch.Generator().manual_seed(42)
@@ -225,21 +236,22 @@ def test_output_split_at_d256(monkeypatch, dtype, deterministic):
         assert_gradients_within_budget(kernel_fn, reference_fn, (q, k, v), dtype, seed=43)
         if deterministic:
             dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(44)).to(dtype)
-            first, second = (gradients(kernel_fn, (q, k, v), [dout]) for _ in range(2))
-            assert all(torch.equal(a, b) for a, b in zip(first, second))
+            first = assert_bit_identical_runs(kernel_fn, (q, k, v), dout)
             monkeypatch.setattr(rope_attention_bwd, "INTERPRETER_BWD_CONFIG",
                                 (*rope_attention_bwd.INTERPRETER_BWD_CONFIG[:6], False))
             unsplit = gradients(kernel_fn, (q, k, v), [dout])
             assert all(torch.equal(a, b) for a, b in zip(first, unsplit))
 
 
-def test_output_split_block_mask_at_d256(monkeypatch):
+@pytest.mark.parametrize("dtype,deterministic", [(torch.float16, False), (torch.bfloat16, True)])
+def test_output_split_block_mask_at_d256(monkeypatch, dtype, deterministic):
     """The split dK/dV kernel walking a BlockMask's transposed lists (64 x 64 blocks: the configuration's tiles
-    unchanged), partial, full and unvisited blocks, key lengths, GQA 2/1 with atomics; fp16 against float64 of the
-    dense masked attention."""
+    unchanged), partial, full and unvisited blocks, key lengths, GQA 2/1 with atomics (fp16) or in deterministic
+    mode (bf16: one launch per query head of the group, two runs bit-identical); against float64 of the dense
+    masked attention."""
     _split_config(monkeypatch)
     Nq, Nk, D = 70, 130, 256
-    q, k, v, qc, kc, table, k_table = make_inputs("wan", torch.float16, 2, Nq, Nk, 2, 1, D, seed=45)
+    q, k, v, qc, kc, table, k_table = make_inputs("wan", dtype, 2, Nq, Nk, 2, 1, D, seed=45)
     g = torch.Generator().manual_seed(46)
     dense = torch.rand(1, 2, Nq, Nk, generator=g) < 0.5
     dense[:, :, :64, :64] = True  # full blocks
@@ -252,6 +264,10 @@ def test_output_split_block_mask_at_d256(monkeypatch):
         q_rot, k_rot = reference.apply_rope(q, qc, table), reference.apply_rope(k, kc, k_table)
         return masked_attention(q_rot, k_rot, v, dense, k_lens=k_lens)
 
-    assert_gradients_within_budget(
-        lambda q, k, v: bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask),
-        reference_fn, (q, k, v), torch.float16, seed=47)
+    def kernel_fn(q, k, v):
+        return bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask)
+
+    with bf.deterministic(deterministic):
+        assert_gradients_within_budget(kernel_fn, reference_fn, (q, k, v), dtype, seed=47)
+        if deterministic:
+            assert_bit_identical_runs(kernel_fn, (q, k, v), torch.randn(q.shape, generator=g).to(dtype))

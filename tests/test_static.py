@@ -42,11 +42,53 @@ def test_every_backward_config_and_quantising_prepass_is_compiled(records):
                 for (major, _), config in BWD_CONFIGS.items() for flags in static_check.BWD_VARIANTS
                 for kernel in static_check.BWD_KERNELS for case in static_check.bwd_launches(kernel, config)}
     assert compiled == expected
+    # every configuration in three loop variants: layout masks (deterministic), a BlockMask with atomics and a
+    # BlockMask in deterministic mode (issue 10)
+    variants = {}
+    for r in records:
+        if r["kernel"] in static_check.BWD_KERNELS:
+            flags = r["flags"]
+            variants.setdefault((r["arch"], r["D"]), set()).add((flags["HAS_BLOCK_MASK"], flags["DETERMINISTIC"]))
+    assert len(variants) == len(BWD_CONFIGS)
+    assert all(v == {(False, True), (True, False), (True, True)} for v in variants.values()), variants
     # both launches of the output-split dK/dV kernel (sm_90, D = 256)
     assert {r["case"] for r in records if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256
             and r["arch"] == "sm_90"} == {"dV", "dK"}
     prepass = {(r["kernel"], r["case"], r["arch"]) for r in records if r["kernel"].startswith("quantize")}
     assert prepass == {(c[1], c[0], f"sm_{static_check.QUANT_ARCH_MMA[c[2]][0]}") for c in static_check.PREPASS_CASES}
+
+
+def _member_launches(group: int):
+    """(In a compiling process.) The ``member`` argument and Triton's specialisation key of every dK/dV launch of a
+    deterministic backward with grouped-query group ``group`` (sm_90, D = 128)."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from baton_fast.kernels import rope_attention_bwd
+
+    n, D = 17, 128
+    q = torch.zeros(1, n, group, D, dtype=torch.bfloat16)
+    kv = torch.zeros(1, n, 1, D, dtype=q.dtype)
+    launches = [static_check._recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (0, member),
+                                       rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, group, n),
+                                       k_lens=None, scale=D ** -0.5, deterministic=True,
+                                       config=rope_attention_bwd.BWD_CONFIGS[(9, 64)])
+                for member in range(group)]
+    kernel = launches[0][0]
+    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
+    return ([args[kernel.arg_names.index("member")] for _, args, _ in launches],
+            {str(binder(*args, **kwargs)[1]) for _, args, kwargs in launches})
+
+
+def test_deterministic_launches_of_a_group_compile_to_one_kernel():
+    """The deterministic mode launches the dK/dV kernel once per member of a grouped-query group (4 here, so
+    members 0 and 1, which Triton would specialise, are among them); the member is not specialised, so the compiled
+    launch (the first) stands for all of them."""
+    with static_check.spawn_pool(1, static_check._compiler_process) as pool:
+        members, specialisations = pool.submit(_member_launches, 4).result()
+    assert members == [0, 1, 2, 3] and len(specialisations) == 1, specialisations
 
 
 def test_no_spills_and_no_local_memory(records):
