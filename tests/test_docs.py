@@ -226,3 +226,18 @@ def test_cited_calls_use_keywords_the_code_takes():
                         wrong.append(f"{doc.relative_to(ROOT)}: {name}(..., {keyword}=)")
     assert not wrong, wrong
     assert checked > 50, checked
+
+
+def test_readme_compile_counts_are_the_static_check_s():
+    """README.md's counts of the ahead-of-time compiles are the job lists of ``baton_fast.static_check``."""
+    from baton_fast import static_check
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    jobs = static_check.shipped_jobs()
+    counts = {kind: sum(job.kernel.startswith(kind) for job in jobs) for kind in ("rope_attention", "rmsnorm_rope",
+                                                                                  "quantize")}
+    stated = re.search(r"(\d+) compiles of the attention kernel .*?, (\d+) of the RMSNorm \+ RoPE pre-pass, (\d+) of "
+                       r"the quantising pre-pass.*?also compiles the (\d+) quantised-attention configurations", text)
+    assert stated, "README.md: the static check's counts are no longer stated where this test reads them"
+    assert tuple(map(int, stated.groups())) == (counts["rope_attention"], counts["rmsnorm_rope"], counts["quantize"],
+                                                len(static_check.quant_jobs()))
