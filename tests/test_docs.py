@@ -1,5 +1,7 @@
-"""README.md and docs/*.md cite only what exists: design sections (docs/design.md, shipped, every section cited),
-test ids, repository paths, dotted `baton_fast` names and subcommand flags."""
+"""README.md and docs/*.md cite only what exists and say what the code does: design sections (docs/design.md,
+shipped, every section cited), test ids, repository paths and file names, dotted ``baton_fast`` names, subcommand
+flags, call keywords, relative links and anchors, the op table's signatures, the set-up commands (``.ci/run``) and
+the static check's counts.  Text, imports and argument parsers only: no kernel runs or compiles."""
 import re
 import subprocess
 from pathlib import Path
@@ -7,10 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tracked_files():
+    """Paths (relative, as git spells them) of the files git tracks that exist in the work tree."""
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return {name for name in names if (ROOT / name).is_file()}
+
+
 def tracked_text_files():
-    names = subprocess.run(["git", "ls-files", "*.py", "*.md"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    return [ROOT / name for name in names if (ROOT / name).is_file() and ROOT / name != Path(__file__).resolve()]
+    return [ROOT / name for name in sorted(tracked_files())
+            if name.endswith((".py", ".md")) and ROOT / name != Path(__file__).resolve()]
 
 
 def test_every_design_citation_resolves_to_docs_design_md():
@@ -35,10 +42,6 @@ def cited_code(path):
     text = path.read_text()
     blocks = re.findall(r"```.*?```", text, re.S)
     return blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
-
-
-def tracked_files():
-    return set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
 
 
 def expand_braces(path):
