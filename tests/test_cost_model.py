@@ -125,7 +125,8 @@ def test_model_records_are_labelled_and_consistent():
 def test_bad_shapes_raise(bad):
     fields = dict(name="bad", batch=1, n_q=4, n_k=4, heads=2, kv_heads=2, head_dim=4, q_axes=1, k_axes=1,
                   q_table_rows=1, k_table_rows=1, shared_table=True, layers=1)
-    with pytest.raises(ValueError):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name):  # the message names the field
         cm.AttentionShape(**{**fields, **bad})
 
 
