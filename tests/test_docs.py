@@ -244,3 +244,28 @@ def test_readme_compile_counts_are_the_static_check_s():
     assert stated, "README.md: the static check's counts are no longer stated where this test reads them"
     assert tuple(map(int, stated.groups())) == (counts["rope_attention"], counts["rmsnorm_rope"], counts["quantize"],
                                                 len(static_check.quant_jobs()))
+
+
+# Cited names that are not this repository's: other projects' (diffusers, transformers, torch) and code that the
+# docs cite as history (a reverted head-dim split, the per-layer gather the block mask replaced).
+FOREIGN_NAMES = {"GenerationMixin", "_cp_plan", "set_default_attn_processor", "transformer_2", "_disable_dynamo",
+                 "D_SPLIT", "attention_in_group_order"}
+
+
+def test_every_cited_identifier_is_in_the_code():
+    """Each snake_case or CamelCase name a code span of README.md or docs/*.md starts with (``name``,
+    ``a.b.name(...)``, ``name=``) is a word of the repository's Python code, unless it is in FOREIGN_NAMES (test
+    names and file names are checked above)."""
+    code = " ".join((ROOT / name).read_text(errors="replace") for name in tracked_files() if name.endswith(".py"))
+    words = set(re.findall(r"\w+", code))
+    unknown = set()
+    for doc in DOCS:
+        for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)):
+            head = re.match(r"[A-Za-z_][\w.]*(?=\(|$|=| )", span)
+            for word in head[0].split(".") if head else ():
+                snake = len(word) > 3 and "_" in word
+                camel = len(word) > 4 and word[0].isupper() and any(c.islower() for c in word[1:])
+                cited_test = word.startswith("test_")  # test_every_cited_test_and_file_exists checks those
+                if (snake or camel) and not cited_test and word not in words | FOREIGN_NAMES:
+                    unknown.add(f"{doc.relative_to(ROOT)}: {word}")
+    assert not unknown, sorted(unknown)
