@@ -269,3 +269,14 @@ def test_every_cited_identifier_is_in_the_code():
                 if (snake or camel) and not cited_test and word not in words | FOREIGN_NAMES:
                     unknown.add(f"{doc.relative_to(ROOT)}: {word}")
     assert not unknown, sorted(unknown)
+
+
+def test_benchmarks_doc_names_every_bench_section():
+    """docs/benchmarks.md's ``--sections`` option lists every section ``baton-fast bench`` has."""
+    from baton_fast.bench.runner import SECTIONS
+
+    options = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split("## What is measured")[0].split())
+    listed = re.search(r"`--sections` \(comma-separated subset of (.*?); default all\)", options)
+    assert listed, "docs/benchmarks.md: the --sections option is no longer described where this test reads it"
+    named = {name.strip() for span in re.findall(r"`([^`]*)`", listed[1]) for name in span.split(",")}
+    assert named == set(SECTIONS), listed[1]
