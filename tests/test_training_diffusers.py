@@ -51,7 +51,7 @@ class Case:
 WAN = Case(WanTransformer3DModel, dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                        in_channels=4, out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32,
                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                       rope_max_seq_len=32), (4, 1, 16, 16))
+                                       rope_max_seq_len=32), (4, 2, 16, 16))  # upstream's (4, 1, 16, 16) broadcasts
 _LTX2 = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
              cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
              audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, qk_norm="rms_norm_across_heads",
