@@ -231,19 +231,61 @@ def test_cited_calls_use_keywords_the_code_takes():
     assert checked > 50, checked
 
 
-def test_readme_compile_counts_are_the_static_check_s():
-    """README.md's counts of the ahead-of-time compiles are the job lists of ``baton_fast.static_check``."""
+def _static_counts():
+    """Jobs of ``baton-fast selftest --static`` per kind: attention, RMSNorm + RoPE pre-pass, quantising pre-pass,
+    backward and quantised attention (``static_check``'s job lists; nothing is compiled)."""
     from baton_fast import static_check
 
-    text = " ".join((ROOT / "README.md").read_text().split())
     jobs = static_check.shipped_jobs()
     counts = {kind: sum(job.kernel.startswith(kind) for job in jobs) for kind in ("rope_attention", "rmsnorm_rope",
-                                                                                  "quantize")}
+                                                                                  "quantize", "attention_bwd")}
+    return dict(counts, quant_attention=len(static_check.quant_jobs()))
+
+
+def test_readme_compile_counts_are_the_static_check_s():
+    """README.md's counts of the ahead-of-time compiles are the job lists of ``baton_fast.static_check``."""
+    text = " ".join((ROOT / "README.md").read_text().split())
     stated = re.search(r"(\d+) compiles of the attention kernel .*?, (\d+) of the RMSNorm \+ RoPE pre-pass, (\d+) of "
-                       r"the quantising pre-pass.*?also compiles the (\d+) quantised-attention configurations", text)
+                       r"the quantising pre-pass, and (\d+) of the two backward kernels.*?also compiles the (\d+) "
+                       r"quantised-attention configurations", text)
     assert stated, "README.md: the static check's counts are no longer stated where this test reads them"
-    assert tuple(map(int, stated.groups())) == (counts["rope_attention"], counts["rmsnorm_rope"], counts["quantize"],
-                                                len(static_check.quant_jobs()))
+    counts = _static_counts()
+    assert tuple(map(int, stated.groups())) == tuple(counts[kind] for kind in ("rope_attention", "rmsnorm_rope",
+                                                                               "quantize", "attention_bwd",
+                                                                               "quant_attention"))
+
+
+def test_selftest_doc_static_counts_and_table_are_the_static_check_s():
+    """docs/selftest.md's counts of the ``--static`` compiles are the job lists, and its measured table has one row
+    per job, in the order ``selftest --static`` prints them, with the job's kernel, arch, config (where the job fixes
+    it: the pre-passes' launchers pick theirs), dtype, head dim and flags: a table not regenerated after a config,
+    variant or case changed fails."""
+    from baton_fast import selftest, static_check
+
+    text = (ROOT / "docs" / "selftest.md").read_text()
+    prose = " ".join(text.split())
+    counts = _static_counts()
+    stated = re.search(r"— (\d+) compilations of the attention kernel .*?on both archs: (\d+) compilations\. .*?"
+                       r"compiles (\d+) kernels\. .*?(\d+) compiles, all spill-free .*?no dot\), (\d+) compiles, and the "
+                       r"(\d+) shipped configurations of the quantised attention", prose)
+    assert stated, "docs/selftest.md: the static check's counts are no longer stated where this test reads them"
+    jobs = static_check.shipped_jobs() + static_check.quant_jobs()
+    assert tuple(map(int, stated.groups())) == (counts["rope_attention"], counts["rmsnorm_rope"], len(jobs),
+                                                counts["attention_bwd"], counts["quantize"], counts["quant_attention"])
+    table = text.split("Measured table (`baton-fast selftest --static`")[1].split("```")[1]
+    kernels = {job.kernel for job in jobs}
+    # kernel, arch, config, dtype, D, flags (pre-passes: several words), then the 8 measured columns
+    rows = [(f[0], f[1], f[2], f[3], f[4], " ".join(f[5:-8])) for f in map(str.split, table.splitlines())
+            if f and f[0] in kernels]
+    expected = [(job.kernel, f"sm_{job.arch}", "x".join(map(str, job.config)) if job.config else None, job.dtype,
+                 str(job.D), selftest._flag_summary(dict(kernel=job.kernel, flags=job.flag_dict, case=job.case,
+                                                         heads=job.heads)))
+                for job in jobs]
+    assert len(rows) == len(expected), (len(rows), len(expected))
+    wrong = [(row, want) for row, want in zip(rows, expected)
+             if row[:2] + row[3:] != want[:2] + want[3:] or want[2] not in (None, row[2])]
+    assert not wrong, wrong[:5]
+    assert f"\n{len(jobs)}/{len(jobs)} passed\n" in table and f"arithmetic: {len(jobs)}/{len(jobs)} kernels" in table
 
 
 # Cited names that are not this repository's: other projects' (diffusers, transformers, torch) and code that the
