@@ -188,6 +188,14 @@ def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, H
     mask = BlockMask.from_dense(dense, 32, 32)
     assert int(mask.kv_num_blocks.sum()) and int(mask.full_kv_num_blocks.sum()) and mask.visited_blocks() < 2 * 3 * 2
     k_lens = torch.tensor([Nk, 40])[:B] if B > 1 else None
+    monkeypatch.setattr(BlockMask, "to_dense", lambda self: pytest.fail("the backward formed the dense mask"))
+    check_block_mask_gradients((q, k, v), qc, kc, table, k_table, dense, mask, k_lens, deterministic, seed=23)
+
+
+def check_block_mask_gradients(inputs, qc, kc, table, k_table, dense, mask, k_lens, deterministic, seed):
+    """``rope_attention(..., block_mask=mask)``'s gradients against float64 autograd of the attention masked by
+    ``dense`` (bool ``[1, H, Nq, Nk]``) within the budget; in deterministic mode also two runs bit-identical
+    (the group's query heads added in launch order)."""
     k_table = k_table or table
 
     def reference_fn(q, k, v):
@@ -197,11 +205,12 @@ def test_block_mask_gradients_walk_the_lists(monkeypatch, family, dtype, B, H, H
     def kernel_fn(q, k, v):
         return bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask)
 
-    monkeypatch.setattr(BlockMask, "to_dense", lambda self: pytest.fail("the backward formed the dense mask"))
+    dtype = inputs[0].dtype
     with bf.deterministic(deterministic):
-        assert_gradients_within_budget(kernel_fn, reference_fn, (q, k, v), dtype, seed=23)
-        if deterministic:  # the group's query heads added in launch order: two runs bit-identical
-            assert_bit_identical_runs(kernel_fn, (q, k, v), torch.randn(q.shape, generator=g).to(dtype))
+        assert_gradients_within_budget(kernel_fn, reference_fn, inputs, dtype, seed=seed)
+        if deterministic:
+            dout = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+            assert_bit_identical_runs(kernel_fn, inputs, dout)
 
 
 def _split_config(monkeypatch):
@@ -257,17 +266,5 @@ def test_output_split_block_mask_at_d256(monkeypatch, dtype, deterministic):
     dense[:, :, :64, :64] = True  # full blocks
     dense[:, 0, 64:, 64:128] = False  # an unvisited block
     mask = BlockMask.from_dense(dense, 64, 64)
-    k_lens = torch.tensor([Nk, 100])
-    k_table = k_table or table
-
-    def reference_fn(q, k, v):
-        q_rot, k_rot = reference.apply_rope(q, qc, table), reference.apply_rope(k, kc, k_table)
-        return masked_attention(q_rot, k_rot, v, dense, k_lens=k_lens)
-
-    def kernel_fn(q, k, v):
-        return bf.rope_attention(q, k, v, qc, kc, table, k_table=k_table, k_lens=k_lens, block_mask=mask)
-
-    with bf.deterministic(deterministic):
-        assert_gradients_within_budget(kernel_fn, reference_fn, (q, k, v), dtype, seed=47)
-        if deterministic:
-            assert_bit_identical_runs(kernel_fn, (q, k, v), torch.randn(q.shape, generator=g).to(dtype))
+    check_block_mask_gradients((q, k, v), qc, kc, table, k_table, dense, mask, torch.tensor([Nk, 100]),
+                               deterministic, seed=47)
