@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-__all__ = ["Job", "shipped_jobs", "backward_jobs", "bwd_launches", "prepass_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
+__all__ = ["Job", "shipped_jobs", "backward_jobs", "bwd_kernels", "bwd_launches", "prepass_jobs", "quant_jobs", "check", "compile_job", "spawn_pool", "address_widths", "ARCHS", "TOKEN_TENSORS"]
 
 ARCHS = (90, 80)
 EXPECTED_MMA = {90: "HGMMA", 80: "HMMA"}
@@ -78,17 +78,25 @@ NORM_CASES = (
 )
 
 
-# Backward (kernels/rope_attention_bwd.py): the dK/dV and dQ kernels of every shipped configuration, in bf16 with
-# grouped-query heads (group 2), one head dim per padded half dim.  The kernels never rotate (the pre-pass rotates
-# Q and K), so the variants are the loops and the grouped-query modes: the dense loop with key lengths and layout
-# masks (the tile-skip branch, int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with
-# the default 128 x 64 blocks and key lengths, with atomics and in deterministic mode.  An output-split
-# configuration's dK/dV kernel is compiled for each of its two launches (case "dV" and "dK", :func:`bwd_launches`).
+# Backward (kernels/rope_attention_bwd.py): the dK/dV and dQ kernels of every shipped configuration, in bf16, one
+# head dim per padded half dim.  The kernels never rotate (the pre-pass rotates Q and K), so the variants are the
+# loops and the grouped-query modes.  Grouped-query heads (group 2): the dense loop with key lengths and layout masks
+# (the tile-skip branch, int64 bitmask tiles) in deterministic mode, and the visit lists of a BlockMask with the
+# default 128 x 64 blocks and key lengths, with atomics and in deterministic mode; dK/dV are added into fp32
+# buffers.  Plain multi-head attention (``MHA``, group 1: Wan, LTX-2): the dK/dV kernel stores its gradients in the
+# output dtype (``ACCUMULATE`` off, a different compile), in the same two loops (deterministic and atomic are one
+# launch there).  The dQ kernel does not depend on the group (``group`` is not specialised), so it is compiled for
+# group 2 only.  An output-split configuration's dK/dV kernel is compiled for each of its two launches (case "dV"
+# and "dK", :func:`bwd_launches`).
 BWD_KERNELS = ("attention_bwd_dkdv", "attention_bwd_dq")
 BWD_HEAD_DIMS = {16: 32, 32: 64, 64: 128, 128: 256}
-BWD_VARIANTS = (dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False, DETERMINISTIC=True),
-                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=False),
-                dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True, DETERMINISTIC=True))
+_BWD_DENSE = dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False)
+_BWD_LISTS = dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True)
+BWD_VARIANTS = (dict(_BWD_DENSE, DETERMINISTIC=True, MHA=False),
+                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=False),
+                dict(_BWD_LISTS, DETERMINISTIC=True, MHA=False),
+                dict(_BWD_DENSE, DETERMINISTIC=False, MHA=True),
+                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=True))
 # Quantising pre-pass (kernels/rope_attention_quant.py, through quantize_rows_fwd / quantize_v_fwd), bf16 in, on
 # the arch of its scheme: (case, kernel, scheme, heads, head dim, NORM, smooth, which launch of the launcher).
 # Wan's Q and K (RMSNorm across heads): K smoothed by its token mean (the mean pass, then the quantising pass).
@@ -148,14 +156,20 @@ def shipped_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
 
 
 def backward_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
-    """The backward kernels of every shipped backward configuration x :data:`BWD_VARIANTS`, each launch of the
-    kernel (:func:`bwd_launches`)."""
+    """The backward kernels (:func:`bwd_kernels`) of every shipped backward configuration x :data:`BWD_VARIANTS`,
+    each launch of the kernel (:func:`bwd_launches`)."""
     from .kernels.rope_attention_bwd import BWD_CONFIGS
 
     return [Job(kernel, arch, tuple(config), "bfloat16", BWD_HEAD_DIMS[half_pad], 2, tuple(sorted(flags.items())),
                 case)
             for arch in archs for (major, half_pad), config in sorted(BWD_CONFIGS.items()) if major == arch // 10
-            for flags in BWD_VARIANTS for kernel in BWD_KERNELS for case in bwd_launches(kernel, config)]
+            for flags in BWD_VARIANTS for kernel in bwd_kernels(flags) for case in bwd_launches(kernel, config)]
+
+
+def bwd_kernels(flags: dict) -> tuple:
+    """The backward kernels compiled in variant ``flags``: both, or with ``MHA`` the dK/dV kernel alone (the dQ
+    kernel's code does not depend on the group)."""
+    return BWD_KERNELS[:1] if flags["MHA"] else BWD_KERNELS
 
 
 def bwd_launches(kernel: str, config: tuple) -> tuple:
@@ -268,14 +282,15 @@ def _recorded(module, names, pick, launcher, *args, **kwargs):
 
 
 def _record_backward_launch(job: Job):
-    """The gradient launcher (``attention_bwd``, on already rotated Q and K) on small CPU tensors: the launch of
-    the job's kernel."""
+    """The gradient launcher (``attention_bwd``, on already rotated Q and K) on small CPU tensors, grouped-query
+    group 2 or with ``MHA`` group 1: the launch of the job's kernel."""
     import torch
 
     from .block_mask import DEFAULT_BLOCK
     from .kernels import rope_attention_bwd
 
-    flags, n, D, group = job.flag_dict, _RECORDED_TOKENS, job.D, 2
+    flags, n, D = job.flag_dict, _RECORDED_TOKENS, job.D
+    group = 1 if flags["MHA"] else 2
     q = torch.zeros(1, n, job.heads, D, dtype=getattr(torch, job.dtype))
     kv = torch.zeros(1, n, job.heads // group, D, dtype=q.dtype)
     groups = torch.ones(1, n, dtype=torch.int64) if flags["HAS_GROUPS"] else None

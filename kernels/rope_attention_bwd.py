@@ -298,7 +298,9 @@ def _bwd_dkdv(
         _write_gradient(dv_ptrs, dv, mask, ACCUMULATE)
 
 
-@triton.jit
+# ``group`` not specialised: Triton would compile group 1 (plain multi-head attention) apart, though the kernel
+# reads it once per program (``h // group``); one dQ kernel serves every group (the one the static check compiles).
+@triton.jit(do_not_specialize=["group"])
 def _bwd_dq(
     Q, K, V, dO, Lse, Delta, KLens, QG, KG, Num, Idx, MaskId, FullNum, FullIdx, MaskPool, dQ,
     stride_qb, stride_qn, stride_qh, stride_qd,

@@ -32,35 +32,39 @@ def test_every_shipped_config_is_compiled(records):
 
 
 def test_every_backward_config_and_quantising_prepass_is_compiled(records):
-    """Both gradient kernels of every shipped backward configuration, in both loop variants; the quantising
-    pre-pass launches (issue 14) on the arch of their scheme."""
+    """Both gradient kernels of every shipped backward configuration, in every loop variant, and the dK/dV kernel of
+    plain multi-head attention (group 1) in both of its loops; the quantising pre-pass launches (issue 14) on the arch
+    of their scheme."""
     from baton_fast.kernels.rope_attention_bwd import BWD_CONFIGS
 
     compiled = {(r["kernel"], r["case"], int(r["arch"][3:]) // 10, tuple(r["config"]),
                  tuple(sorted(r["flags"].items()))) for r in records if r["kernel"] in static_check.BWD_KERNELS}
     expected = {(kernel, case, major, config, tuple(sorted(flags.items())))
                 for (major, _), config in BWD_CONFIGS.items() for flags in static_check.BWD_VARIANTS
-                for kernel in static_check.BWD_KERNELS for case in static_check.bwd_launches(kernel, config)}
+                for kernel in static_check.bwd_kernels(flags) for case in static_check.bwd_launches(kernel, config)}
     assert compiled == expected
-    # every configuration in three loop variants: layout masks (deterministic), a BlockMask with atomics and a
-    # BlockMask in deterministic mode (issue 10)
+    # every configuration in five loop variants (block mask, deterministic, group 1): GQA layout masks
+    # (deterministic), a BlockMask with atomics and in deterministic mode (issue 10); MHA layout masks and BlockMask
     variants = {}
     for r in records:
         if r["kernel"] in static_check.BWD_KERNELS:
             flags = r["flags"]
-            variants.setdefault((r["arch"], r["D"]), set()).add((flags["HAS_BLOCK_MASK"], flags["DETERMINISTIC"]))
-    assert len(variants) == len(BWD_CONFIGS)
-    assert all(v == {(False, True), (True, False), (True, True)} for v in variants.values()), variants
-    # both launches of the output-split dK/dV kernel (sm_90, D = 256)
-    assert {r["case"] for r in records if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256
-            and r["arch"] == "sm_90"} == {"dV", "dK"}
+            variants.setdefault((r["arch"], r["D"], r["kernel"]), set()).add(
+                (flags["HAS_BLOCK_MASK"], flags["DETERMINISTIC"], flags["MHA"]))
+    assert len(variants) == 2 * len(BWD_CONFIGS)
+    gqa = {(False, True, False), (True, False, False), (True, True, False)}
+    assert all(v == (gqa | {(False, False, True), (True, False, True)} if kernel == "attention_bwd_dkdv" else gqa)
+               for (_, _, kernel), v in variants.items()), variants
+    # both launches of the output-split dK/dV kernel (sm_90, D = 256), with grouped-query heads and without
+    assert {(r["case"], r["flags"]["MHA"]) for r in records if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256
+            and r["arch"] == "sm_90"} == {("dV", False), ("dK", False), ("dV", True), ("dK", True)}
     prepass = {(r["kernel"], r["case"], r["arch"]) for r in records if r["kernel"].startswith("quantize")}
     assert prepass == {(c[1], c[0], f"sm_{static_check.QUANT_ARCH_MMA[c[2]][0]}") for c in static_check.PREPASS_CASES}
 
 
-def _member_launches(group: int):
-    """(In a compiling process.) The ``member`` argument and Triton's specialisation key of every dK/dV launch of a
-    deterministic backward with grouped-query group ``group`` (sm_90, D = 128)."""
+def _launch_keys(kernel: str, group: int, deterministic: bool):
+    """(In a compiling process.) The ``member`` arguments (dK/dV kernel) and Triton's specialisation keys of every
+    launch of backward kernel ``kernel`` (sm_90, D = 128, 4 query heads in groups of ``group``, no key lengths)."""
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -69,26 +73,45 @@ def _member_launches(group: int):
     from baton_fast.kernels import rope_attention_bwd
 
     n, D = 17, 128
-    q = torch.zeros(1, n, group, D, dtype=torch.bfloat16)
-    kv = torch.zeros(1, n, 1, D, dtype=q.dtype)
-    launches = [static_check._recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (0, member),
-                                       rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, group, n),
-                                       k_lens=None, scale=D ** -0.5, deterministic=True,
+    q = torch.zeros(1, n, 4, D, dtype=torch.bfloat16)
+    kv = torch.zeros(1, n, 4 // group, D, dtype=q.dtype)
+    index = static_check.BWD_KERNELS.index(kernel)
+    launches = [static_check._recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (index, i),
+                                       rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, 4, n),
+                                       k_lens=None, scale=D ** -0.5, deterministic=deterministic,
                                        config=rope_attention_bwd.BWD_CONFIGS[(9, 64)])
-                for member in range(group)]
-    kernel = launches[0][0]
-    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
-    return ([args[kernel.arg_names.index("member")] for _, args, _ in launches],
-            {str(binder(*args, **kwargs)[1]) for _, args, kwargs in launches})
+                for i in range(group if deterministic and index == 0 else 1)]
+    fn = launches[0][0]
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", 90, 32)))
+    members = [args[fn.arg_names.index("member")] for _, args, _ in launches] if index == 0 else []
+    return members, [str(binder(*args, **kwargs)[1]) for _, args, kwargs in launches]
+
+
+def _launch_keys_of(*cases):
+    """:func:`_launch_keys` of each ``(kernel, group, deterministic)`` case, in a compiling process."""
+    with static_check.spawn_pool(1, static_check._compiler_process) as pool:
+        return [pool.submit(_launch_keys, *case).result() for case in cases]
 
 
 def test_deterministic_launches_of_a_group_compile_to_one_kernel():
     """The deterministic mode launches the dK/dV kernel once per member of a grouped-query group (4 here, so
     members 0 and 1, which Triton would specialise, are among them); the member is not specialised, so the compiled
     launch (the first) stands for all of them."""
-    with static_check.spawn_pool(1, static_check._compiler_process) as pool:
-        members, specialisations = pool.submit(_member_launches, 4).result()
-    assert members == [0, 1, 2, 3] and len(specialisations) == 1, specialisations
+    (members, keys), = _launch_keys_of((static_check.BWD_KERNELS[0], 4, True))
+    assert members == [0, 1, 2, 3] and len(set(keys)) == 1, keys
+
+
+def test_group_1_compiles_one_dkdv_kernel_in_both_modes_and_the_dq_kernel_of_every_group():
+    """Why the MHA (group 1) variants are the dK/dV kernel in two loops only: with group 1 the deterministic and the
+    atomic mode make the same single launch, a kernel other than the grouped-query ones (it stores instead of
+    adding into fp32); and the dQ kernel compiles to one kernel for groups 1, 2 and 4 (``group`` not specialised)."""
+    dkdv, dq = static_check.BWD_KERNELS
+    mha_det, mha_atomic, gqa_det, gqa_atomic, *dq_keys = _launch_keys_of(
+        (dkdv, 1, True), (dkdv, 1, False), (dkdv, 2, True), (dkdv, 2, False), (dq, 1, False), (dq, 2, False),
+        (dq, 4, True))
+    assert mha_det == mha_atomic and len(mha_det[1]) == 1, (mha_det, mha_atomic)
+    assert len({mha_det[1][0], gqa_det[1][0], gqa_atomic[1][0]}) == 3
+    assert len({key for _, keys in dq_keys for key in keys}) == 1, dq_keys
 
 
 def test_no_spills_and_no_local_memory(records):
