@@ -176,6 +176,23 @@ def _dq_tile(dq, q, do, lse, delta, k, v, allowed, qk_scale, DOT_PRECISION: tl.c
 
 
 @triton.jit
+def _layout_tile(G, start, offs, n, stride_n, resident, resident_any, allowed, SKIP_PRODUCTS: tl.constexpr):
+    """The layout-mask tile skip of a streamed tile (rows ``start + offs`` below ``n``; ``G`` the group bits of its
+    batch item, int64 bitmasks) against the program's resident tile (its bits ``resident`` ``[BLOCK]`` and their
+    OR ``resident_any``): ``(allowed & the pairs sharing a group, visit, rows_end)``.  With ``SKIP_PRODUCTS``
+    ``visit`` says whether any pair shares a group and ``rows_end`` is ``n``; without, ``visit`` is a compile-time
+    True (no branch, so the loop stays software-pipelined) and ``rows_end`` is 0 for a tile with no shared group:
+    its rows are not read and its products add exact zeros (P = 0)."""
+    streamed = tl.load(G + (start + offs) * stride_n, mask=start + offs < n, other=0).to(tl.int64)
+    shared = (resident_any & tl.reduce(streamed, 0, _bit_or)) != 0
+    allowed = allowed & ((resident[:, None] & streamed[None, :]) != 0)
+    if SKIP_PRODUCTS:
+        return allowed, shared, n
+    else:
+        return allowed, True, tl.where(shared, n, 0)
+
+
+@triton.jit
 def _list_rows(b, h, block, stride_bm_b, stride_bm_h, stride_bmp_b, stride_bmp_h, stride_bmp_m, stride_bmf_b,
                stride_bmf_h, stride_bmf_m):
     """Offsets of one visit-list row (a block of one batch item and head) in the count, partial and full lists."""
@@ -272,14 +289,8 @@ def _bwd_dkdv(
             visit = True
             rows_end = n_q
             if HAS_GROUPS:
-                q_groups = tl.load(QG + b * stride_qg_b + (start_m + offs_m) * stride_qg_n,
-                                   mask=start_m + offs_m < n_q, other=0).to(tl.int64)
-                shared = (k_groups_any & tl.reduce(q_groups, 0, _bit_or)) != 0
-                allowed = allowed & ((k_groups[:, None] & q_groups[None, :]) != 0)
-                if SKIP_PRODUCTS:
-                    visit = shared
-                else:  # no branch: a skipped tile's rows are not read, its products add exact zeros (P = 0)
-                    rows_end = tl.where(shared, n_q, 0)
+                allowed, visit, rows_end = _layout_tile(QG + b * stride_qg_b, start_m, offs_m, n_q, stride_qg_n,
+                                                        k_groups, k_groups_any, allowed, SKIP_PRODUCTS)
             if visit:
                 q, do, lse, delta = _query_tile(q_base, do_base, Lse, Delta, stats_row, start_m, offs_m, rows_end,
                                                 stride_qn, stride_qd, stride_don, stride_dod, offs_d, mask_d)
@@ -366,14 +377,8 @@ def _bwd_dq(
             visit = True
             rows_end = k_len
             if HAS_GROUPS:
-                k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n,
-                                   mask=start_n + offs_n < k_len, other=0).to(tl.int64)
-                shared = (q_groups_any & tl.reduce(k_groups, 0, _bit_or)) != 0
-                allowed = allowed & ((q_groups[:, None] & k_groups[None, :]) != 0)
-                if SKIP_PRODUCTS:
-                    visit = shared
-                else:  # no branch: a skipped tile's keys are not read, its products add exact zeros (P = 0)
-                    rows_end = tl.where(shared, k_len, 0)
+                allowed, visit, rows_end = _layout_tile(KG + b * stride_kg_b, start_n, offs_n, k_len, stride_kg_n,
+                                                        q_groups, q_groups_any, allowed, SKIP_PRODUCTS)
             if visit:
                 k, v = _tile_rows(k_base, v_base, start_n, offs_n, rows_end, stride_kn, stride_kd, stride_vn,
                                   stride_vd, offs_d, mask_d)
