@@ -249,10 +249,11 @@ def format_numeric_table(records: list[dict]) -> str:
     return _table(rows)
 
 
-# attention kernel flags as printed in the static table (MHA: a backward job with grouped-query group 1)
+# attention kernel flags as printed in the static table (MHA: a backward job with grouped-query group 1; FP32_GRADS:
+# one with fp32 dQ and dK, the op's own rotation)
 FLAG_CODES = {"ROTATE_Q": "rq", "ROTATE_K": "rk", "INTERLEAVED": "il", "HAS_KLENS": "klens", "RETURN_LSE": "lse",
               "HAS_GROUPS": "groups", "COUNT_SKIPPED": "count", "HAS_BLOCK_MASK": "bm", "DETERMINISTIC": "det",
-              "MHA": "mha"}
+              "MHA": "mha", "FP32_GRADS": "fp32"}
 
 
 def _flag_summary(record: dict) -> str:

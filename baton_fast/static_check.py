@@ -86,17 +86,22 @@ NORM_CASES = (
 # buffers.  Plain multi-head attention (``MHA``, group 1: Wan, LTX-2): the dK/dV kernel stores its gradients in the
 # output dtype (``ACCUMULATE`` off, a different compile), in the same two loops (deterministic and atomic are one
 # launch there).  The dQ kernel does not depend on the group (``group`` is not specialised), so it is compiled for
-# group 2 only.  An output-split configuration's dK/dV kernel is compiled for each of its two launches (case "dV"
-# and "dK", :func:`bwd_launches`).
+# group 2 only.  ``FP32_GRADS``: the public op's default, which rotates Q and K itself (``rope_attention_bwd`` with
+# ``rotate_q`` / ``rotate_k``), writes dQ and dK in fp32 to rotate them back: the dQ kernel (every group) and the
+# MHA dK/dV kernel store fp32 there (GQA's dK is fp32 anyway), compiled in the MHA variants' two loops.  An
+# output-split configuration's dK/dV kernel is compiled for each of its two launches (case "dV" and "dK",
+# :func:`bwd_launches`).
 BWD_KERNELS = ("attention_bwd_dkdv", "attention_bwd_dq")
 BWD_HEAD_DIMS = {16: 32, 32: 64, 64: 128, 128: 256}
 _BWD_DENSE = dict(HAS_KLENS=True, HAS_GROUPS=True, HAS_BLOCK_MASK=False)
 _BWD_LISTS = dict(HAS_KLENS=True, HAS_GROUPS=False, HAS_BLOCK_MASK=True)
-BWD_VARIANTS = (dict(_BWD_DENSE, DETERMINISTIC=True, MHA=False),
-                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=False),
-                dict(_BWD_LISTS, DETERMINISTIC=True, MHA=False),
-                dict(_BWD_DENSE, DETERMINISTIC=False, MHA=True),
-                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=True))
+BWD_VARIANTS = (dict(_BWD_DENSE, DETERMINISTIC=True, MHA=False, FP32_GRADS=False),
+                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=False, FP32_GRADS=False),
+                dict(_BWD_LISTS, DETERMINISTIC=True, MHA=False, FP32_GRADS=False),
+                dict(_BWD_DENSE, DETERMINISTIC=False, MHA=True, FP32_GRADS=False),
+                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=True, FP32_GRADS=False),
+                dict(_BWD_DENSE, DETERMINISTIC=False, MHA=True, FP32_GRADS=True),
+                dict(_BWD_LISTS, DETERMINISTIC=False, MHA=True, FP32_GRADS=True))
 # Quantising pre-pass (kernels/rope_attention_quant.py, through quantize_rows_fwd / quantize_v_fwd), bf16 in, on
 # the arch of its scheme: (case, kernel, scheme, heads, head dim, NORM, smooth, which launch of the launcher).
 # Wan's Q and K (RMSNorm across heads): K smoothed by its token mean (the mean pass, then the quantising pass).
@@ -167,9 +172,9 @@ def backward_jobs(archs: Iterable[int] = ARCHS) -> list[Job]:
 
 
 def bwd_kernels(flags: dict) -> tuple:
-    """The backward kernels compiled in variant ``flags``: both, or with ``MHA`` the dK/dV kernel alone (the dQ
-    kernel's code does not depend on the group)."""
-    return BWD_KERNELS[:1] if flags["MHA"] else BWD_KERNELS
+    """The backward kernels compiled in variant ``flags``: both, or with ``MHA`` in the output dtype the dK/dV kernel
+    alone (the dQ kernel's code does not depend on the group; its fp32 store, ``FP32_GRADS``, is compiled with MHA)."""
+    return BWD_KERNELS[:1] if flags["MHA"] and not flags["FP32_GRADS"] else BWD_KERNELS
 
 
 def bwd_launches(kernel: str, config: tuple) -> tuple:
@@ -283,7 +288,8 @@ def _recorded(module, names, pick, launcher, *args, **kwargs):
 
 def _record_backward_launch(job: Job):
     """The gradient launcher (``attention_bwd``, on already rotated Q and K) on small CPU tensors, grouped-query
-    group 2 or with ``MHA`` group 1: the launch of the job's kernel."""
+    group 2 or with ``MHA`` group 1, with ``FP32_GRADS`` fp32 dQ and dK (the op's own rotation): the launch of the
+    job's kernel."""
     import torch
 
     from .block_mask import DEFAULT_BLOCK
@@ -302,7 +308,8 @@ def _record_backward_launch(job: Job):
                      k_lens=torch.full((1,), n, dtype=torch.int32) if flags["HAS_KLENS"] else None, scale=D ** -0.5,
                      q_groups=groups, k_groups=groups,
                      block_mask=_compile_block_mask(n, DEFAULT_BLOCK) if flags["HAS_BLOCK_MASK"] else None,
-                     deterministic=flags["DETERMINISTIC"], config=job.config)
+                     deterministic=flags["DETERMINISTIC"], config=job.config,
+                     fp32_grads=(flags["FP32_GRADS"], flags["FP32_GRADS"]))
 
 
 def _record_prepass_launch(job: Job, module):

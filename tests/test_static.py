@@ -33,8 +33,8 @@ def test_every_shipped_config_is_compiled(records):
 
 def test_every_backward_config_and_quantising_prepass_is_compiled(records):
     """Both gradient kernels of every shipped backward configuration, in every loop variant, and the dK/dV kernel of
-    plain multi-head attention (group 1) in both of its loops; the quantising pre-pass launches (issue 14) on the arch
-    of their scheme."""
+    plain multi-head attention (group 1) in both of its loops, in bf16 and (with the dQ kernel) with the fp32 dQ / dK
+    of the op's own rotation; the quantising pre-pass launches (issue 14) on the arch of their scheme."""
     from baton_fast.kernels.rope_attention_bwd import BWD_CONFIGS
 
     compiled = {(r["kernel"], r["case"], int(r["arch"][3:]) // 10, tuple(r["config"]),
@@ -43,28 +43,34 @@ def test_every_backward_config_and_quantising_prepass_is_compiled(records):
                 for (major, _), config in BWD_CONFIGS.items() for flags in static_check.BWD_VARIANTS
                 for kernel in static_check.bwd_kernels(flags) for case in static_check.bwd_launches(kernel, config)}
     assert compiled == expected
-    # every configuration in five loop variants (block mask, deterministic, group 1): GQA layout masks
-    # (deterministic), a BlockMask with atomics and in deterministic mode (issue 10); MHA layout masks and BlockMask
+    # every configuration in the loop variants (block mask, deterministic, group 1, fp32 dQ / dK): GQA layout masks
+    # (deterministic), a BlockMask with atomics and in deterministic mode (issue 10); MHA layout masks and BlockMask,
+    # in bf16 (dK/dV only: the dQ kernel is one for every group) and with fp32 dQ / dK (both kernels)
     variants = {}
     for r in records:
         if r["kernel"] in static_check.BWD_KERNELS:
             flags = r["flags"]
             variants.setdefault((r["arch"], r["D"], r["kernel"]), set()).add(
-                (flags["HAS_BLOCK_MASK"], flags["DETERMINISTIC"], flags["MHA"]))
+                (flags["HAS_BLOCK_MASK"], flags["DETERMINISTIC"], flags["MHA"], flags["FP32_GRADS"]))
     assert len(variants) == 2 * len(BWD_CONFIGS)
-    gqa = {(False, True, False), (True, False, False), (True, True, False)}
-    assert all(v == (gqa | {(False, False, True), (True, False, True)} if kernel == "attention_bwd_dkdv" else gqa)
+    gqa = {(False, True, False, False), (True, False, False, False), (True, True, False, False)}
+    fp32 = {(False, False, True, True), (True, False, True, True)}
+    mha = {(False, False, True, False), (True, False, True, False)}
+    assert all(v == (gqa | fp32 | mha if kernel == "attention_bwd_dkdv" else gqa | fp32)
                for (_, _, kernel), v in variants.items()), variants
-    # both launches of the output-split dK/dV kernel (sm_90, D = 256), with grouped-query heads and without
-    assert {(r["case"], r["flags"]["MHA"]) for r in records if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256
-            and r["arch"] == "sm_90"} == {("dV", False), ("dK", False), ("dV", True), ("dK", True)}
+    # both launches of the output-split dK/dV kernel (sm_90, D = 256), with grouped-query heads and without, the
+    # latter also with fp32 dK
+    assert {(r["case"], r["flags"]["MHA"], r["flags"]["FP32_GRADS"]) for r in records
+            if r["kernel"] == "attention_bwd_dkdv" and r["D"] == 256 and r["arch"] == "sm_90"} == {
+        (case, mha, fp32) for case in ("dV", "dK") for mha, fp32 in ((False, False), (True, False), (True, True))}
     prepass = {(r["kernel"], r["case"], r["arch"]) for r in records if r["kernel"].startswith("quantize")}
     assert prepass == {(c[1], c[0], f"sm_{static_check.QUANT_ARCH_MMA[c[2]][0]}") for c in static_check.PREPASS_CASES}
 
 
-def _launch_keys(kernel: str, group: int, deterministic: bool):
+def _launch_keys(kernel: str, group: int, deterministic: bool, fp32_grads: bool = False):
     """(In a compiling process.) The ``member`` arguments (dK/dV kernel) and Triton's specialisation keys of every
-    launch of backward kernel ``kernel`` (sm_90, D = 128, 4 query heads in groups of ``group``, no key lengths)."""
+    launch of backward kernel ``kernel`` (sm_90, D = 128, 4 query heads in groups of ``group``, no key lengths;
+    ``fp32_grads``: fp32 dQ and dK, as when the op rotates Q and K itself)."""
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -79,7 +85,8 @@ def _launch_keys(kernel: str, group: int, deterministic: bool):
     launches = [static_check._recorded(rope_attention_bwd, ("_bwd_dkdv", "_bwd_dq", "_bwd_delta"), (index, i),
                                        rope_attention_bwd.attention_bwd, q, q, kv, kv, q, torch.zeros(1, 4, n),
                                        k_lens=None, scale=D ** -0.5, deterministic=deterministic,
-                                       config=rope_attention_bwd.BWD_CONFIGS[(9, 64)])
+                                       config=rope_attention_bwd.BWD_CONFIGS[(9, 64)],
+                                       fp32_grads=(fp32_grads, fp32_grads))
                 for i in range(group if deterministic and index == 0 else 1)]
     fn = launches[0][0]
     binder = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", 90, 32)))
@@ -88,7 +95,7 @@ def _launch_keys(kernel: str, group: int, deterministic: bool):
 
 
 def _launch_keys_of(*cases):
-    """:func:`_launch_keys` of each ``(kernel, group, deterministic)`` case, in a compiling process."""
+    """:func:`_launch_keys` of each ``(kernel, group, deterministic[, fp32_grads])`` case, in a compiling process."""
     with static_check.spawn_pool(1, static_check._compiler_process) as pool:
         return [pool.submit(_launch_keys, *case).result() for case in cases]
 
@@ -112,6 +119,18 @@ def test_group_1_compiles_one_dkdv_kernel_in_both_modes_and_the_dq_kernel_of_eve
     assert mha_det == mha_atomic and len(mha_det[1]) == 1, (mha_det, mha_atomic)
     assert len({mha_det[1][0], gqa_det[1][0], gqa_atomic[1][0]}) == 3
     assert len({key for _, keys in dq_keys for key in keys}) == 1, dq_keys
+
+
+def test_fp32_gradients_of_the_ops_rotation_are_other_compiles():
+    """Why the ``FP32_GRADS`` variants are MHA's dK/dV kernel and the dQ kernel: the op rotating Q and K itself
+    writes fp32 dQ (one kernel for groups 1 and 2, not the bf16 one) and fp32 dK, which makes group 1's dK/dV kernel
+    another compile, while grouped-query heads add into fp32 either way (the same kernel)."""
+    dkdv, dq = static_check.BWD_KERNELS
+    dq_fp32_1, dq_fp32_2, dq_bf16, mha_fp32, mha_bf16, gqa_fp32, gqa_bf16 = (keys for _, keys in _launch_keys_of(
+        (dq, 1, False, True), (dq, 2, False, True), (dq, 2, False), (dkdv, 1, False, True), (dkdv, 1, False),
+        (dkdv, 2, False, True), (dkdv, 2, False)))
+    assert dq_fp32_1 == dq_fp32_2 != dq_bf16
+    assert mha_fp32 != mha_bf16 and gqa_fp32 == gqa_bf16
 
 
 def test_no_spills_and_no_local_memory(records):
