@@ -37,11 +37,19 @@ def test_every_design_citation_resolves_to_docs_design_md():
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def without_fences(text):
+    """Markdown ``text`` without its fenced code blocks."""
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
+def inline_spans(path):
+    """The inline ``code`` spans of a doc (outside its fenced blocks)."""
+    return re.findall(r"`([^`\n]+)`", without_fences(path.read_text()))
+
+
 def cited_code(path):
     """The code a doc cites: its fenced blocks and its inline ``code`` spans."""
-    text = path.read_text()
-    blocks = re.findall(r"```.*?```", text, re.S)
-    return blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return re.findall(r"```.*?```", path.read_text(), re.S) + inline_spans(path)
 
 
 def expand_braces(path):
@@ -136,7 +144,7 @@ def test_every_cited_command_flag_exists():
 
 def heading_anchors(path):
     """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    text = without_fences(path.read_text())
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
 
 
@@ -302,7 +310,7 @@ def test_every_cited_identifier_is_in_the_code():
     words = set(re.findall(r"\w+", code))
     unknown = set()
     for doc in DOCS:
-        for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)):
+        for span in inline_spans(doc):
             head = re.match(r"[A-Za-z_][\w.]*(?=\(|$|=| )", span)
             for word in head[0].split(".") if head else ():
                 snake = len(word) > 3 and "_" in word
