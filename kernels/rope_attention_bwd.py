@@ -246,8 +246,8 @@ def _bwd_dkdv(
     mask_d = offs_d < HEAD_DIM
     k_len = key_length(KLens, b, n_k, HAS_KLENS)
     keys = start_n + offs_n < k_len
-    k = _load_rows(K + b * stride_kb + hk * stride_kh, start_n, offs_n, k_len, stride_kn, offs_d, mask_d, stride_kd)
-    v = _load_rows(V + b * stride_vb + hk * stride_vh, start_n, offs_n, k_len, stride_vn, offs_d, mask_d, stride_vd)
+    k, v = _tile_rows(K + b * stride_kb + hk * stride_kh, V + b * stride_vb + hk * stride_vh, start_n, offs_n, k_len,
+                      stride_kn, stride_kd, stride_vn, stride_vd, offs_d, mask_d)
     if HAS_GROUPS:
         k_groups = tl.load(KG + b * stride_kg_b + (start_n + offs_n) * stride_kg_n, mask=keys, other=0).to(tl.int64)
         k_groups_any = tl.reduce(k_groups, 0, _bit_or)
@@ -335,10 +335,9 @@ def _bwd_dq(
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < HEAD_DIM
     k_len = key_length(KLens, b, n_k, HAS_KLENS)
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, start_m, offs_m, n_q, stride_qn, offs_d, mask_d, stride_qd)
-    do = _load_rows(dO + b * stride_dob + h * stride_doh, start_m, offs_m, n_q, stride_don, offs_d, mask_d,
-                    stride_dod)
-    lse, delta = _row_stats(Lse, Delta, (b * num_heads + h) * n_q + start_m, offs_m, n_q - start_m)
+    q, do, lse, delta = _query_tile(Q + b * stride_qb + h * stride_qh, dO + b * stride_dob + h * stride_doh, Lse, Delta,
+                                    (b * num_heads + h) * n_q, start_m, offs_m, n_q, stride_qn, stride_qd, stride_don,
+                                    stride_dod, offs_d, mask_d)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
 
